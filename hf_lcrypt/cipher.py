@@ -1,0 +1,266 @@
+"""The keyed block-wise image cipher: pixel shuffling, negative-positive flips and block scrambling.
+
+One in-block transform (a signed permutation of the C*M*M values of a block) applies to every block, then the
+blocks are scrambled. The whole image transform is therefore one gather plus a masked flip, precomputed per key and
+geometry; this is also exactly what lets a ViT with patch size M absorb the key into its weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .keys import (
+    PURPOSE_BLOCK_SCRAMBLE,
+    PURPOSE_NEGATIVE_POSITIVE,
+    PURPOSE_PIXEL_SHUFFLE,
+    LCryptKey,
+    geometry_label,
+)
+
+PIXEL_SHUFFLE = "pixel_shuffle"
+NEGATIVE_POSITIVE = "negative_positive"
+BLOCK_SCRAMBLE = "block_scramble"
+ALL_STEPS = (PIXEL_SHUFFLE, NEGATIVE_POSITIVE, BLOCK_SCRAMBLE)
+
+Array = torch.Tensor | np.ndarray
+
+
+def _pair(size: int | Iterable[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = tuple(size)
+    return int(h), int(w)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A flat gather index and the flip mask in output coordinates, for one layout."""
+
+    index: np.ndarray  # int64 (L,)
+    flip: np.ndarray  # bool (L,)
+
+
+class BlockCipher:
+    """Encrypt and decrypt images with a secret key, block by block.
+
+    Args:
+        key: the secret (an `LCryptKey`, or anything `LCryptKey.coerce` accepts).
+        image_size: H (square) or (H, W); the block size must divide both.
+        block_size: M, the side of a block; equal it to the ViT patch size so the key can be folded.
+        channels: C, the number of colour channels (3 for RGB).
+        steps: which of `ALL_STEPS` to apply, in any order of naming (they always run in the order listed there).
+
+    Tensors are (C,H,W) or (B,C,H,W); numpy arrays are (H,W,C) or (B,H,W,C). uint8 values are 0..255 and flip as
+    255 - x; float values must lie in [0,1] and flip as 1 - x.
+    """
+
+    def __init__(
+        self,
+        key: LCryptKey | str | bytes,
+        image_size: int | tuple[int, int],
+        block_size: int,
+        channels: int = 3,
+        steps: Iterable[str] = ALL_STEPS,
+    ):
+        self.key = LCryptKey.coerce(key)
+        self.height, self.width = _pair(image_size)
+        self.block_size = int(block_size)
+        self.channels = int(channels)
+        steps = tuple(steps)
+        unknown = sorted(set(steps) - set(ALL_STEPS))
+        if unknown:
+            raise ValueError(f"Unknown cipher step(s) {unknown}; choose from {list(ALL_STEPS)}.")
+        self.steps = tuple(s for s in ALL_STEPS if s in steps)
+        if self.block_size < 1 or self.height % self.block_size or self.width % self.block_size:
+            raise ValueError(
+                f"Block size {self.block_size} does not divide the image size {self.height}x{self.width}; "
+                f"resize the images to a multiple of {self.block_size} or choose a block size that divides both sides."
+            )
+        if self.channels < 1:
+            raise ValueError(f"channels must be at least 1, got {self.channels}.")
+        self.grid = (self.height // self.block_size, self.width // self.block_size)
+        self.num_blocks = self.grid[0] * self.grid[1]
+        self.block_dim = self.channels * self.block_size**2
+        geometry = geometry_label(self.height, self.width, self.block_size, self.channels)
+        n, d = self.num_blocks, self.block_dim
+        self.pixel_perm = (
+            self.key.permutation(PURPOSE_PIXEL_SHUFFLE, geometry, d) if PIXEL_SHUFFLE in self.steps else np.arange(d)
+        )
+        self.flip_mask = (
+            self.key.mask(PURPOSE_NEGATIVE_POSITIVE, geometry, d)
+            if NEGATIVE_POSITIVE in self.steps
+            else np.zeros(d, dtype=bool)
+        )
+        self.block_perm = (
+            self.key.permutation(PURPOSE_BLOCK_SCRAMBLE, geometry, n) if BLOCK_SCRAMBLE in self.steps else np.arange(n)
+        )
+        self._plans: dict[tuple[str, bool], _Plan] = {}
+        self._device_cache: dict[tuple[str, bool, str, torch.dtype], tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    @property
+    def key_id(self) -> str:
+        return self.key.key_id
+
+    def __repr__(self) -> str:
+        return (
+            f"BlockCipher(key_id={self.key_id!r}, image_size=({self.height}, {self.width}), "
+            f"block_size={self.block_size}, channels={self.channels}, steps={list(self.steps)})"
+        )
+
+    # -- index construction (once per layout) -----------------------------------------------------------------
+    def block_positions(self, layout: str = "chw") -> np.ndarray:
+        """(N, C*M*M) flat positions of every block value: blocks in raster order, values in (c, row, col) order.
+
+        This is the order in which a ViT's Conv2d patch embedding flattens a patch, and in which it numbers tokens.
+        """
+        c, h, w = self.channels, self.height, self.width
+        ci, hi, wi = np.meshgrid(np.arange(c), np.arange(h), np.arange(w), indexing="ij")
+        flat = ci * h * w + hi * w + wi if layout == "chw" else (hi * w + wi) * c + ci
+        (gh, gw), m = self.grid, self.block_size
+        return flat.reshape(c, gh, m, gw, m).transpose(1, 3, 0, 2, 4).reshape(self.num_blocks, self.block_dim)
+
+    def _plan(self, layout: str, inverse: bool) -> _Plan:
+        cached = self._plans.get((layout, inverse))
+        if cached is not None:
+            return cached
+        pos = self.block_positions(layout)
+        length = pos.size
+        src = pos[self.block_perm][:, self.pixel_perm]  # encrypted[n, k] = plain[block_perm[n], pixel_perm[k]]
+        index = np.empty(length, dtype=np.int64)
+        index[pos.ravel()] = src.ravel()
+        flip = np.empty(length, dtype=bool)
+        flip[pos.ravel()] = np.broadcast_to(self.flip_mask, pos.shape).ravel()
+        if inverse:  # plain[j] = unflip(encrypted[inv[j]]) with the flip of that encrypted position
+            inv = np.empty_like(index)
+            inv[index] = np.arange(length)
+            index, flip = inv, flip[inv]
+        plan = _Plan(index=index, flip=flip)
+        self._plans[(layout, inverse)] = plan
+        return plan
+
+    def _device_plan(
+        self, layout: str, inverse: bool, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Index and flip operand on `device`: an XOR byte for uint8, a (sign, offset) pair stacked for floats."""
+        cache_key = (layout, inverse, str(device), dtype)
+        cached = self._device_cache.get(cache_key)
+        if cached is not None:
+            return cached
+        plan = self._plan(layout, inverse)
+        index = torch.from_numpy(plan.index).to(device)
+        flip = None
+        if plan.flip.any():
+            if dtype == torch.uint8:
+                flip = torch.from_numpy(plan.flip.astype(np.uint8) * 255).to(device)
+            else:
+                sign = torch.from_numpy(np.where(plan.flip, -1.0, 1.0)).to(device=device, dtype=dtype)
+                offset = torch.from_numpy(plan.flip.astype(np.float64)).to(device=device, dtype=dtype)
+                flip = torch.stack([sign, offset])
+        self._device_cache[cache_key] = (index, flip)
+        return index, flip
+
+    # -- public API -------------------------------------------------------------------------------------------
+    def encrypt(self, x: Array, out: Array | None = None) -> Array:
+        """Encrypt images; returns the input's type, dtype and device (written into `out` when given)."""
+        return self._apply(x, inverse=False, out=out)
+
+    def decrypt(self, y: Array, out: Array | None = None) -> Array:
+        """Exact inverse of `encrypt` (bit-exact for uint8; within one float rounding of x for floats)."""
+        return self._apply(y, inverse=True, out=out)
+
+    def _apply(self, x: Array, inverse: bool, out: Array | None) -> Array:
+        if isinstance(x, np.ndarray):
+            layout, tensor = "hwc", torch.from_numpy(np.ascontiguousarray(x))
+        elif isinstance(x, torch.Tensor):
+            layout, tensor = "chw", x
+        else:
+            raise TypeError(
+                f"Expected a torch.Tensor (C,H,W)/(B,C,H,W) or a numpy array (H,W,C)/(B,H,W,C), got "
+                f"{type(x).__name__}; convert PIL images with numpy.asarray(image)."
+            )
+        self._check(tensor, layout)
+        batched = tensor.reshape(-1, tensor[0].numel() if tensor.dim() == 4 else tensor.numel())
+        batched = batched.contiguous()
+        index, flip = self._device_plan(layout, inverse, tensor.device, tensor.dtype)
+
+        if out is None:
+            result = torch.empty_like(batched)
+        else:
+            target = torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+            if target.shape != tensor.shape or target.dtype != tensor.dtype or target.device != tensor.device:
+                raise ValueError(
+                    f"out must match the input: shape {tuple(tensor.shape)}, dtype {tensor.dtype}, device "
+                    f"{tensor.device}; got {tuple(target.shape)}, {target.dtype}, {target.device}."
+                )
+            if not target.is_contiguous():
+                raise ValueError("out must be contiguous; allocate it with torch.empty_like(x) or numpy.empty_like(x).")
+            result = target.view(batched.shape)
+
+        if tensor.dtype == torch.uint8 and tensor.device.type == "cpu":
+            # torch's CPU uint8 gather is several times slower per byte than its float one; numpy's take is not.
+            np.take(batched.numpy(), index.numpy(), axis=1, out=result.numpy())
+            if flip is not None:
+                np.bitwise_xor(result.numpy(), flip.numpy(), out=result.numpy())
+        else:
+            torch.index_select(batched, 1, index, out=result)
+            if flip is not None:
+                if tensor.dtype == torch.uint8:
+                    result.bitwise_xor_(flip)
+                else:
+                    torch.addcmul(flip[1], result, flip[0], out=result)
+
+        if out is not None:
+            return out
+        result = result.view(tensor.shape)
+        return result.numpy() if isinstance(x, np.ndarray) else result
+
+    def _check(self, x: torch.Tensor, layout: str) -> None:
+        if x.dim() not in (3, 4):
+            expected = "(C,H,W) or (B,C,H,W)" if layout == "chw" else "(H,W,C) or (B,H,W,C)"
+            raise ValueError(
+                f"Expected an image of shape {expected}, got rank {x.dim()} {tuple(x.shape)}; "
+                "add a channel axis to greyscale images (or convert them to RGB) and stack batches."
+            )
+        shape = tuple(x.shape[-3:])
+        c, h, w = shape if layout == "chw" else (shape[2], shape[0], shape[1])
+        if c != self.channels:
+            hint = "numpy arrays are channels-last (H,W,C)" if layout == "hwc" else "tensors are channels-first (C,H,W)"
+            raise ValueError(
+                f"The image has {c} channels but this cipher was built for {self.channels} ({hint}); convert with "
+                f"image.convert('RGB') or build the cipher with channels={c}."
+            )
+        if (h, w) != (self.height, self.width):
+            raise ValueError(
+                f"The image is {h}x{w} but this cipher was built for {self.height}x{self.width}; resize the image or "
+                "build a BlockCipher for this geometry."
+            )
+        if x.dtype == torch.uint8:
+            return
+        if not x.is_floating_point():
+            raise ValueError(f"Unsupported dtype {x.dtype}: use uint8 (0..255) or a float dtype with values in [0,1].")
+        lo, hi = torch.aminmax(x)
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"Float images must lie in [0,1], got values in [{lo.item():.4g}, {hi.item():.4g}]; divide uint8 "
+                "images by 255 (and encrypt before normalising with mean/std)."
+            )
+
+    # -- helpers used by the ViT folding and the attacks ------------------------------------------------------
+    def signed_permutation(self) -> tuple[np.ndarray, np.ndarray]:
+        """The in-block transform as (perm, flip): encrypted_block[k] = flip[k] ? 1 - x[perm[k]] : x[perm[k]]."""
+        return self.pixel_perm.copy(), self.flip_mask.copy()
+
+    def describe(self) -> dict[str, Any]:
+        """Public description (no secret): geometry, steps and key fingerprint."""
+        return {
+            "key_id": self.key_id,
+            "image_size": [self.height, self.width],
+            "block_size": self.block_size,
+            "channels": self.channels,
+            "steps": list(self.steps),
+        }

@@ -1,0 +1,210 @@
+"""Secret keys and the key-derived permutations and masks (spec: docs/key-spec.md, version 1).
+
+Everything the cipher needs is derived from a 256-bit secret with SHAKE-256 and an unbiased Fisher-Yates shuffle,
+never from numpy's or torch's RNG streams, whose outputs change between versions and platforms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+SPEC_VERSION = 1
+KEY_BYTES = 32
+_PREFIX = b"hf-lcrypt/v1"
+
+# scrypt parameters for passphrases (docs/key-spec.md): 32 MiB of memory, about 0.1 s on a laptop core.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+SCRYPT_SALT = _PREFIX + b"/passphrase"
+
+# Domain-separation labels, one per purpose.
+PURPOSE_PIXEL_SHUFFLE = "pixel-shuffle"
+PURPOSE_NEGATIVE_POSITIVE = "negative-positive"
+PURPOSE_BLOCK_SCRAMBLE = "block-scramble"
+
+KEY_ENV_VAR = "HF_LCRYPT_KEY_FILE"
+
+
+def _field(value: bytes) -> bytes:
+    """Length-prefixed field, so that no two different inputs encode to the same bytes."""
+    return len(value).to_bytes(4, "big") + value
+
+
+def geometry_label(height: int, width: int, block_size: int, channels: int) -> str:
+    return f"H={height};W={width};M={block_size};C={channels}"
+
+
+class LCryptKey:
+    """A 256-bit secret key. Its repr shows only the public `key_id`."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes):
+        if not isinstance(secret, bytes | bytearray):
+            raise TypeError(f"LCryptKey needs bytes, got {type(secret).__name__}; use LCryptKey.from_hex for strings.")
+        if len(secret) != KEY_BYTES:
+            raise ValueError(
+                f"An LCryptKey is {KEY_BYTES} bytes ({KEY_BYTES * 8} bits), got {len(secret)} bytes. "
+                "Use LCryptKey.generate() for a new key or LCryptKey.from_passphrase() to derive one from a phrase."
+            )
+        self._secret = bytes(secret)
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def generate(cls) -> LCryptKey:
+        """A fresh random key from the operating system's CSPRNG."""
+        return cls(secrets.token_bytes(KEY_BYTES))
+
+    @classmethod
+    def from_hex(cls, text: str) -> LCryptKey:
+        text = text.strip()
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raise ValueError(
+                f"A key in hex is {KEY_BYTES * 2} hexadecimal characters; got {len(text)} characters that are not all "
+                "hex digits."
+            ) from None
+        if len(raw) != KEY_BYTES:
+            raise ValueError(f"A key in hex is {KEY_BYTES * 2} hexadecimal characters, got {len(text)}.")
+        return cls(raw)
+
+    @classmethod
+    def from_passphrase(cls, passphrase: str) -> LCryptKey:
+        """Derive a key from a passphrase with scrypt (N=2**15, r=8, p=1, fixed public salt; see the spec).
+
+        The fixed salt makes the same phrase give the same key everywhere; choose a long phrase, since anyone can
+        run the same derivation on guesses.
+        """
+        if not passphrase:
+            raise ValueError("The passphrase is empty; choose a long phrase or use LCryptKey.generate().")
+        raw = hashlib.scrypt(
+            passphrase.encode("utf-8"), salt=SCRYPT_SALT, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=64 * 2**20,
+            dklen=KEY_BYTES,
+        )
+        return cls(raw)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LCryptKey:
+        """Read a key file written by `save` (64 hex characters, surrounding white space ignored)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No key file at {path}; create one with `hf-lcrypt keygen {path}`.")
+        try:
+            return cls.from_hex(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path} is not an hf-lcrypt key file: {err}") from None
+
+    @classmethod
+    def coerce(cls, key: LCryptKey | str | os.PathLike | bytes) -> LCryptKey:
+        """Accept a key, raw bytes, a hex string or the path of a key file."""
+        if isinstance(key, LCryptKey):
+            return key
+        if isinstance(key, bytes | bytearray):
+            return cls(bytes(key))
+        if isinstance(key, os.PathLike) or (isinstance(key, str) and Path(key).is_file()):
+            return cls.load(key)
+        if isinstance(key, str):
+            return cls.from_hex(key)
+        raise TypeError(f"Cannot make a key from {type(key).__name__}: pass an LCryptKey, a hex string or a key file.")
+
+    # -- use ----------------------------------------------------------------------------------------------------
+    def to_hex(self) -> str:
+        return self._secret.hex()
+
+    def to_bytes(self) -> bytes:
+        return self._secret
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the key as hex to a new file readable by its owner only (mode 0600)."""
+        path = Path(path)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        try:
+            fd = os.open(path, flags, stat.S_IRUSR | stat.S_IWUSR)
+        except FileExistsError:
+            raise FileExistsError(f"{path} exists; refusing to overwrite a key (pass overwrite=True).") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(self.to_hex() + "\n")
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+        return path
+
+    def derive(self, client_id: str) -> LCryptKey:
+        """An independent subkey for one client: HMAC-SHA256(master, label || client_id).
+
+        HMAC is a PRF, so subkeys look independent of each other and reveal nothing about the master.
+        """
+        if not client_id:
+            raise ValueError("client_id is empty; give each client a distinct, non-empty name.")
+        msg = _field(_PREFIX + b"/derive") + _field(client_id.encode("utf-8"))
+        return LCryptKey(hmac.new(self._secret, msg, hashlib.sha256).digest())
+
+    @property
+    def key_id(self) -> str:
+        """Public fingerprint (16 hex characters): identifies the key without revealing it."""
+        return hmac.new(self._secret, _PREFIX + b"/key-id", hashlib.sha256).hexdigest()[:16]
+
+    def stream(self, purpose: str, geometry: str, nbytes: int) -> bytes:
+        """`nbytes` pseudo-random bytes for one purpose and geometry (SHAKE-256 over framed fields)."""
+        xof = hashlib.shake_256(
+            _field(_PREFIX) + _field(purpose.encode()) + _field(geometry.encode()) + _field(self._secret)
+        )
+        return xof.digest(nbytes)
+
+    def permutation(self, purpose: str, geometry: str, n: int) -> np.ndarray:
+        return _permutation(self._secret, purpose, geometry, n).copy()
+
+    def mask(self, purpose: str, geometry: str, n: int) -> np.ndarray:
+        """n independent key-chosen bits (bit i is bit i%8, LSB first, of stream byte i//8)."""
+        raw = np.frombuffer(self.stream(purpose, geometry, (n + 7) // 8), dtype=np.uint8)
+        return np.unpackbits(raw, bitorder="little")[:n].astype(bool)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LCryptKey) and hmac.compare_digest(self._secret, other._secret)
+
+    def __hash__(self) -> int:
+        return hash(self.key_id)
+
+    def __repr__(self) -> str:
+        return f"LCryptKey(key_id={self.key_id!r})"
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        raise TypeError("LCryptKey refuses to be pickled, so that the secret cannot leak into a saved object.")
+
+
+@lru_cache(maxsize=256)
+def _permutation(secret: bytes, purpose: str, geometry: str, n: int) -> np.ndarray:
+    """Fisher-Yates driven by the key stream; each index drawn as a 32-bit big-endian integer by rejection sampling.
+
+    For i = n-1 down to 1: draw r until r < 2**32 - (2**32 mod (i+1)), then swap a[i] and a[r mod (i+1)].
+    """
+    key = LCryptKey(secret)
+    # Rejection is rare (< 2**-20 per draw for n < 4096); read the stream in chunks and extend if ever short.
+    chunk = 4 * n + 64
+    buf = key.stream(purpose, geometry, chunk)
+    pos = 0
+    perm = list(range(n))
+    for i in range(n - 1, 0, -1):
+        bound = i + 1
+        limit = 2**32 - (2**32 % bound)
+        while True:
+            if pos + 4 > len(buf):
+                chunk *= 2
+                buf = key.stream(purpose, geometry, chunk)
+            r = int.from_bytes(buf[pos : pos + 4], "big")
+            pos += 4
+            if r < limit:
+                break
+        j = r % bound
+        perm[i], perm[j] = perm[j], perm[i]
+    out = np.asarray(perm, dtype=np.int64)
+    out.setflags(write=False)
+    return out
