@@ -86,7 +86,12 @@ class LCryptKey:
         if not passphrase:
             raise ValueError("The passphrase is empty; choose a long phrase or use LCryptKey.generate().")
         raw = hashlib.scrypt(
-            passphrase.encode("utf-8"), salt=SCRYPT_SALT, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=64 * 2**20,
+            passphrase.encode("utf-8"),
+            salt=SCRYPT_SALT,
+            n=SCRYPT_N,
+            r=SCRYPT_R,
+            p=SCRYPT_P,
+            maxmem=64 * 2**20,
             dklen=KEY_BYTES,
         )
         return cls(raw)
@@ -130,9 +135,10 @@ class LCryptKey:
             fd = os.open(path, flags, stat.S_IRUSR | stat.S_IWUSR)
         except FileExistsError:
             raise FileExistsError(f"{path} exists; refusing to overwrite a key (pass overwrite=True).") from None
+        # Tighten the mode before writing: overwriting keeps an existing file's (possibly wider) mode until then.
+        os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
         with os.fdopen(fd, "w") as f:
             f.write(self.to_hex() + "\n")
-        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
         return path
 
     def derive(self, client_id: str) -> LCryptKey:
@@ -178,6 +184,13 @@ class LCryptKey:
 
     def __reduce__(self):
         raise TypeError("LCryptKey refuses to be pickled, so that the secret cannot leak into a saved object.")
+
+    # Keys are immutable: copies (e.g. a deep copy of a model or processor holding one) share the object.
+    def __copy__(self) -> LCryptKey:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> LCryptKey:
+        return self
 
 
 @lru_cache(maxsize=256)

@@ -1,0 +1,71 @@
+"""Configuration of a keyed ViT: a `ViTConfig` plus the public facts about the cipher folded into its weights."""
+
+import re
+
+from huggingface_hub.dataclasses import strict
+from transformers import ViTConfig
+
+from .cipher import ALL_STEPS
+
+
+@strict
+class LCryptViTConfig(ViTConfig):
+    r"""
+    block_size (`int`, *optional*):
+        Side of the cipher's blocks; must equal `patch_size` so that the key folds into the patch embedding.
+        Defaults to `patch_size`.
+    cipher_steps (`list[str]`, *optional*):
+        Cipher steps the model expects, a subset of `pixel_shuffle`, `negative_positive`, `block_scramble`.
+    folded_image_mean (`list[float]`, *optional*):
+        Per-channel mean the processor normalises encrypted images with (part of the folded affine map).
+    folded_image_std (`list[float]`, *optional*):
+        Per-channel std the processor normalises encrypted images with.
+    key_id (`str`, *optional*):
+        Public fingerprint of the key the weights are folded with (`None` for a model not bound to a key yet).
+        The secret key itself is never part of the configuration.
+    """
+
+    model_type = "lcrypt-vit"
+
+    block_size: int | None = None
+    cipher_steps: list[str] | None = None
+    folded_image_mean: list[float] | None = None
+    folded_image_std: list[float] | None = None
+    key_id: str | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.block_size is None:
+            self.block_size = self.patch_size if isinstance(self.patch_size, int) else self.patch_size[0]
+        self.cipher_steps = list(ALL_STEPS if self.cipher_steps is None else self.cipher_steps)
+        self.folded_image_mean = [0.5] * self.num_channels if self.folded_image_mean is None else self.folded_image_mean
+        self.folded_image_std = [0.5] * self.num_channels if self.folded_image_std is None else self.folded_image_std
+        self.folded_image_mean = [float(v) for v in self.folded_image_mean]
+        self.folded_image_std = [float(v) for v in self.folded_image_std]
+        super().__post_init__(**kwargs)
+
+    def validate_cipher(self):
+        patch = self.patch_size if isinstance(self.patch_size, int) else tuple(self.patch_size)
+        if patch != self.block_size:
+            raise ValueError(
+                f"block_size ({self.block_size}) must equal patch_size ({patch}): only then is every block one token "
+                "and the key foldable into the patch embedding. Use the same value for both."
+            )
+        size = (self.image_size,) * 2 if isinstance(self.image_size, int) else tuple(self.image_size)
+        if any(s % self.block_size for s in size):
+            raise ValueError(f"image_size {size} is not a multiple of block_size {self.block_size}; resize the images.")
+        unknown = sorted(set(self.cipher_steps) - set(ALL_STEPS))
+        if unknown:
+            raise ValueError(f"Unknown cipher step(s) {unknown} in cipher_steps; choose from {list(ALL_STEPS)}.")
+        for name in ("folded_image_mean", "folded_image_std"):
+            values = getattr(self, name)
+            if len(values) != self.num_channels:
+                raise ValueError(f"{name} needs one value per channel ({self.num_channels}), got {values}.")
+        if any(s <= 0 for s in self.folded_image_std):
+            raise ValueError(f"folded_image_std must be positive, got {self.folded_image_std}.")
+        if self.key_id is not None and not re.fullmatch(r"[0-9a-f]{16}", self.key_id):
+            raise ValueError(
+                f"key_id is a 16-character lowercase hex fingerprint (LCryptKey.key_id), got {self.key_id!r}."
+            )
+
+
+__all__ = ["LCryptViTConfig"]

@@ -1,0 +1,218 @@
+"""Image processor that encrypts: RGB, resize, rescale, encrypt in the pixel domain, then normalise.
+
+Encryption must come before normalisation (a channel shuffle does not commute with per-channel statistics) and after
+any augmentation. The key is supplied at run time and never written to `preprocessor_config.json`.
+"""
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, PILImageResampling
+from transformers.processing_utils import ImagesKwargs
+
+from .cipher import ALL_STEPS, BlockCipher
+from .keys import KEY_ENV_VAR, LCryptKey
+
+
+class LCryptImageProcessorKwargs(ImagesKwargs, total=False):
+    block_size: int
+    cipher_steps: list[str]
+    key_id: str | None
+    do_encrypt: bool
+
+
+class LCryptImageProcessor(PilBackend):
+    """Turns images into encrypted, normalised `pixel_values` for a keyed ViT.
+
+    Args:
+        image_size: side (or (height, width)) the images are resized to; the model's `image_size`.
+        block_size: the cipher block side; the model's patch size.
+        key: the secret key (an `LCryptKey`, hex string or key-file path). Without it, the key file named by the
+            `HF_LCRYPT_KEY_FILE` environment variable is used when an image is processed.
+        key_id: public fingerprint of the key the model expects; a different key is refused.
+        cipher_steps: which cipher steps to apply (must match the model's `cipher_steps`).
+    """
+
+    valid_kwargs = LCryptImageProcessorKwargs
+    model_input_names = ["pixel_values"]
+    resample = PILImageResampling.BILINEAR
+    image_mean = IMAGENET_STANDARD_MEAN
+    image_std = IMAGENET_STANDARD_STD
+    size = {"height": 224, "width": 224}
+    do_resize = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+    block_size = 16
+    cipher_steps = list(ALL_STEPS)
+    key_id = None
+    do_encrypt = True
+
+    def __init__(self, image_size: int | tuple[int, int] | None = None, key: Any = None, **kwargs):
+        if image_size is not None:
+            height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+            kwargs["size"] = {"height": int(height), "width": int(width)}
+        super().__init__(**kwargs)
+        self._key: LCryptKey | None = None
+        self._ciphers: dict[tuple[int, int, int], BlockCipher] = {}
+        if key is not None:
+            self.set_key(key)
+
+    # -- key handling -----------------------------------------------------------------------------------------
+    def set_key(self, key: Any) -> None:
+        """Attach the secret key (kept in memory only). It must match `key_id` when the processor has one."""
+        key = LCryptKey.coerce(key)
+        if self.key_id is not None and key.key_id != self.key_id:
+            raise ValueError(
+                f"This key (key_id {key.key_id}) is not the one the model was made for (key_id {self.key_id}). "
+                "Use the key file that was used to train or fold the model; a wrong key gives meaningless outputs."
+            )
+        self.key_id = key.key_id
+        self._key = key
+        self._ciphers.clear()
+
+    def _resolve_key(self, key: Any = None) -> LCryptKey:
+        if key is not None:
+            self.set_key(key)
+        if self._key is None and os.environ.get(KEY_ENV_VAR):
+            self.set_key(os.environ[KEY_ENV_VAR])
+        if self._key is None:
+            raise ValueError(
+                "No key: pass key=... to the processor (or to from_pretrained), or set the environment variable "
+                f"{KEY_ENV_VAR} to the path of a key file."
+            )
+        return self._key
+
+    def cipher(self, height: int, width: int, channels: int = 3, key: Any = None) -> BlockCipher:
+        """The (cached) cipher for this geometry."""
+        resolved = self._resolve_key(key)
+        geometry = (height, width, channels)
+        if geometry not in self._ciphers:
+            self._ciphers[geometry] = BlockCipher(
+                resolved, (height, width), self.block_size, channels=channels, steps=self.cipher_steps
+            )
+        return self._ciphers[geometry]
+
+    @classmethod
+    def for_model(cls, model_or_config: Any, key: Any = None, **kwargs) -> "LCryptImageProcessor":
+        """The processor matching a keyed model (or its config): size, block size, steps, normalisation, key_id."""
+        config = getattr(model_or_config, "config", model_or_config)
+        size = config.image_size
+        settings = {
+            "image_size": size if isinstance(size, int) else tuple(size),
+            "block_size": config.block_size,
+            "cipher_steps": list(config.cipher_steps),
+            "image_mean": list(config.folded_image_mean),
+            "image_std": list(config.folded_image_std),
+            "key_id": config.key_id,
+        }
+        return cls(**{**settings, **kwargs}, key=key)
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs):
+        key = kwargs.pop("key", None)
+        result = super().from_dict(image_processor_dict, **kwargs)
+        processor = result[0] if isinstance(result, tuple) else result
+        if key is not None:
+            processor.set_key(key)
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("_key", None)
+        output.pop("_ciphers", None)
+        return output
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__} {self.to_json_string()}"
+
+    # -- processing -------------------------------------------------------------------------------------------
+    def preprocess(self, images, *args, key: Any = None, **kwargs) -> BatchFeature:
+        """Process images; `key=` overrides the processor's key for this call (and is then kept)."""
+        if key is not None:
+            self.set_key(key)
+        return super().preprocess(images, *args, **kwargs)
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        do_resize: bool,
+        size,
+        resample,
+        do_center_crop: bool,
+        crop_size,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        do_pad,
+        pad_size,
+        return_tensors,
+        do_encrypt: bool = True,
+        **kwargs,
+    ) -> BatchFeature:
+        if do_resize:
+            images = [self.resize(image=image, size=size, resample=resample) for image in images]
+        if do_center_crop:
+            images = [self.center_crop(image, crop_size) for image in images]
+        shapes = {image.shape for image in images}
+        if len(shapes) != 1:
+            raise ValueError(f"Images have different sizes {sorted(shapes)}; keep do_resize=True to batch them.")
+        batch = torch.from_numpy(np.stack(images))  # (B, C, H, W)
+        channels, height, width = batch.shape[1:]
+        if do_encrypt:
+            cipher = self.cipher(height, width, channels)
+            if batch.dtype == torch.uint8 and do_rescale and np.isclose(rescale_factor, 1 / 255):
+                batch = cipher.encrypt(batch)  # the uint8 flip 255 - x equals the float flip 1 - x after rescaling
+            else:
+                batch = batch.float() * rescale_factor if do_rescale else batch.float()
+                do_rescale = False
+                batch = cipher.encrypt(batch)
+        # Rescale and normalise in one affine pass over the whole batch.
+        scale = torch.full((channels,), float(rescale_factor) if do_rescale else 1.0)
+        shift = torch.zeros(channels)
+        if do_normalize:
+            mean = torch.as_tensor(image_mean, dtype=torch.float32).expand(channels)
+            std = torch.as_tensor(image_std, dtype=torch.float32).expand(channels)
+            scale, shift = scale / std, -mean / std
+        pixel_values = torch.addcmul(shift.view(1, -1, 1, 1), batch.float(), scale.view(1, -1, 1, 1))
+        if return_tensors != "pt":
+            pixel_values = pixel_values.numpy()
+            if return_tensors is None:
+                pixel_values = list(pixel_values)
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+    # -- viewable images for the key holder -------------------------------------------------------------------
+    def encrypt_images(self, images, key: Any = None) -> list[Image.Image]:
+        """Encrypt images (resized to the processor size, RGB) and return them as viewable PIL images."""
+        return self._transform_images(images, key, inverse=False)
+
+    def decrypt_images(self, images, key: Any = None) -> list[Image.Image]:
+        """Decrypt images produced by `encrypt_images` (exact for lossless images such as PNG)."""
+        return self._transform_images(images, key, inverse=True)
+
+    def _transform_images(self, images, key: Any, inverse: bool) -> list[Image.Image]:
+        prepared = self._prepare_image_like_inputs(images, do_convert_rgb=True)
+        if inverse:  # never resample ciphertext: resizing mixes pixels across blocks
+            sizes = {image.shape[1:] for image in prepared}
+            expected = (self.size.height, self.size.width)
+            if sizes != {expected}:
+                raise ValueError(f"Encrypted images must be exactly {expected} pixels, got {sorted(sizes)}.")
+        else:
+            prepared = [self.resize(image=image, size=self.size, resample=self.resample) for image in prepared]
+        batch = np.stack(prepared).transpose(0, 2, 3, 1)  # (B, H, W, C)
+        batch = np.clip(batch, 0, 255).astype(np.uint8) if batch.dtype != np.uint8 else batch
+        cipher = self.cipher(batch.shape[1], batch.shape[2], batch.shape[3], key=key)
+        out = cipher.decrypt(batch) if inverse else cipher.encrypt(batch)
+        return [Image.fromarray(image) for image in out]
+
+
+LCryptImageProcessor.register_for_auto_class()
+
+__all__ = ["LCryptImageProcessor"]

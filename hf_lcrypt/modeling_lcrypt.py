@@ -1,0 +1,189 @@
+"""Keyed ViT models: a plain ViT whose patch and position embeddings absorb a block-wise cipher key.
+
+The forward pass is exactly `transformers`' ViT, so a keyed model costs nothing extra at inference; all key handling
+happens once, in `from_plain` and `rekey`.
+"""
+
+import os
+from collections.abc import Sequence
+
+import torch
+from transformers import ViTForImageClassification, ViTModel
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.image_processing_base import ImageProcessingMixin
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .cipher import ALL_STEPS, BlockCipher
+from .configuration_lcrypt import LCryptViTConfig
+from .folding import apply_fold, fold_map
+from .keys import LCryptKey
+
+# transformers 5 renames legacy ViT weight names per class name; without this mapping a checkpoint saved by these
+# classes would load with a silently re-initialised encoder.
+for _name in ("LCryptViTModel", "LCryptViTForImageClassification"):
+    register_checkpoint_conversion_mapping(_name, get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_lcrypt.LCryptViTConfig",
+    "AutoModel": "modeling_lcrypt.LCryptViTModel",
+    "AutoModelForImageClassification": "modeling_lcrypt.LCryptViTForImageClassification",
+}
+
+
+def _check_no_interpolation(interpolate_pos_encoding: bool | None) -> None:
+    if interpolate_pos_encoding:
+        raise ValueError(
+            "interpolate_pos_encoding=True is not supported by a keyed ViT: its position embeddings follow the key's "
+            "scrambled block grid, which interpolation would destroy. Resize images to the model's image_size instead."
+        )
+
+
+class LCryptViTModel(ViTModel):
+    """`ViTModel` whose embeddings expect images encrypted with the key named by `config.key_id`."""
+
+    config: LCryptViTConfig
+
+    def __init__(self, config: LCryptViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
+        config.auto_map = {**AUTO_MAP, **(getattr(config, "auto_map", None) or {})}
+        super().__init__(config, add_pooling_layer=add_pooling_layer, use_mask_token=use_mask_token)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        _check_no_interpolation(interpolate_pos_encoding)
+        return super().forward(pixel_values, bool_masked_pos=bool_masked_pos, attention_mask=attention_mask, **kwargs)
+
+
+class LCryptViTForImageClassification(ViTForImageClassification):
+    """Keyed ViT classifier; build one from a plain ViT with `from_plain` and move it to a new key with `rekey`."""
+
+    config: LCryptViTConfig
+
+    def __init__(self, config: LCryptViTConfig):
+        config.auto_map = {**AUTO_MAP, **(getattr(config, "auto_map", None) or {})}
+        super(ViTForImageClassification, self).__init__(config)
+        self.num_labels = config.num_labels
+        self.vit = LCryptViTModel(config, add_pooling_layer=False)
+        self.classifier = (
+            torch.nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else torch.nn.Identity()
+        )
+        self._lcrypt_key: LCryptKey | None = None
+        self.post_init()
+
+    def forward(self, pixel_values=None, labels=None, interpolate_pos_encoding=None, attention_mask=None, **kwargs):
+        _check_no_interpolation(interpolate_pos_encoding)
+        return super().forward(pixel_values, labels=labels, attention_mask=attention_mask, **kwargs)
+
+    # -- key folding ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_plain(
+        cls,
+        plain: ViTForImageClassification | str | os.PathLike,
+        key: LCryptKey | str | bytes,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        steps: Sequence[str] = ALL_STEPS,
+        keyed_image_mean: Sequence[float] | None = None,
+        keyed_image_std: Sequence[float] | None = None,
+        **from_pretrained_kwargs,
+    ) -> "LCryptViTForImageClassification":
+        """Turn a plain ViT (object, local folder or Hub id) into a keyed model with identical outputs.
+
+        `image_mean`/`image_std` are the plain model's normalisation (read from its processor config when loading by
+        id or path); the keyed processor normalises encrypted images with `keyed_image_mean`/`std` (default: the
+        same). Both are folded into the patch embedding, so the equivalence holds for any values.
+        """
+        if isinstance(plain, str | os.PathLike):
+            source = plain
+            plain = ViTForImageClassification.from_pretrained(source, **from_pretrained_kwargs)
+            if image_mean is None or image_std is None:
+                proc, _ = ImageProcessingMixin.get_image_processor_dict(source, **from_pretrained_kwargs)
+                image_mean = proc.get("image_mean") if image_mean is None else image_mean
+                image_std = proc.get("image_std") if image_std is None else image_std
+        if isinstance(plain, LCryptViTForImageClassification):
+            raise TypeError("This model is already keyed; use model.rekey(new_key) to move it to another key.")
+        if not isinstance(plain, ViTForImageClassification):
+            raise TypeError(
+                f"from_plain folds a key into a transformers ViTForImageClassification, got {type(plain).__name__}. "
+                "Convolutional models cannot absorb a block-wise key (convolutions mix pixels across blocks); train "
+                "them on encrypted images instead."
+            )
+        if image_mean is None or image_std is None:
+            raise ValueError(
+                "Pass image_mean and image_std: the normalisation the plain model was trained with is folded into the "
+                "weights, and a wrong value silently breaks the equivalence (e.g. (0.5, 0.5, 0.5) for ViT checkpoints "
+                "from google/, IMAGENET_DEFAULT_MEAN/STD for most others)."
+            )
+        plain_config = plain.config.to_dict()
+        for field in ("model_type", "transformers_version", "architectures", "auto_map"):
+            plain_config.pop(field, None)
+        channels = plain.config.num_channels
+        config = LCryptViTConfig.from_dict(
+            {
+                **plain_config,
+                "cipher_steps": list(steps),
+                "folded_image_mean": list(keyed_image_mean if keyed_image_mean is not None else image_mean)[:channels],
+                "folded_image_std": list(keyed_image_std if keyed_image_std is not None else image_std)[:channels],
+            }
+        )
+        # Build without random initialisation, then take a copy of the plain weights.
+        with torch.device("meta"):
+            keyed = cls(config)
+        state = {name: tensor.detach().clone() for name, tensor in plain.state_dict().items()}
+        keyed.load_state_dict(state, assign=True, strict=True)
+        keyed.train(plain.training)
+        keyed._fold(LCryptKey.coerce(key), image_mean, image_std, inverse=False)
+        return keyed
+
+    def rekey(self, new_key: LCryptKey | str | bytes, current_key: LCryptKey | str | bytes | None = None) -> None:
+        """Move the model to `new_key` in place, without retraining (e.g. one base model, one key per client).
+
+        The current key is needed to undo the old folding: it is remembered in memory after `from_plain`/`rekey`,
+        otherwise pass it as `current_key` (it is checked against `config.key_id`).
+        """
+        current = LCryptKey.coerce(current_key) if current_key is not None else self._lcrypt_key
+        if current is None:
+            raise ValueError(
+                "rekey needs the key the model is folded with now: pass current_key=... (a loaded model does not keep "
+                "its secret)."
+            )
+        if current.key_id != self.config.key_id:
+            raise ValueError(
+                f"current_key has key_id {current.key_id} but the model is folded with key_id {self.config.key_id}."
+            )
+        mean, std = self.config.folded_image_mean, self.config.folded_image_std
+        self._fold(current, mean, std, inverse=True)
+        self._fold(LCryptKey.coerce(new_key), mean, std, inverse=False)
+
+    def _fold(self, key: LCryptKey, mean: Sequence[float], std: Sequence[float], inverse: bool) -> None:
+        """Fold `key` in (or out): the plain side of the map is normalised with (mean, std), the keyed side with the
+        config's folded normalisation."""
+        cipher = self.cipher(key)
+        fmap = fold_map(cipher, mean, std, self.config.folded_image_mean, self.config.folded_image_std)
+        embeddings = self.vit.embeddings
+        apply_fold(embeddings.patch_embeddings.projection, embeddings.position_embeddings, fmap, inverse=inverse)
+        self.config.key_id = None if inverse else key.key_id
+        self._lcrypt_key = None if inverse else key
+
+    def cipher(self, key: LCryptKey | str | bytes) -> BlockCipher:
+        """The `BlockCipher` this model expects its inputs encrypted with, for `key`."""
+        size = self.config.image_size
+        return BlockCipher(
+            key,
+            image_size=size if isinstance(size, int) else tuple(size),
+            block_size=self.config.block_size,
+            channels=self.config.num_channels,
+            steps=self.config.cipher_steps,
+        )
+
+
+LCryptViTConfig.register_for_auto_class()
+LCryptViTModel.register_for_auto_class("AutoModel")
+LCryptViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = ["LCryptViTForImageClassification", "LCryptViTModel"]

@@ -1,0 +1,26 @@
+"""Helpers shared by the tests: paths, normalisation constants and tiny ViTs."""
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def tiny_vit(image_size: int = 32, patch_size: int = 8, hidden_size: int = 48, layers: int = 2, labels: int = 4):
+    """A random plain ViT classifier, small enough for CPU tests."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=3,
+        intermediate_size=2 * hidden_size,
+        num_labels=labels,
+        id2label={i: f"class_{i}" for i in range(labels)},
+        label2id={f"class_{i}": i for i in range(labels)},
+    )
+    return ViTForImageClassification(config).eval()
