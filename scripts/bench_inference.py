@@ -1,0 +1,80 @@
+"""Keyed model on encrypted images vs the plain model on plain images: same batch, same run.
+
+Prints the time ratio (target <= 1.01: folding adds no computation), the largest logit difference, and the time
+to fold a key into a ViT-Base-sized model (target under 1 s).
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import ViTConfig, ViTForImageClassification
+
+from hf_lcrypt import LCryptKey, LCryptViTForImageClassification
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def vit(hidden: int, layers: int, heads: int, image_size: int = 224, patch: int = 16) -> ViTForImageClassification:
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        num_labels=4,
+    )
+    return ViTForImageClassification(config).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--hidden", type=int, default=384, help="width of the timed model (ViT-S/16 by default)")
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--heads", type=int, default=6)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    key = LCryptKey.generate()
+    plain = vit(args.hidden, args.layers, args.heads)
+    keyed = LCryptViTForImageClassification.from_plain(plain, key, image_mean=MEAN, image_std=STD).eval()
+    x = torch.rand(args.batch, 3, 224, 224)
+    plain_in, keyed_in = normalise(x), normalise(keyed.cipher(key).encrypt(x))
+
+    plain_times, keyed_times = [], []
+    with torch.inference_mode():
+        plain(plain_in), keyed(keyed_in)  # warm-up
+        for repeat in range(args.repeats):  # interleaved, alternating order, so load drift hits both alike
+            runs = [(plain, plain_in, plain_times), (keyed, keyed_in, keyed_times)]
+            for model, inputs, times in runs if repeat % 2 == 0 else runs[::-1]:
+                start = time.perf_counter()
+                model(inputs)
+                times.append(time.perf_counter() - start)
+        plain_logits, keyed_logits = plain(plain_in).logits, keyed(keyed_in).logits
+    ratio = statistics.median(keyed_times) / statistics.median(plain_times)
+    print(f"ViT hidden={args.hidden} depth={args.layers}, batch {args.batch} at 224/16, {args.repeats} repeats")
+    print(f"plain model, plain images  : {statistics.median(plain_times) * 1e3:8.1f} ms")
+    print(f"keyed model, encrypted imgs: {statistics.median(keyed_times) * 1e3:8.1f} ms")
+    print(f"time ratio keyed / plain   : {ratio:8.3f}   (target <= 1.01)")
+    print(f"max |logit difference|     : {(keyed_logits - plain_logits).abs().max().item():.2e}   (fp32)")
+
+    base = vit(768, 12, 12)
+    fold_times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        LCryptViTForImageClassification.from_plain(base, key, image_mean=MEAN, image_std=STD)
+        fold_times.append(time.perf_counter() - start)
+    params = sum(p.numel() for p in base.parameters()) / 1e6
+    print(f"fold a ViT-Base ({params:.0f}M params): {min(fold_times):.3f} s   (target < 1 s; includes copying weights)")
+
+
+if __name__ == "__main__":
+    main()
