@@ -2,13 +2,15 @@
 
 The block-wise cipher is a keyed permutation with sign flips, not a diffusion cipher; these functions measure
 what that does and does not hide. Images for the metrics and attacks are numpy arrays (H,W,C) or (H,W) uint8, the
-layout `BlockCipher` encrypts numpy arrays in; the corruptions work on batched torch tensors (B,C,H,W).
+layout `BlockCipher` encrypts numpy arrays in; the corruptions work on batched torch tensors (B,C,H,W). The attacks
+on models are in `model_attacks`, and `attack_report` runs both halves for `hf-lcrypt attack` (docs/security.md).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .cipher import ALL_STEPS, BLOCK_SCRAMBLE, NEGATIVE_POSITIVE, PIXEL_SHUFFLE, BlockCipher
 from .keys import KEY_BYTES, LCryptKey
+
+
+def progress(iterable: Iterable, desc: str) -> Iterable:
+    """A progress bar on terminals only (tqdm's disable=None), cleared when done."""
+    return tqdm(iterable, desc=desc, leave=False, disable=None, file=sys.stderr)
+
 
 # -- robustness corruptions (batched tensors, uint8 or float in [0,1]) ----------------------------------------------
 
@@ -215,6 +224,39 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
     return float((num / den).mean())
+
+
+# -- the ECB-like leak: one in-block transform for every block ---------------------------------------------------
+
+
+def _block_rows(images: np.ndarray, block_size: int) -> np.ndarray:
+    """(..., N, C*M*M): the blocks of uint8 images (..., H, W, C) as rows, values in the cipher's in-block order."""
+    blocks = _to_blocks(images, block_size)
+    return blocks.reshape(*blocks.shape[:-3], -1)
+
+
+def repeated_blocks(encrypted: np.ndarray, block_size: int) -> float:
+    """Share of an image's ciphertext blocks that equal another of its blocks.
+
+    Every block goes through the same in-block transform, as in ECB mode, so equal plain blocks (the black
+    background of an MRI slice) stay equal after encryption: their number tells the background's area, and with
+    block scrambling off (or the jigsaw solved) their positions draw the outline of the body.
+    """
+    rows = _block_rows(_hwc(encrypted), block_size)
+    _, inverse, counts = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
+    return float((counts[inverse.ravel()] > 1).mean())
+
+
+def flip_mask_from_ciphertext(encrypted: np.ndarray | Sequence[np.ndarray], block_size: int) -> np.ndarray:
+    """Ciphertext-only guess of the negative-positive mask: a value is guessed flipped where its median over every
+    block of the images is above 127.
+
+    Every block shares the mask, so on images dominated by one dark level (the black background of brain MRI) the
+    flipped in-block positions are mostly bright and the others mostly dark. On mostly bright images the guess is
+    the mask's complement, which costs the attacker one more guess; on colourful images it is much weaker.
+    """
+    rows = _block_rows(np.stack([_hwc(v) for v in encrypted]), block_size)
+    return np.median(rows.reshape(-1, rows.shape[-1]), axis=0) > 127
 
 
 # -- jigsaw-puzzle solver (ciphertext only) against block scrambling ------------------------------------------------
@@ -491,6 +533,25 @@ class RecoveredTransform:
     def unique(self) -> bool:
         return self.ambiguous == 0
 
+    @classmethod
+    def from_block_parts(
+        cls,
+        shape: tuple[int, int, int],
+        block_size: int,
+        pixel_perm: np.ndarray,
+        flip: np.ndarray,
+        block_perm: np.ndarray,
+        ambiguous: int = 0,
+    ) -> RecoveredTransform:
+        """The flat transform of a cipher given as its parts (as `BlockCipher` holds them): encrypted block n,
+        value k = plain block block_perm[n], value pixel_perm[k], flipped where flip[k]."""
+        positions = _to_blocks(np.arange(math.prod(shape)).reshape(shape), block_size).reshape(len(block_perm), -1)
+        index = np.empty(positions.size, dtype=np.int64)
+        index[positions.ravel()] = positions[block_perm][:, pixel_perm].ravel()
+        flat_flip = np.empty(positions.size, dtype=bool)
+        flat_flip[positions.ravel()] = np.broadcast_to(flip, positions.shape).ravel()
+        return cls(index, flat_flip, tuple(shape), ambiguous)
+
     def _flat(self, x: np.ndarray) -> np.ndarray:
         a = np.asarray(x)
         if a.dtype != np.uint8 or a.shape[-3:] != self.shape:
@@ -574,13 +635,8 @@ def known_plaintext_attack(
     unsigned[:, :, perm] = cb ^ (flip * np.uint8(255))
     # 2. the block permutation, matching whole blocks once the in-block transform is undone.
     block_perm, _, cand_blocks = _match(pb.transpose(1, 0, 2), unsigned.transpose(1, 0, 2), None)
-    positions = _to_blocks(np.arange(math.prod(shape)).reshape(shape), block_size).reshape(len(block_perm), -1)
-    index = np.empty(positions.size, dtype=np.int64)
-    index[positions.ravel()] = positions[block_perm][:, perm].ravel()
-    flat_flip = np.empty(positions.size, dtype=bool)
-    flat_flip[positions.ravel()] = np.broadcast_to(flip, positions.shape).ravel()
     ambiguous = int(((cand_blocks[:, None] > 1) | (cand_offsets[None, :] > 1)).sum())
-    return RecoveredTransform(index, flat_flip, shape, ambiguous)
+    return RecoveredTransform.from_block_parts(shape, block_size, perm, flip, block_perm, ambiguous)
 
 
 def smallest_known_plaintext(
@@ -647,14 +703,18 @@ def plot_curves(
     ylabel: str,
     title: str,
     path: str | os.PathLike,
+    xscale: str = "linear",
 ) -> Path:
-    """Save metric-vs-strength curves, one line per named (xs, ys) series, as a PNG."""
+    """Save metric-vs-strength curves, one line per named (xs, ys) series, as a PNG (`xscale` "symlog" for counts
+    that span decades from 0)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=name)
+    # Dashes and shrinking markers keep series that coincide (a keyed model and its plain twin) all visible.
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        ax.plot(xs, ys, marker="o", markersize=7 - 2 * (i % 3), linestyle=("-", "--", ":")[i % 3], label=name)
+    ax.set_xscale(xscale)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

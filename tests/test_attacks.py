@@ -15,6 +15,7 @@ from hf_lcrypt.attacks import (  # private helpers tested directly: the jigsaw s
     bit_flips,
     differential_attack,
     edge_dissimilarity,
+    flip_mask_from_ciphertext,
     gaussian_noise,
     histogram_entropy,
     jigsaw_attack,
@@ -27,6 +28,7 @@ from hf_lcrypt.attacks import (  # private helpers tested directly: the jigsaw s
     plot_curves,
     plot_image_grid,
     psnr,
+    repeated_blocks,
     smallest_known_plaintext,
     ssim,
 )
@@ -202,6 +204,35 @@ def test_ssim_and_psnr_match_closed_forms():
     assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 400))
     noisy = np.clip(img + np.random.default_rng(0).normal(0, 20, img.shape), 0, 255).astype(np.uint8)
     assert 0 < ssim(img, noisy) < 0.9
+
+
+# -- the ECB-like leak -------------------------------------------------------------------------------------------
+
+
+def dark_scan(seed: int, size: int = 32) -> np.ndarray:
+    """A black image with a noisy bright disc in the middle, like a brain MRI slice."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] - size / 2
+    disc = (yy**2 + xx**2 < (size / 3) ** 2)[..., None]
+    return np.where(disc, rng.integers(60, 256, (size, size, 3)), 0).astype(np.uint8)
+
+
+def test_equal_plain_blocks_stay_equal_after_encryption():
+    img = dark_scan(0)
+    cipher = BlockCipher(KEY, 32, 4)
+    blocks = _to_blocks(img, 4).reshape(64, -1)
+    black = float((blocks == 0).all(axis=1).mean())
+    assert 0 < black < 1
+    assert repeated_blocks(cipher.encrypt(img), 4) == pytest.approx(black)
+    assert repeated_blocks(cipher.encrypt(random_images(1)[0]), 8) == 0.0
+
+
+def test_the_flip_mask_shows_through_a_dark_background():
+    cipher = BlockCipher(KEY, 32, 4)
+    scans = np.stack([dark_scan(seed) for seed in range(4)])
+    assert np.array_equal(flip_mask_from_ciphertext(cipher.encrypt(scans), 4), cipher.flip_mask)
+    # Mostly bright images give the complement: one more guess for the attacker.
+    assert np.array_equal(flip_mask_from_ciphertext(cipher.encrypt(255 - scans), 4), ~cipher.flip_mask)
 
 
 # -- jigsaw -----------------------------------------------------------------------------------------------------
