@@ -1,0 +1,760 @@
+"""Train and evaluate a keyed image classifier with the `transformers` Trainer (`scripts/train.py`, `hf-lcrypt train`).
+
+Two modes:
+- `encrypted`: the model only ever sees images encrypted with the key. A ViT starts from the folded copy of its
+  initialisation (random, or a plain checkpoint given by `--from-plain`), so the key is in its weights from step 0;
+  a model that cannot absorb a key (a CNN preset) simply learns on the ciphertext.
+- `fold`: a plain ViT trains on plain images; then the key is folded into its weights, which changes no prediction:
+  the run checks that the keyed model on encrypted test images reproduces the plain model on plain ones.
+
+Augmentation acts on plain images, before encryption (shifts and flips do not commute with block scrambling).
+Encryption happens in the `LCryptImageProcessor`, batched and on the fly, inside the datasets transform. The same
+script runs data-parallel under `accelerate launch` (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+import yaml
+from datasets import DatasetDict
+from PIL import Image
+from transformers import (
+    AutoConfig,
+    EarlyStoppingCallback,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+    set_seed,
+)
+from transformers.image_processing_base import ImageProcessingMixin
+from transformers.trainer_utils import get_last_checkpoint
+
+from .callbacks import (
+    AttackEvalCallback,
+    AttackSuite,
+    load_plain_images,
+    predict_logits,
+    sample_indices,
+    write_attack_report,
+)
+from .cipher import ALL_STEPS
+from .configuration_lcrypt import LCryptViTConfig
+from .data import content_hashes, label_maps, load_image_dataset
+from .evaluation import compute_classification_metrics, make_compute_metrics, plot_confusion_matrix
+from .image_processing_lcrypt import LCryptImageProcessor
+from .keys import KEY_ENV_VAR, LCryptKey
+from .modeling_lcrypt import LCryptViTForImageClassification
+
+logger = logging.getLogger(__name__)
+
+MODES = ("encrypted", "fold")
+# Normalisation of models trained from scratch. With mean = std = 0.5 the fold map of the key is a pure signed
+# permutation (no bias offset), which is what makes encrypted training track plain training (docs/training.md).
+HALF = (0.5, 0.5, 0.5)
+
+
+# -- model presets ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a preset needs to know to build a fresh model."""
+
+    image_size: int
+    block_size: int
+    id2label: dict[int, str]
+    label2id: dict[str, int]
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A named model built from scratch.
+
+    `foldable` presets build a plain `ViTForImageClassification` with patch size = block size, which the key is
+    folded into; other presets (e.g. CNNs) are trained on encrypted images as they are, and cannot run `--mode fold`.
+    """
+
+    build: Callable[[ModelSpec], PreTrainedModel]
+    foldable: bool = True
+    description: str = ""
+
+
+MODEL_PRESETS: dict[str, ModelPreset] = {}
+
+
+def register_model_preset(name: str, preset: ModelPreset) -> None:
+    """Make `--model NAME` build `preset` (replacing a preset of that name)."""
+    MODEL_PRESETS[name] = preset
+
+
+def vit_preset(hidden_size: int, layers: int, heads: int) -> ModelPreset:
+    """A plain ViT classifier of the given width and depth (MLP 4x wider, pre-norm, as in ViT/DeiT)."""
+
+    def build(spec: ModelSpec) -> PreTrainedModel:
+        config = ViTConfig(
+            image_size=spec.image_size,
+            patch_size=spec.block_size,
+            num_channels=3,
+            hidden_size=hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden_size,
+            hidden_dropout_prob=spec.dropout,
+            attention_probs_dropout_prob=spec.dropout,
+            num_labels=len(spec.id2label),
+            id2label=spec.id2label,
+            label2id=spec.label2id,
+        )
+        return ViTForImageClassification(config)
+
+    return ModelPreset(build, foldable=True, description=f"ViT {hidden_size} wide, {layers} deep, {heads} heads")
+
+
+# `micro` suits MedMNIST's 28x28 images on a CPU; `tiny` has DeiT-Ti's width at half its depth; `small` and `base`
+# are DeiT-S and DeiT-B.
+register_model_preset("micro", vit_preset(128, 4, 4))
+register_model_preset("tiny", vit_preset(192, 6, 3))
+register_model_preset("small", vit_preset(384, 12, 6))
+register_model_preset("base", vit_preset(768, 12, 12))
+
+
+def default_block_size(image_size: int) -> int:
+    """The largest block side up to 16 that divides the image and leaves at least 7 blocks per side."""
+    return max(b for b in range(1, 17) if image_size % b == 0 and image_size // b >= 7)
+
+
+# -- configuration ------------------------------------------------------------------------------------------------
+_CASTS = {"float": float, "int": int, "int | None": int}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; `--config FILE.yaml` sets any of them by name, flags override the file."""
+
+    data: str = "default"
+    mode: str = "encrypted"
+    key_file: str | None = None
+    model: str = "micro"
+    from_plain: str | None = None
+    image_size: int | None = None
+    block_size: int | None = None
+    cipher_steps: list[str] = field(default_factory=lambda: list(ALL_STEPS))
+    epochs: float = 30.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup: float = 0.1
+    seed: int = 0
+    label_smoothing: float = 0.0
+    dropout: float = 0.0
+    augment: bool = True
+    max_per_class: int | None = None
+    early_stopping_patience: int | None = None
+    metric: str = "accuracy"
+    eval_steps: int | None = None
+    logging_steps: int = 10
+    num_proc: int = 0
+    attack_max_images: int = 256
+    save_total_limit: int | None = 2
+    bf16: bool = False
+    report_to: str = "none"
+    output_dir: str = "outputs/lcrypt-vit"
+    resume: bool | str = False
+
+    def __post_init__(self) -> None:
+        for item in fields(self):  # YAML reads 1e-3 as a string, and a number given for a float as an int
+            cast = _CASTS.get(str(item.type))
+            value = getattr(self, item.name)
+            if cast is not None and value is not None:
+                setattr(self, item.name, cast(value))
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}.")
+        if self.from_plain is None and self.model not in MODEL_PRESETS:
+            raise ValueError(f"Unknown model preset {self.model!r}; choose from {sorted(MODEL_PRESETS)}.")
+        unknown = sorted(set(self.cipher_steps) - set(ALL_STEPS))
+        if unknown:
+            raise ValueError(f"Unknown cipher step(s) {unknown}; choose from {list(ALL_STEPS)}.")
+
+    @property
+    def key_path(self) -> Path:
+        """The key file; by default next to (not inside) the output folder, so that uploading the folder is safe."""
+        return Path(self.key_file) if self.key_file else Path(f"{self.output_dir.rstrip('/')}.key")
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings without local secrets' locations, for metrics.json."""
+        return {k: v for k, v in asdict(self).items() if k != "key_file"}
+
+
+_DEFAULTS = TrainConfig()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the training flags to `parser`. Unset flags stay absent from the namespace, so YAML values survive."""
+
+    def add(flag: str, help: str, **kwargs: Any) -> None:
+        name = flag.lstrip("-").replace("-", "_")
+        default = getattr(_DEFAULTS, name, None)
+        if default is not None:
+            help += f" (default: {' '.join(default) if isinstance(default, list) else default})"
+        parser.add_argument(flag, help=help, default=argparse.SUPPRESS, **kwargs)
+
+    add("--config", "YAML file of settings named like the flags (e.g. `epochs: 5`); flags override it", metavar="YAML")
+    add("--data", "image folder, MedMNIST .npz, Hub dataset id, or 'default' (the embedded BreastMNIST)")
+    add("--mode", "encrypted: train on encrypted images; fold: train plain, then fold the key in", choices=MODES)
+    add("--key-file", "secret key file; created (mode 0600) if absent (default: <output-dir>.key)", metavar="PATH")
+    # No `choices`: presets registered after the parser is built (e.g. by hf_lcrypt.baselines) are checked by
+    # TrainConfig instead.
+    presets = "; ".join(f"{name}: {preset.description}" for name, preset in MODEL_PRESETS.items())
+    add("--model", f"preset trained from scratch ({presets})")
+    add("--from-plain", "plain ViTForImageClassification (Hub id or folder) to start from", metavar="ID_OR_DIR")
+    add("--image-size", "side images are resized to (default: 32, or the --from-plain model's)", type=int)
+    add(
+        "--block-size",
+        "cipher block side = ViT patch size (default: largest <= 16 leaving >= 7 blocks a side)",
+        type=int,
+    )
+    add("--cipher-steps", "cipher steps to apply", nargs="+", choices=ALL_STEPS, metavar="STEP")
+    add("--epochs", "training epochs", type=float)
+    add("--max-steps", "optimiser steps; overrides --epochs", type=int)
+    add("--batch-size", "images per device and step", type=int)
+    add("--lr", "peak learning rate (AdamW, cosine decay)", type=float)
+    add("--weight-decay", "AdamW weight decay", type=float)
+    add("--warmup", "linear warm-up: a fraction of the steps if < 1, else a number of steps", type=float)
+    add("--seed", "seed of initialisation, shuffling and augmentation", type=int)
+    add("--label-smoothing", "label smoothing factor", type=float)
+    add("--dropout", "dropout of preset ViTs (keep 0 for encrypted training to track plain training)", type=float)
+    add(
+        "--augment",
+        "random shifts and horizontal flips of the plain training images",
+        action=argparse.BooleanOptionalAction,
+    )
+    add("--max-per-class", "keep at most this many images of each class in each split (quick runs)", type=int)
+    add("--early-stopping-patience", "stop after this many evaluations without improvement (default: off)", type=int)
+    add("--metric", "validation metric that picks the best checkpoint and drives early stopping")
+    add("--eval-steps", "evaluate (and save a checkpoint) every N steps instead of every epoch", type=int)
+    add("--logging-steps", "log the training loss every N steps", type=int)
+    add("--num-proc", "dataloader worker processes that load, augment and encrypt images", type=int)
+    add("--attack-max-images", "images the attack evaluation uses per split", type=int)
+    add("--save-total-limit", "checkpoints kept: the best one and the most recent", type=int)
+    add("--bf16", "bfloat16 mixed precision (GPUs that support it)", action="store_true")
+    add("--report-to", "experiment trackers for the Trainer, e.g. tensorboard, wandb")
+    add("--output-dir", "checkpoints, logs and the final model folder <output-dir>/model")
+    add(
+        "--resume",
+        "resume from the last checkpoint in --output-dir, or from CHECKPOINT",
+        nargs="?",
+        const=True,
+        metavar="CHECKPOINT",
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train and evaluate a keyed image classifier (hf-lcrypt). See docs/training.md."
+    )
+    return add_arguments(parser)
+
+
+def config_from_namespace(namespace: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the `--config` YAML file, then the flags given on the command line."""
+    names = {f.name for f in fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    config_file = getattr(namespace, "config", None)
+    if config_file:
+        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file} must hold a mapping of settings, got {type(loaded).__name__}.")
+        values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"Unknown setting(s) {unknown} in {config_file}; known: {sorted(names)}.")
+    values.update({k: v for k, v in vars(namespace).items() if k in names})
+    return TrainConfig(**values)
+
+
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    return config_from_namespace(build_parser().parse_args(argv))
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Augment:
+    """Random translation (by up to `max_shift` of each side, mirroring the edges in) and horizontal flip of a plain
+    image, at its own resolution; the processor resizes afterwards. Draws from torch's RNG, which the Trainer seeds
+    (and the DataLoader per worker).
+
+    Small shifts rather than random resized crops: on BreastMNIST's 28x28 images crops of 70-100 % of the area left
+    a small ViT underfitting (test accuracy 0.74 against 0.80 with shifts).
+    """
+
+    max_shift: float = 0.08
+    flip: bool = True
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        pixels = np.asarray(image.convert("RGB"))
+        height, width = pixels.shape[:2]
+        pad_y, pad_x = round(self.max_shift * height), round(self.max_shift * width)
+        if pad_y or pad_x:
+            padded = np.pad(pixels, ((pad_y, pad_y), (pad_x, pad_x), (0, 0)), mode="reflect")
+            top, left = int(torch.randint(0, 2 * pad_y + 1, ())), int(torch.randint(0, 2 * pad_x + 1, ()))
+            pixels = padded[top : top + height, left : left + width]
+        if self.flip and float(torch.rand(())) < 0.5:
+            pixels = pixels[:, ::-1]
+        return Image.fromarray(np.ascontiguousarray(pixels))
+
+
+class ImageTransform:
+    """The datasets transform: a batch of plain PIL images (augmented first, if asked) through the processor, which
+    encrypts unless built with `do_encrypt=False`.
+
+    Pickled (for datasets' fingerprint and spawned DataLoader workers) without the secret: a worker that unpickles it
+    finds the key through the HF_LCRYPT_KEY_FILE environment variable, which `run` sets.
+    """
+
+    def __init__(self, processor: LCryptImageProcessor, augment: Augment | None = None):
+        self.processor = processor
+        self.augment = augment
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, torch.Tensor]:
+        images = batch["image"] if self.augment is None else [self.augment(image) for image in batch["image"]]
+        pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values, "labels": torch.as_tensor(batch["label"], dtype=torch.long)}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"processor": self.processor.to_dict(), "augment": self.augment}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.processor = LCryptImageProcessor.from_dict(state["processor"])
+        self.augment = state["augment"]
+
+
+def cross_split_duplicates(dataset: DatasetDict) -> dict[str, int]:
+    """Byte-identical images shared by two splits: leaks that inflate validation and test scores."""
+    hashes = {name: set(content_hashes(split)) for name, split in dataset.items()}
+    return {f"{a}/{b}": len(hashes[a] & hashes[b]) for a, b in itertools.combinations(hashes, 2)}
+
+
+# -- models and keys ----------------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """The model to train and the geometry and normalisation it implies."""
+
+    model: PreTrainedModel
+    foldable: bool
+    image_size: int
+    block_size: int
+    image_mean: list[float]
+    image_std: list[float]
+
+
+def load_or_create_key(path: Path) -> LCryptKey:
+    """Load the key file, or create it (mode 0600) when absent. Only the key id is ever logged."""
+    if path.is_file():
+        key = LCryptKey.load(path)
+        logger.info("Loaded key %s from %s", key.key_id, path)
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = LCryptKey.generate()
+    key.save(path)
+    logger.warning("Created a new key %s in %s (mode 0600): keep it secret and backed up.", key.key_id, path)
+    return key
+
+
+def build_setup(config: TrainConfig, id2label: dict[int, str], label2id: dict[str, int]) -> Setup:
+    """A preset built from scratch, or the `--from-plain` checkpoint with a new classification head."""
+    if config.from_plain is None:
+        image_size = config.image_size or 32
+        block_size = config.block_size or default_block_size(image_size)
+        preset = MODEL_PRESETS[config.model]
+        model = preset.build(ModelSpec(image_size, block_size, id2label, label2id, config.dropout))
+        return Setup(model, preset.foldable, image_size, block_size, list(HALF), list(HALF))
+
+    source = config.from_plain
+    if isinstance(AutoConfig.from_pretrained(source), LCryptViTConfig):
+        raise ValueError(f"{source} is already keyed; --from-plain takes a plain ViT (use rekey to change keys).")
+    model = ViTForImageClassification.from_pretrained(
+        source, num_labels=len(id2label), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
+    )
+    image_size, patch = model.config.image_size, model.config.patch_size
+    for flag, wanted, actual in (
+        ("--image-size", config.image_size, image_size),
+        ("--block-size", config.block_size, patch),
+    ):
+        if wanted is not None and wanted != actual:
+            raise ValueError(f"{flag} {wanted} differs from the --from-plain model's {actual}; leave it out.")
+    try:
+        processor_dict, _ = ImageProcessingMixin.get_image_processor_dict(source)
+        mean, std = processor_dict["image_mean"], processor_dict["image_std"]
+    except (OSError, KeyError):
+        logger.warning(
+            "%s has no processor config with image_mean/image_std; normalising with mean = std = 0.5.", source
+        )
+        mean, std = HALF, HALF
+    channels = model.config.num_channels
+    return Setup(model, True, image_size, patch, list(mean)[:channels], list(std)[:channels])
+
+
+def _resume_checkpoint(config: TrainConfig, key: LCryptKey) -> str | None:
+    """The checkpoint to resume from, refusing one whose weights are folded with another key."""
+    if not config.resume:
+        return None
+    output_dir = Path(config.output_dir)
+    checkpoint = config.resume if isinstance(config.resume, str) else None
+    if checkpoint is None and output_dir.is_dir():
+        checkpoint = get_last_checkpoint(str(output_dir))
+    if checkpoint is None:
+        raise ValueError(f"--resume: no checkpoint-* folder in {output_dir} to resume from.")
+    saved = json.loads((Path(checkpoint) / "config.json").read_text()).get("key_id")
+    if saved is not None and saved != key.key_id:
+        raise ValueError(f"{checkpoint} is folded with key {saved}, not with the key file's {key.key_id}.")
+    return checkpoint
+
+
+def training_arguments(config: TrainConfig) -> TrainingArguments:
+    strategy = (
+        {
+            "eval_strategy": "steps",
+            "save_strategy": "steps",
+            "eval_steps": config.eval_steps,
+            "save_steps": config.eval_steps,
+        }
+        if config.eval_steps
+        else {"eval_strategy": "epoch", "save_strategy": "epoch"}
+    )
+    # Several processes but no CUDA (e.g. `accelerate launch --multi_gpu` on CPUs): accelerate sets up data
+    # parallelism over gloo only when told to use the CPU; otherwise every process would train alone.
+    cpu_parallel = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        use_cpu=cpu_parallel,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup,
+        lr_scheduler_type="cosine",
+        label_smoothing_factor=config.label_smoothing,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=config.metric,
+        dataloader_num_workers=config.num_proc,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,  # the transform needs the raw `image` column
+        ddp_find_unused_parameters=False,  # every parameter of the classifiers takes part in the loss
+        bf16=config.bf16,
+        report_to=config.report_to,
+        disable_tqdm=False,
+        **strategy,
+    )
+
+
+def hardware_info(args: TrainingArguments) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": str(args.device),
+        "world_size": args.world_size,
+        "mixed_precision": args.mixed_precision,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def write_rank_file(args: TrainingArguments, output_dir: Path, global_step: int) -> None:
+    """`<output_dir>/ranks/rank-<i>.json`: evidence that process i took part in a multi-process run."""
+    rank_file = output_dir / "ranks" / f"rank-{args.process_index}.json"
+    rank_file.parent.mkdir(parents=True, exist_ok=True)
+    info = {
+        "rank": args.process_index,
+        "local_rank": args.local_process_index,
+        "world_size": args.world_size,
+        "device": str(args.device),
+        "host": platform.node(),
+        "global_step": global_step,
+    }
+    rank_file.write_text(json.dumps(info) + "\n")
+
+
+def check_fold(
+    plain: PreTrainedModel,
+    images: torch.Tensor,
+    keyed_logits: torch.Tensor,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+    batch_size: int,
+) -> dict[str, Any]:
+    """Compare the plain model on plain `images` with the keyed model's logits on the same images encrypted."""
+    plain_logits = predict_logits(plain, images, image_mean, image_std, batch_size=batch_size)
+    same = int((plain_logits.argmax(-1) == keyed_logits.argmax(-1)).sum())
+    check = {
+        "num_images": len(images),
+        "identical_predictions": same,
+        "all_identical": same == len(images),
+        "max_abs_logit_diff": float((plain_logits - keyed_logits).abs().max()),
+    }
+    logger.info(
+        "Fold check: the keyed model on encrypted test images predicts as the plain model on plain ones for %d/%d "
+        "images (max |logit difference| %.2e)",
+        same,
+        len(images),
+        check["max_abs_logit_diff"],
+    )
+    return check
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What a run produced: the final metrics (as in metrics.json) and where its files are."""
+
+    metrics: dict[str, Any]
+    paths: dict[str, Path]
+    log_history: list[dict[str, Any]]
+
+
+def run(config: TrainConfig) -> TrainResult:
+    """Train, evaluate on the test split, attack, and write the Hub-ready folder `<output_dir>/model`."""
+    start = time.perf_counter()
+    args = training_arguments(config)
+    is_main = args.process_index == 0
+    output_dir = Path(config.output_dir)
+    model_dir = output_dir / "model"
+
+    # One process creates the key; the others wait and read it (on every node: share the file, see the docs).
+    with args.main_process_first(local=False, desc="key file"):
+        key = load_or_create_key(config.key_path)
+    resumed_from = _resume_checkpoint(config, key)
+    if config.num_proc > 0:
+        os.environ[KEY_ENV_VAR] = str(config.key_path.resolve())  # for DataLoader workers started by spawn
+    with args.main_process_first(desc="dataset loading"):
+        dataset, split_report = load_image_dataset(
+            config.data, seed=config.seed, max_per_class=config.max_per_class, return_report=True
+        )
+        duplicates = (
+            {"source": "split_by_content", **split_report.to_dict()}
+            if split_report is not None
+            else {"source": "given splits", "cross_split_overlap": cross_split_duplicates(dataset)}
+        )
+    logger.info("Data %s: %s; duplicates: %s", config.data, {s: len(d) for s, d in dataset.items()}, duplicates)
+    id2label, label2id = label_maps(dataset)
+
+    set_seed(config.seed)
+    setup = build_setup(config, id2label, label2id)
+    if config.mode == "fold" and not setup.foldable:
+        raise ValueError(f"--mode fold needs a ViT; the {config.model!r} preset trains in --mode encrypted only.")
+    fold = partial(
+        LCryptViTForImageClassification.from_plain,
+        key=key,
+        image_mean=setup.image_mean,
+        image_std=setup.image_std,
+        steps=config.cipher_steps,
+    )
+    model = fold(setup.model) if config.mode == "encrypted" and setup.foldable else setup.model
+    # The Trainer of transformers 5.24 reloads checkpoints (--resume, best model) with a plain load_state_dict, which
+    # does not undo the legacy renaming that save_pretrained applies to ViT weights, and so silently loads nothing
+    # (transformers#48805). An empty conversion list makes checkpoints keep the model's own parameter names.
+    model._weight_conversions = []
+    geometry = {
+        "image_size": setup.image_size,
+        "block_size": setup.block_size,
+        "cipher_steps": list(config.cipher_steps),
+        "image_mean": setup.image_mean,
+        "image_std": setup.image_std,
+    }
+    keyed_processor = LCryptImageProcessor(**geometry, key=key)
+    # In fold mode the model trains on plain images: the same resizing and normalisation, no encryption.
+    processor = keyed_processor if config.mode == "encrypted" else LCryptImageProcessor(**geometry, do_encrypt=False)
+    augment = Augment() if config.augment else None
+    train_set = dataset["train"].with_transform(ImageTransform(processor, augment))
+    eval_set = dataset["validation"].with_transform(ImageTransform(processor))
+
+    cipher = keyed_processor.cipher(setup.image_size, setup.image_size)
+    validation_images, validation_labels = load_plain_images(
+        dataset["validation"], keyed_processor, config.attack_max_images, config.seed
+    )
+    attack_callback = AttackEvalCallback(
+        AttackSuite(
+            validation_images,
+            validation_labels,
+            cipher,
+            setup.image_mean,
+            setup.image_std,
+            batch_size=config.batch_size,
+            seed=config.seed,
+        ),
+        prepare_model=fold if config.mode == "fold" else None,
+    )
+    callbacks = [attack_callback]
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(id2label),
+        callbacks=callbacks,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "Mode %s, key %s, %s (%.2fM parameters), images %dx%d in blocks of %d, world size %d",
+        config.mode,
+        key.key_id,
+        config.from_plain or f"preset {config.model!r}",
+        n_params / 1e6,
+        setup.image_size,
+        setup.image_size,
+        setup.block_size,
+        args.world_size,
+    )
+
+    train_seconds = 0.0
+    if config.epochs > 0 or (config.max_steps or 0) > 0:
+        train_output = trainer.train(resume_from_checkpoint=resumed_from)
+        train_seconds = train_output.metrics["train_runtime"]
+    if args.world_size > 1:
+        write_rank_file(args, output_dir, trainer.state.global_step)
+
+    # Final evaluation on the test split, every process alike (sharded models need all of them for a forward).
+    trained = trainer.model
+    keyed = fold(trained) if config.mode == "fold" else trained
+    eval_start = time.perf_counter()
+    test_images, test_labels = load_plain_images(dataset["test"], keyed_processor)
+    test_logits = predict_logits(
+        keyed, test_images, setup.image_mean, setup.image_std, cipher.encrypt, config.batch_size
+    )
+    test_metrics = compute_classification_metrics(test_logits.numpy(), test_labels.numpy(), id2label)
+    fold_check = (
+        check_fold(trained, test_images, test_logits, setup.image_mean, setup.image_std, config.batch_size)
+        if config.mode == "fold"
+        else None
+    )
+    eval_seconds = time.perf_counter() - eval_start
+    attack_start = time.perf_counter()
+    subset = sample_indices(len(test_labels), config.attack_max_images, config.seed)
+    test_suite = AttackSuite(
+        test_images[subset],
+        test_labels[subset],
+        cipher,
+        setup.image_mean,
+        setup.image_std,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        split="test",
+    )
+    attack_results = test_suite.run(keyed)
+    attack_seconds = time.perf_counter() - attack_start
+
+    if config.mode == "encrypted":
+        vars(trained).pop("_weight_conversions", None)  # the final folder in the standard layout, as in fold mode
+        trainer.save_model(str(model_dir))  # every process: gathers sharded weights; writes model and processor
+    paths: dict[str, Path] = {"model_folder": model_dir, "metrics": model_dir / "metrics.json"}
+    metrics: dict[str, Any] = {}
+    if is_main:
+        if config.mode == "fold":
+            keyed.save_pretrained(model_dir)
+            LCryptImageProcessor.for_model(keyed).save_pretrained(model_dir)
+        (model_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle save_model adds; not for the Hub
+        paths.update(write_attack_report(test_suite, attack_results, model_dir, history=attack_callback.history))
+        paths["confusion_matrix"] = plot_confusion_matrix(
+            test_labels.numpy(),
+            test_logits.argmax(-1).numpy(),
+            [id2label[i] for i in sorted(id2label)],
+            model_dir / "confusion_matrix.png",
+            title=f"Test set ({len(test_labels)} images), keyed model",
+        )
+        metrics = {
+            "mode": config.mode,
+            "key_id": key.key_id,
+            "dataset": config.data,
+            "base_model": config.from_plain,
+            "folded_from_public": config.from_plain is not None and not Path(config.from_plain).exists(),
+            "model": {
+                "preset": None if config.from_plain else config.model,
+                "parameters": n_params,
+                "image_size": setup.image_size,
+                "block_size": setup.block_size,
+                "cipher_steps": list(config.cipher_steps),
+            },
+            "test": {**test_metrics, "num_images": len(test_labels)},
+            "per_class_f1": {name: test_metrics[f"f1_{name}"] for name in id2label.values()},
+            "fold_check": fold_check,
+            "best_validation": {
+                "metric": config.metric,
+                "value": trainer.state.best_metric,
+                "checkpoint": Path(trainer.state.best_model_checkpoint or "").name or None,
+            },
+            "data": {
+                "splits": {s: len(d) for s, d in dataset.items()},
+                "classes": list(id2label.values()),
+                "duplicates": duplicates,
+            },
+            "training": {
+                "global_step": trainer.state.global_step,
+                "epoch": trainer.state.epoch,
+                "resumed_from": Path(resumed_from).name if resumed_from else None,
+            },
+            "timings": {
+                "train_seconds": train_seconds,
+                "test_eval_seconds": eval_seconds,
+                "attack_eval_seconds": attack_seconds,
+                "total_seconds": time.perf_counter() - start,
+            },
+            "hardware": hardware_info(args),
+            "config": config.public_dict(),
+            "attack_report": "attack_report.json",
+        }
+        paths["metrics"].write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        paths["log_history"] = output_dir / "log_history.json"
+        paths["log_history"].write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(metrics, paths, trainer.state.log_history)
+
+
+def run_from_namespace(args: argparse.Namespace) -> int:
+    """Run with parsed flags (`scripts/train.py`, `hf-lcrypt train`) and print where the results are."""
+    config = config_from_namespace(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    result = run(config)
+    if result.metrics:
+        test = result.metrics["test"]
+        print(
+            f"\nTest accuracy {test['accuracy']:.4f}, macro F1 {test['f1']:.4f}, AUROC {test['roc_auc']:.4f} "
+            f"on {test['num_images']} encrypted test images (key {result.metrics['key_id']})."
+        )
+        for name, path in result.paths.items():
+            print(f"  {name.replace('_', ' '):>22}: {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_from_namespace(build_parser().parse_args(argv))

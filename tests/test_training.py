@@ -1,0 +1,330 @@
+"""The training pipeline, end to end on a tiny real subset of the embedded BreastMNIST, with a tiny ViT.
+
+Two short runs (encrypted and fold mode, same seed and key) are shared by most tests; each takes a few seconds.
+"""
+
+import json
+import pickle
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import IMAGENET_MEAN, IMAGENET_STD, tiny_vit
+from PIL import Image
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
+)
+
+from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
+from hf_lcrypt.cli import build_parser
+from hf_lcrypt.data import load_image_dataset
+from hf_lcrypt.keys import KEY_ENV_VAR
+from hf_lcrypt.training import (
+    Augment,
+    ImageTransform,
+    ModelPreset,
+    TrainConfig,
+    config_from_namespace,
+    parse_config,
+    register_model_preset,
+    run,
+    run_from_namespace,
+    vit_preset,
+)
+
+pytestmark = pytest.mark.slow
+
+NANO = "test-nano"
+register_model_preset(NANO, vit_preset(hidden_size=32, layers=2, heads=2))
+ATTACKS = ("clean", "wrong_key", "plain", "noise_0.05", "bitflip_0.01", "msb_0.1")
+
+
+def settings(root: Path, name: str, **overrides) -> TrainConfig:
+    """Six steps of 8 images, evaluated and saved every 2 steps, no augmentation (so runs can be compared)."""
+    values = {
+        "data": "default",
+        "model": NANO,
+        "max_per_class": 16,
+        "batch_size": 8,
+        "max_steps": 6,
+        "eval_steps": 2,
+        "logging_steps": 1,
+        "augment": False,
+        "warmup": 0,
+        "attack_max_images": 32,  # the whole validation split
+        "save_total_limit": None,
+        "output_dir": str(root / name),
+        "key_file": str(root / "keys" / "secret.key"),
+        **overrides,
+    }
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models gain nothing from a second thread, and spinning OpenMP threads on a busy CPU made these runs
+    several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("training")
+
+
+@pytest.fixture(scope="module")
+def encrypted(root):
+    return run(settings(root, "encrypted", mode="encrypted"))
+
+
+@pytest.fixture(scope="module")
+def folded(root, encrypted):  # after `encrypted`, which creates the key file both use
+    return run(settings(root, "fold", mode="fold"))
+
+
+@pytest.fixture(scope="module")
+def test_images() -> list[Image.Image]:
+    return list(load_image_dataset("default", max_per_class=16)["test"]["image"])
+
+
+def evaluations(log_history):
+    return [entry for entry in log_history if "eval_loss" in entry]
+
+
+def folder_logits(folder: Path, images, key: LCryptKey) -> torch.Tensor:
+    """Logits of a saved model folder (or checkpoint) on `images` through its own saved processor, as a Hub user
+    would run it; the processor encrypts unless it was saved with do_encrypt=False (plain fold-mode checkpoints)."""
+    processor = AutoImageProcessor.from_pretrained(folder, key=key)
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return model(**processor(images, return_tensors="pt")).logits
+
+
+def test_key_file_is_created_owner_only_and_never_written_elsewhere(root, encrypted):
+    key_file = root / "keys" / "secret.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = LCryptKey.load(key_file)
+    assert encrypted.metrics["key_id"] == key.key_id
+    secret_hex, secret = key.to_hex().encode(), key.to_bytes()
+    for path in (root / "encrypted").rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert secret_hex not in content.lower() and secret not in content, path
+
+
+def test_attack_metrics_join_every_evaluation_without_replacing_it(encrypted, folded):
+    for result in (encrypted, folded):
+        evals = evaluations(result.log_history)
+        assert [entry["step"] for entry in evals] == [2, 4, 6]
+        for entry in evals:
+            assert 0 <= entry["eval_accuracy"] <= 1
+            for name in ATTACKS:
+                assert 0 <= entry[f"eval_attack_{name}_accuracy"] <= 1, (entry["step"], name)
+    # The attack suite's clean condition is the regular evaluation, done another way: same data, same model.
+    for entry in evaluations(encrypted.log_history):
+        assert entry["eval_attack_clean_accuracy"] == pytest.approx(entry["eval_accuracy"])
+
+
+def test_output_folder_is_hub_ready(root, encrypted, test_images):
+    model_dir = root / "encrypted" / "model"
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "modeling_lcrypt.py",
+        "preprocessor_config.json",
+        "image_processing_lcrypt.py",
+        "metrics.json",
+        "confusion_matrix.png",
+        "attack_report.json",
+        "attack_report.md",
+        "robustness_noise.png",
+        "robustness_bitflip.png",
+        "robustness_msb.png",
+    ):
+        assert (model_dir / name).is_file(), name
+    assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt*"))  # no pickles
+    key = LCryptKey.load(root / "keys" / "secret.key")
+    processor_config = json.loads((model_dir / "preprocessor_config.json").read_text())
+    assert processor_config["key_id"] == key.key_id and key.to_hex() not in json.dumps(processor_config)
+
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(encrypted.metrics, default=str))
+    assert metrics["mode"] == "encrypted" and metrics["key_id"] == key.key_id
+    assert set(metrics["per_class_f1"]) == {"malignant", "normal_or_benign"}
+    assert metrics["data"]["duplicates"]["source"] == "given splits"
+    assert metrics["timings"]["train_seconds"] > 0 and metrics["hardware"]["world_size"] == 1
+    report = json.loads((model_dir / "attack_report.json").read_text())
+    assert report["split"] == "test" and set(ATTACKS) <= set(report["accuracy"])
+
+    # The folder holds the best checkpoint's weights (here not the last one's), reloaded after training.
+    best = root / "encrypted" / metrics["best_validation"]["checkpoint"]
+    assert best.name != "checkpoint-6"
+    final, reference = (AutoModelForImageClassification.from_pretrained(p).state_dict() for p in (model_dir, best))
+    assert final.keys() == reference.keys() and all(torch.equal(final[k], reference[k]) for k in final)
+
+    # Loaded back from the folder alone, the model reproduces the reported test accuracy.
+    labels = torch.as_tensor(list(load_image_dataset("default", max_per_class=16)["test"]["label"]))
+    accuracy = (folder_logits(model_dir, test_images, key).argmax(-1) == labels).float().mean().item()
+    assert accuracy == pytest.approx(metrics["test"]["accuracy"])
+
+
+def test_fold_mode_keyed_model_predicts_as_the_plain_model(root, folded, test_images):
+    check = folded.metrics["fold_check"]
+    assert check["all_identical"] and check["max_abs_logit_diff"] < 1e-4
+    # Independently of the run's own check: the best plain checkpoint on plain images vs the published keyed model.
+    key = LCryptKey.load(root / "keys" / "secret.key")
+    best = root / "fold" / folded.metrics["best_validation"]["checkpoint"]
+    plain = ViTForImageClassification.from_pretrained(best).eval()
+    plain_processor = LCryptImageProcessor.from_pretrained(best)
+    assert plain_processor.do_encrypt is False
+    with torch.no_grad():
+        expected = plain(**plain_processor(test_images, return_tensors="pt")).logits
+    got = folder_logits(root / "fold" / "model", test_images, key)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=0)
+    assert json.loads((root / "fold" / "model" / "config.json").read_text())["model_type"] == "lcrypt-vit"
+
+
+def test_encrypted_training_tracks_plain_training_step_for_step(root, encrypted, folded, test_images):
+    """Same seed, data order and initialisation (folded): with mean = std = 0.5 the key is a signed permutation of
+    the patch-embedding inputs and of the position embeddings, and AdamW is equivariant to that (docs/training.md)."""
+    losses = {
+        mode: [e["loss"] for e in result.log_history if "loss" in e]
+        for mode, result in (("encrypted", encrypted), ("fold", folded))
+    }
+    assert len(losses["encrypted"]) == 6
+    np.testing.assert_allclose(losses["encrypted"], losses["fold"], atol=1e-5)
+    # After the last step: the encrypted run's keyed model vs the fold run's plain model with the key folded in.
+    key = LCryptKey.load(root / "keys" / "secret.key")
+    keyed = LCryptViTForImageClassification.from_plain(root / "fold" / "checkpoint-6", key)
+    processor = LCryptImageProcessor.for_model(keyed, key=key)
+    with torch.no_grad():
+        folded_logits = keyed.eval()(**processor(test_images, return_tensors="pt")).logits
+    trained_logits = folder_logits(root / "encrypted" / "checkpoint-6", test_images, key)
+    assert torch.allclose(trained_logits, folded_logits, atol=1e-4, rtol=0)
+    assert (trained_logits - folder_logits(root / "encrypted" / "checkpoint-2", test_images, key)).abs().max() > 1e-2
+
+
+def test_resume_continues_from_the_last_checkpoint(root, encrypted, test_images):
+    """Interrupt the encrypted run after step 4 (drop what came later), resume: step 6 is the full run's step 6."""
+    key = LCryptKey.load(root / "keys" / "secret.key")
+    interrupted = root / "resumed"
+    shutil.copytree(root / "encrypted", interrupted, ignore=shutil.ignore_patterns("checkpoint-6", "model"))
+    result = run(settings(root, "resumed", mode="encrypted", resume=True))
+    assert Path(result.metrics["training"]["resumed_from"]).name == "checkpoint-4"
+    assert result.metrics["training"]["global_step"] == 6
+    assert [entry["step"] for entry in evaluations(result.log_history)] == [2, 4, 6]
+    expected = folder_logits(root / "encrypted" / "checkpoint-6", test_images, key)
+    assert torch.allclose(folder_logits(interrupted / "checkpoint-6", test_images, key), expected, atol=1e-5, rtol=0)
+
+
+def test_from_plain_checkpoint_is_folded_with_its_own_normalisation(tmp_path, test_images):
+    """--from-plain with no training only folds: the keyed model reproduces the checkpoint, ImageNet statistics and
+    all; the published folder carries them as its normalisation."""
+    plain = tiny_vit(image_size=28, patch_size=4, labels=2)
+    plain.save_pretrained(tmp_path / "plain")
+    processor = ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    processor.save_pretrained(tmp_path / "plain")
+    result = run(settings(tmp_path, "folded", from_plain=str(tmp_path / "plain"), epochs=0, max_steps=None))
+    assert result.metrics["training"]["global_step"] == 0 and result.metrics["base_model"] == str(tmp_path / "plain")
+    with torch.no_grad():
+        expected = plain(**processor([im.convert("RGB") for im in test_images], return_tensors="pt")).logits
+    key = LCryptKey.load(tmp_path / "keys" / "secret.key")
+    assert torch.allclose(folder_logits(tmp_path / "folded" / "model", test_images, key), expected, atol=1e-4, rtol=0)
+    saved = json.loads((tmp_path / "folded" / "model" / "preprocessor_config.json").read_text())
+    assert saved["image_mean"] == pytest.approx(IMAGENET_MEAN) and saved["block_size"] == 4
+    with pytest.raises(ValueError, match="--block-size 7 differs"):
+        run(settings(tmp_path, "clash", from_plain=str(tmp_path / "plain"), block_size=7))
+
+
+def test_a_folder_without_splits_is_split_by_content_and_its_duplicates_reported(tmp_path):
+    rng = np.random.default_rng(0)
+    for label in ("benign", "malignant"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
+    for copy in ("copy1.png", "copy2.png"):  # two byte-identical copies of one image
+        shutil.copy(tmp_path / "images" / "benign" / "0.png", tmp_path / "images" / "benign" / copy)
+    result = run(settings(tmp_path, "folder", data=str(tmp_path / "images"), max_per_class=None, max_steps=1))
+    duplicates = result.metrics["data"]["duplicates"]
+    assert duplicates["source"] == "split_by_content"
+    assert (duplicates["duplicate_groups"], duplicates["duplicate_files"]) == (1, 2)
+    assert sum(result.metrics["data"]["splits"].values()) == 26
+    assert result.metrics["data"]["classes"] == ["benign", "malignant"]
+
+
+def test_resume_refuses_a_checkpoint_folded_with_another_key(root, encrypted, tmp_path):
+    other = tmp_path / "other.key"
+    with pytest.raises(ValueError, match="folded with key"):
+        run(settings(root, "encrypted", mode="encrypted", resume=True, key_file=str(other)))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        run(settings(tmp_path, "empty", resume=True))
+
+
+def test_yaml_config_then_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("mode: fold\nepochs: 3\nbatch-size: 4\ncipher_steps: [block_scramble]\n")
+    config = parse_config(["--config", str(path), "--epochs", "5", "--no-augment"])
+    assert (config.mode, config.epochs, config.batch_size, config.augment) == ("fold", 5.0, 4, False)
+    assert config.cipher_steps == ["block_scramble"] and config.lr == TrainConfig().lr
+    assert parse_config(["--resume"]).resume is True
+    assert parse_config(["--output-dir", "out/run"]).key_path == Path("out/run.key")
+    path.write_text("epocs: 3\n")
+    with pytest.raises(ValueError, match="epocs"):
+        parse_config(["--config", str(path)])
+    with pytest.raises(ValueError, match="mode"):
+        TrainConfig(mode="plain")
+
+
+def test_cli_train_subcommand_takes_the_same_settings(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 3\nlr: 1e-3\n")  # YAML reads 1e-3 as a string; the config makes it a float
+    args = build_parser().parse_args(["train", "--config", str(path), "--mode", "fold"])
+    assert args.handler is run_from_namespace
+    config = config_from_namespace(args)
+    assert (config.mode, config.epochs, config.lr) == ("fold", 3.0, 1e-3)
+
+
+def test_augment_shifts_and_flips_plain_images_to_rgb():
+    pixels = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28) % 251
+    augment = Augment(max_shift=0.08)
+    torch.manual_seed(0)
+    outputs = [np.asarray(augment(Image.fromarray(pixels))) for _ in range(16)]
+    assert all(o.shape == (28, 28, 3) and o.dtype == np.uint8 for o in outputs)
+    assert len({o.tobytes() for o in outputs}) > 8
+    # Every output is the input moved by at most 2 pixels (0.08 * 28), perhaps mirrored: its centre is in there.
+    reference = {np.asarray(Image.fromarray(p).convert("RGB"))[2:-2, 2:-2].tobytes() for p in (pixels, pixels[:, ::-1])}
+    for out in outputs:
+        windows = {out[dy : dy + 24, dx : dx + 24].tobytes() for dy in range(5) for dx in range(5)}
+        assert windows & reference
+    torch.manual_seed(0)
+    assert np.array_equal(np.asarray(augment(Image.fromarray(pixels))), outputs[0])
+
+
+def test_image_transform_pickles_without_the_secret(tmp_path, monkeypatch):
+    key = LCryptKey.generate()
+    processor = LCryptImageProcessor(image_size=32, block_size=4, image_mean=[0.5] * 3, image_std=[0.5] * 3, key=key)
+    transform = ImageTransform(processor)
+    data = pickle.dumps(transform)
+    assert key.to_bytes() not in data and key.to_hex().encode() not in data
+    batch = {"image": [Image.new("L", (28, 28), 90), Image.new("RGB", (30, 20), (1, 2, 3))], "label": [0, 1]}
+    key.save(tmp_path / "k.key")
+    monkeypatch.setenv(KEY_ENV_VAR, str(tmp_path / "k.key"))  # how a spawned DataLoader worker finds the key
+    restored = pickle.loads(data)(batch)
+    assert torch.equal(restored["pixel_values"], transform(batch)["pixel_values"])
+    assert restored["labels"].tolist() == [0, 1]
+
+
+def test_fold_mode_needs_a_foldable_model(tmp_path):
+    register_model_preset("test-unfoldable", ModelPreset(vit_preset(32, 1, 2).build, foldable=False))
+    with pytest.raises(ValueError, match="--mode fold needs a ViT"):
+        run(settings(tmp_path, "unfoldable", mode="fold", model="test-unfoldable"))
