@@ -21,7 +21,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -39,7 +39,6 @@ from transformers import (
     PreTrainedModel,
     Trainer,
     TrainingArguments,
-    ViTConfig,
     ViTForImageClassification,
     set_seed,
 )
@@ -61,77 +60,14 @@ from .evaluation import compute_classification_metrics, make_compute_metrics, pl
 from .image_processing_lcrypt import LCryptImageProcessor
 from .keys import KEY_ENV_VAR, LCryptKey
 from .modeling_lcrypt import LCryptViTForImageClassification
+from .presets import MODEL_PRESETS, ModelSpec
 
 logger = logging.getLogger(__name__)
 
-MODES = ("encrypted", "fold")
+MODES = ("encrypted", "fold", "plain")
 # Normalisation of models trained from scratch. With mean = std = 0.5 the fold map of the key is a pure signed
 # permutation (no bias offset), which is what makes encrypted training track plain training (docs/training.md).
 HALF = (0.5, 0.5, 0.5)
-
-
-# -- model presets ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a preset needs to know to build a fresh model."""
-
-    image_size: int
-    block_size: int
-    id2label: dict[int, str]
-    label2id: dict[str, int]
-    dropout: float = 0.0
-
-
-@dataclass(frozen=True)
-class ModelPreset:
-    """A named model built from scratch.
-
-    `foldable` presets build a plain `ViTForImageClassification` with patch size = block size, which the key is
-    folded into; other presets (e.g. CNNs) are trained on encrypted images as they are, and cannot run `--mode fold`.
-    """
-
-    build: Callable[[ModelSpec], PreTrainedModel]
-    foldable: bool = True
-    description: str = ""
-
-
-MODEL_PRESETS: dict[str, ModelPreset] = {}
-
-
-def register_model_preset(name: str, preset: ModelPreset) -> None:
-    """Make `--model NAME` build `preset` (replacing a preset of that name)."""
-    MODEL_PRESETS[name] = preset
-
-
-def vit_preset(hidden_size: int, layers: int, heads: int) -> ModelPreset:
-    """A plain ViT classifier of the given width and depth (MLP 4x wider, pre-norm, as in ViT/DeiT)."""
-
-    def build(spec: ModelSpec) -> PreTrainedModel:
-        config = ViTConfig(
-            image_size=spec.image_size,
-            patch_size=spec.block_size,
-            num_channels=3,
-            hidden_size=hidden_size,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=4 * hidden_size,
-            hidden_dropout_prob=spec.dropout,
-            attention_probs_dropout_prob=spec.dropout,
-            num_labels=len(spec.id2label),
-            id2label=spec.id2label,
-            label2id=spec.label2id,
-        )
-        return ViTForImageClassification(config)
-
-    return ModelPreset(build, foldable=True, description=f"ViT {hidden_size} wide, {layers} deep, {heads} heads")
-
-
-# `micro` suits MedMNIST's 28x28 images on a CPU; `tiny` has DeiT-Ti's width at half its depth; `small` and `base`
-# are DeiT-S and DeiT-B.
-register_model_preset("micro", vit_preset(128, 4, 4))
-register_model_preset("tiny", vit_preset(192, 6, 3))
-register_model_preset("small", vit_preset(384, 12, 6))
-register_model_preset("base", vit_preset(768, 12, 12))
 
 
 def default_block_size(image_size: int) -> int:
@@ -186,6 +122,8 @@ class TrainConfig:
                 setattr(self, item.name, cast(value))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}.")
+        if self.mode == "plain":
+            self.cipher_steps = []
         if self.from_plain is None and self.model not in MODEL_PRESETS:
             raise ValueError(f"Unknown model preset {self.model!r}; choose from {sorted(MODEL_PRESETS)}.")
         unknown = sorted(set(self.cipher_steps) - set(ALL_STEPS))
@@ -217,7 +155,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     add("--config", "YAML file of settings named like the flags (e.g. `epochs: 5`); flags override it", metavar="YAML")
     add("--data", "image folder, MedMNIST .npz, Hub dataset id, or 'default' (the embedded BreastMNIST)")
-    add("--mode", "encrypted: train on encrypted images; fold: train plain, then fold the key in", choices=MODES)
+    add(
+        "--mode",
+        "encrypted: train on encrypted images; fold: train plain, then fold the key in; plain: the baseline without "
+        "encryption (the same pipeline with an identity cipher, so no access control)",
+        choices=MODES,
+    )
     add("--key-file", "secret key file; created (mode 0600) if absent (default: <output-dir>.key)", metavar="PATH")
     # No `choices`: presets registered after the parser is built (e.g. by hf_lcrypt.baselines) are checked by
     # TrainConfig instead.
@@ -363,6 +306,15 @@ class Setup:
     block_size: int
     image_mean: list[float]
     image_std: list[float]
+
+
+def secret_init_seed(key: LCryptKey, seed: int) -> int:
+    """Seed of a from-scratch model's initialisation, derived from the key and `--seed`.
+
+    A keyed model folded from an initialisation anyone can regenerate (a public seed) gives its key away by matching
+    weights, even after training (docs/security.md); a key-derived seed keeps runs reproducible for the key holder.
+    """
+    return int.from_bytes(key.stream("model-init", f"seed={seed}", 4), "big")
 
 
 def load_or_create_key(path: Path) -> LCryptKey:
@@ -565,10 +517,11 @@ def run(config: TrainConfig) -> TrainResult:
     logger.info("Data %s: %s; duplicates: %s", config.data, {s: len(d) for s, d in dataset.items()}, duplicates)
     id2label, label2id = label_maps(dataset)
 
-    set_seed(config.seed)
+    set_seed(secret_init_seed(key, config.seed))
     setup = build_setup(config, id2label, label2id)
+    set_seed(config.seed)
     if config.mode == "fold" and not setup.foldable:
-        raise ValueError(f"--mode fold needs a ViT; the {config.model!r} preset trains in --mode encrypted only.")
+        raise ValueError(f"--mode fold needs a ViT; the {config.model!r} preset trains in --mode encrypted or plain.")
     fold = partial(
         LCryptViTForImageClassification.from_plain,
         key=key,
@@ -576,7 +529,8 @@ def run(config: TrainConfig) -> TrainResult:
         image_std=setup.image_std,
         steps=config.cipher_steps,
     )
-    model = fold(setup.model) if config.mode == "encrypted" and setup.foldable else setup.model
+    on_ciphertext = config.mode != "fold"  # "plain" is "encrypted" with an identity cipher
+    model = fold(setup.model) if on_ciphertext and setup.foldable else setup.model
     # The Trainer of transformers 5.24 reloads checkpoints (--resume, best model) with a plain load_state_dict, which
     # does not undo the legacy renaming that save_pretrained applies to ViT weights, and so silently loads nothing
     # (transformers#48805). An empty conversion list makes checkpoints keep the model's own parameter names.
@@ -590,7 +544,7 @@ def run(config: TrainConfig) -> TrainResult:
     }
     keyed_processor = LCryptImageProcessor(**geometry, key=key)
     # In fold mode the model trains on plain images: the same resizing and normalisation, no encryption.
-    processor = keyed_processor if config.mode == "encrypted" else LCryptImageProcessor(**geometry, do_encrypt=False)
+    processor = keyed_processor if on_ciphertext else LCryptImageProcessor(**geometry, do_encrypt=False)
     augment = Augment() if config.augment else None
     train_set = dataset["train"].with_transform(ImageTransform(processor, augment))
     eval_set = dataset["validation"].with_transform(ImageTransform(processor))
@@ -673,7 +627,7 @@ def run(config: TrainConfig) -> TrainResult:
     attack_results = test_suite.run(keyed)
     attack_seconds = time.perf_counter() - attack_start
 
-    if config.mode == "encrypted":
+    if on_ciphertext:
         vars(trained).pop("_weight_conversions", None)  # the final folder in the standard layout, as in fold mode
         trainer.save_model(str(model_dir))  # every process: gathers sharded weights; writes model and processor
     paths: dict[str, Path] = {"model_folder": model_dir, "metrics": model_dir / "metrics.json"}

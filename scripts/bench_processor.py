@@ -55,7 +55,8 @@ def main() -> None:
         plain_times += timed(lambda: plain(images, return_tensors="pt"), 1)
         keyed_times += timed(lambda: keyed(images, return_tensors="pt"), 1)
     plain_median, keyed_median = statistics.median(plain_times), statistics.median(keyed_times)
-    print(f"{args.images} images ({source}) -> {args.size}x{args.size}, block {args.block_size}, {args.repeats} repeats")
+    geometry = f"{args.size}x{args.size}, block {args.block_size}"
+    print(f"{args.images} images ({source}) -> {geometry}, {args.repeats} repeats")
     print(f"ViTImageProcessorPil : {plain_median * 1e3:8.1f} ms  ({args.images / plain_median:7.1f} images/s)")
     print(f"LCryptImageProcessor : {keyed_median * 1e3:8.1f} ms  ({args.images / keyed_median:7.1f} images/s)")
     print(f"ratio keyed / plain  : {keyed_median / plain_median:8.3f}   (target <= 1.15)")

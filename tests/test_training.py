@@ -25,17 +25,16 @@ from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassifi
 from hf_lcrypt.cli import build_parser
 from hf_lcrypt.data import load_image_dataset
 from hf_lcrypt.keys import KEY_ENV_VAR
+from hf_lcrypt.presets import ModelPreset, register_model_preset, vit_preset
 from hf_lcrypt.training import (
     Augment,
     ImageTransform,
-    ModelPreset,
     TrainConfig,
     config_from_namespace,
     parse_config,
-    register_model_preset,
     run,
     run_from_namespace,
-    vit_preset,
+    secret_init_seed,
 )
 
 pytestmark = pytest.mark.slow
@@ -282,7 +281,7 @@ def test_yaml_config_then_flags(tmp_path):
     with pytest.raises(ValueError, match="epocs"):
         parse_config(["--config", str(path)])
     with pytest.raises(ValueError, match="mode"):
-        TrainConfig(mode="plain")
+        TrainConfig(mode="plaintext")
 
 
 def test_cli_train_subcommand_takes_the_same_settings(tmp_path):
@@ -328,3 +327,10 @@ def test_fold_mode_needs_a_foldable_model(tmp_path):
     register_model_preset("test-unfoldable", ModelPreset(vit_preset(32, 1, 2).build, foldable=False))
     with pytest.raises(ValueError, match="--mode fold needs a ViT"):
         run(settings(tmp_path, "unfoldable", mode="fold", model="test-unfoldable"))
+
+
+def test_initialisation_seed_is_secret_but_reproducible():
+    key = LCryptKey.generate()
+    assert secret_init_seed(key, 0) == secret_init_seed(LCryptKey(key.to_bytes()), 0)
+    assert secret_init_seed(key, 0) != secret_init_seed(key, 1)
+    assert secret_init_seed(key, 0) != secret_init_seed(LCryptKey.generate(), 0)
