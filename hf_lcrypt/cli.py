@@ -14,7 +14,7 @@ import getpass
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -205,56 +205,66 @@ def run_cipher(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- publish -----------------------------------------------------------------------------------------------------------
+# -- commands implemented by the library's modules ---------------------------------------------------------------------
+def add_library_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], object],
+    handler: Callable[[argparse.Namespace], int],
+) -> None:
+    """A subcommand whose options and handler live in the module that does the work."""
+    parser = sub.add_parser(name, help=summary, description=wrap(description))
+    add_arguments(parser)
+    parser.set_defaults(handler=handler)
+
+
 def add_publish(sub: argparse._SubParsersAction) -> None:
     from .publishing import add_publish_arguments, run_publish
 
-    parser = sub.add_parser(
+    add_library_command(
+        sub,
         "publish",
-        help="check a trained keyed model and upload it to the Hugging Face Hub",
-        description=wrap(
-            "Build the model repository from MODEL_DIR (weights, config, remote code, processor, model card, metrics "
-            "and plots), check it (a fresh process with transformers alone reproduces the logits, the card's "
-            "metadata reads back, no file holds the key) and upload it; with --dry-run, only write and check it."
-        ),
+        "check a trained keyed model and upload it to the Hugging Face Hub",
+        "Build the model repository from MODEL_DIR (weights, config, remote code, processor, model card, metrics "
+        "and plots), check it (a fresh process with transformers alone reproduces the logits, the card's "
+        "metadata reads back, no file holds the key) and upload it; with --dry-run, only write and check it.",
+        add_publish_arguments,
+        run_publish,
     )
-    add_publish_arguments(parser)
-    parser.set_defaults(handler=run_publish)
 
 
-# -- train -------------------------------------------------------------------------------------------------------------
 def add_train(sub: argparse._SubParsersAction) -> None:
     from .training import add_arguments, run_from_namespace
 
-    parser = sub.add_parser(
+    add_library_command(
+        sub,
         "train",
-        help="train and evaluate a keyed image classifier",
-        description=wrap(
-            "Train a classifier on encrypted images (--mode encrypted), or a plain ViT that gets the key folded in "
-            "afterwards (--mode fold); evaluate it on the test split and under attacks, and write a Hub-ready folder "
-            "OUTPUT_DIR/model. The same as `python scripts/train.py`; see docs/training.md."
-        ),
+        "train and evaluate a keyed image classifier",
+        "Train a classifier on encrypted images (--mode encrypted), or a plain ViT that gets the key folded in "
+        "afterwards (--mode fold), or the unencrypted baseline (--mode plain); evaluate it on the test split and "
+        "under attacks, and write a Hub-ready folder OUTPUT_DIR/model. The same as `python scripts/train.py`; see "
+        "docs/training.md.",
+        add_arguments,
+        run_from_namespace,
     )
-    add_arguments(parser)
-    parser.set_defaults(handler=run_from_namespace)
 
 
-# -- attack ------------------------------------------------------------------------------------------------------------
 def add_attack(sub: argparse._SubParsersAction) -> None:
     from .attack_report import add_attack_arguments, run_attack
 
-    parser = sub.add_parser(
+    add_library_command(
+        sub,
         "attack",
-        help="run the attack suite on a keyed model (or the cipher alone) and write a report",
-        description=wrap(
-            "Attack a keyed model and its key on images of --data: robustness to corrupted ciphertext, adversarial "
-            "examples (white-box and transferred), int8 weight bit flips (random and searched), key recovery from "
-            "the weights, access control, and the cipher attacks (jigsaw, known plaintext, metrics). Writes "
-            "report.json, report.md and PNG figures into --out; see docs/security.md."
-        ),
+        "run the attack suite on a keyed model (or the cipher alone) and write a report",
+        "Attack a keyed model and its key on images of --data: robustness to corrupted ciphertext, adversarial "
+        "examples (white-box and transferred), int8 weight bit flips (random and searched), key recovery from "
+        "the weights, access control, and the cipher attacks (jigsaw, known plaintext, metrics). Writes "
+        "report.json, report.md and PNG figures into --out; see docs/security.md.",
+        add_attack_arguments,
+        run_attack,
     )
-    add_attack_arguments(parser)
-    parser.set_defaults(handler=run_attack)
 
 
 # -- entry point -------------------------------------------------------------------------------------------------------
@@ -262,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-lcrypt",
         description=wrap(
-            "Keyed block-wise image encryption for Vision Transformers: create keys, and encrypt or decrypt folders "
-            "of images so that a ViT with the key folded into its weights can classify them."
+            "Keyed block-wise image encryption for Vision Transformers: create keys, encrypt or decrypt folders of "
+            "images, train keyed classifiers on them, attack them, and publish them to the Hugging Face Hub."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
