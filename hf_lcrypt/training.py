@@ -701,9 +701,10 @@ def run_from_namespace(args: argparse.Namespace) -> int:
     result = run(config)
     if result.metrics:
         test = result.metrics["test"]
+        kind = "encrypted" if result.metrics["model"]["cipher_steps"] else "plain"
         print(
             f"\nTest accuracy {test['accuracy']:.4f}, macro F1 {test['f1']:.4f}, AUROC {test['roc_auc']:.4f} "
-            f"on {test['num_images']} encrypted test images (key {result.metrics['key_id']})."
+            f"on {test['num_images']} {kind} test images (key {result.metrics['key_id']})."
         )
         for name, path in result.paths.items():
             print(f"  {name.replace('_', ' '):>22}: {path}")

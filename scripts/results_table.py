@@ -38,7 +38,7 @@ def attack_value(report: dict, name: str) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def row(model_dir: Path) -> str:
+def row(model_dir: Path, root: Path) -> str:
     metrics = json.loads((model_dir / "metrics.json").read_text())
     report_path = model_dir / "attack_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
@@ -47,7 +47,7 @@ def row(model_dir: Path) -> str:
     fold = metrics.get("fold_check") or {}
     fold_text = f"{fold['identical_predictions']}/{fold['num_images']} identical" if fold else "-"
     cells = [
-        model_dir.parent.name,
+        str(model_dir.parent.relative_to(root)),
         metrics["mode"],
         spec["preset"] or metrics["base_model"],
         f"{spec['parameters'] / 1e6:.1f}M",
@@ -75,7 +75,7 @@ def main() -> None:
     print("|" + "---|" * len(COLUMNS.split("|")))
     for folder in args.folders:
         for metrics_file in sorted(folder.rglob("model/metrics.json")):
-            print(row(metrics_file.parent))
+            print(row(metrics_file.parent, folder))
 
 
 if __name__ == "__main__":
