@@ -40,7 +40,7 @@ from .callbacks import FAMILIES, AttackSuite, load_plain_images
 from .cipher import ALL_STEPS, BLOCK_SCRAMBLE, BlockCipher
 from .data import load_image_dataset
 from .image_processing_lcrypt import LCryptImageProcessor
-from .keys import KEY_ENV_VAR, LCryptKey
+from .keys import LCryptKey
 from .model_attacks import (
     Target,
     access_control,
@@ -452,16 +452,10 @@ def _jsonable(value: Any) -> Any:
 # -- command line -------------------------------------------------------------------------------------------------
 def add_attack_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of `hf-lcrypt attack`."""
-    from .cli import image_size, positive_int, steps
+    from .cli import add_key_file_argument, image_size, positive_int, steps
 
     parser.add_argument("--data", metavar="DIR", required=True, help="image folder, one sub-folder per class")
-    parser.add_argument(
-        "--key-file",
-        metavar="K",
-        default=os.environ.get(KEY_ENV_VAR),
-        required=KEY_ENV_VAR not in os.environ,
-        help=f"the key holder's secret key file (default: ${KEY_ENV_VAR})",
-    )
+    add_key_file_argument(parser, "the key holder's secret key file")
     parser.add_argument("--out", metavar="DIR", required=True, help="folder for report.json, report.md and figures")
     parser.add_argument(
         "--model", metavar="DIR", help="keyed model folder (needed by every attack but the cipher ones)"

@@ -46,6 +46,17 @@ def wrap(text: str) -> str:
     return textwrap.fill(text, width=100)
 
 
+def add_key_file_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """`--key-file K`, required unless the environment variable names a key file."""
+    parser.add_argument(
+        "--key-file",
+        metavar="K",
+        default=os.environ.get(KEY_ENV_VAR),
+        required=KEY_ENV_VAR not in os.environ,
+        help=f"{help_text} (default: ${KEY_ENV_VAR})",
+    )
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -97,13 +108,7 @@ def cipher_options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("src", metavar="SRC", help="an image, or a folder searched recursively for PNG/JPEG images")
     parser.add_argument("dst", metavar="DST", help="output .png file, or folder (the layout under SRC is kept)")
-    parser.add_argument(
-        "--key-file",
-        metavar="K",
-        default=os.environ.get(KEY_ENV_VAR),
-        required=KEY_ENV_VAR not in os.environ,
-        help=f"secret key file from `hf-lcrypt keygen` (default: ${KEY_ENV_VAR})",
-    )
+    add_key_file_argument(parser, "secret key file from `hf-lcrypt keygen`")
     parser.add_argument(
         "--block-size", metavar="M", type=positive_int, required=True, help="block side in pixels; the ViT's patch size"
     )
