@@ -11,7 +11,7 @@ import torch
 from transformers import ViTForImageClassification, ViTModel
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.image_processing_base import ImageProcessingMixin
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
 from .cipher import ALL_STEPS, BlockCipher
 from .configuration_lcrypt import LCryptViTConfig
@@ -75,7 +75,14 @@ class LCryptViTForImageClassification(ViTForImageClassification):
         self._lcrypt_key: LCryptKey | None = None
         self.post_init()
 
-    def forward(self, pixel_values=None, labels=None, interpolate_pos_encoding=None, attention_mask=None, **kwargs):
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput:
         _check_no_interpolation(interpolate_pos_encoding)
         return super().forward(pixel_values, labels=labels, attention_mask=attention_mask, **kwargs)
 

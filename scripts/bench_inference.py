@@ -9,9 +9,10 @@ import statistics
 import time
 
 import torch
-from transformers import ViTConfig, ViTForImageClassification
+from transformers import ViTForImageClassification
 
 from hf_lcrypt import LCryptKey, LCryptViTForImageClassification
+from hf_lcrypt.presets import ModelSpec, vit_preset
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -20,17 +21,11 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
-def vit(hidden: int, layers: int, heads: int, image_size: int = 224, patch: int = 16) -> ViTForImageClassification:
-    config = ViTConfig(
-        image_size=image_size,
-        patch_size=patch,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=4 * hidden,
-        num_labels=4,
-    )
-    return ViTForImageClassification(config).eval()
+def vit(hidden: int, layers: int, heads: int) -> ViTForImageClassification:
+    """The training presets' ViT layout at 224/16 with random weights."""
+    labels = {i: f"class_{i}" for i in range(4)}
+    spec = ModelSpec(224, 16, labels, {name: i for i, name in labels.items()})
+    return vit_preset(hidden, layers, heads).build(spec).eval()
 
 
 def main() -> None:
