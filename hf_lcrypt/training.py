@@ -56,6 +56,7 @@ from .callbacks import (
 from .cipher import ALL_STEPS
 from .configuration_lcrypt import LCryptViTConfig
 from .data import content_hashes, label_maps, load_image_dataset
+from .distillation import DISTILLATION_TYPES, TEACHER_INPUTS, DistillationTrainer, load_teacher
 from .evaluation import compute_classification_metrics, make_compute_metrics, plot_confusion_matrix
 from .image_processing_lcrypt import LCryptImageProcessor
 from .keys import KEY_ENV_VAR, LCryptKey
@@ -99,6 +100,11 @@ class TrainConfig:
     warmup: float = 0.1
     seed: int = 0
     label_smoothing: float = 0.0
+    mixup: float = 0.0
+    teacher: str | None = None
+    distill_alpha: float = 0.5
+    distillation: str = "hard"
+    distill_temperature: float = 1.0
     dropout: float = 0.0
     augment: bool = True
     max_per_class: int | None = None
@@ -126,6 +132,8 @@ class TrainConfig:
             self.cipher_steps = []
         if self.from_plain is None and self.model not in MODEL_PRESETS:
             raise ValueError(f"Unknown model preset {self.model!r}; choose from {sorted(MODEL_PRESETS)}.")
+        if self.distillation not in DISTILLATION_TYPES:
+            raise ValueError(f"distillation must be one of {list(DISTILLATION_TYPES)}, got {self.distillation!r}.")
         unknown = sorted(set(self.cipher_steps) - set(ALL_STEPS))
         if unknown:
             raise ValueError(f"Unknown cipher step(s) {unknown}; choose from {list(ALL_STEPS)}.")
@@ -182,6 +190,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--warmup", "linear warm-up: a fraction of the steps if < 1, else a number of steps", type=float)
     add("--seed", "seed of initialisation, shuffling and augmentation", type=int)
     add("--label-smoothing", "label smoothing factor", type=float)
+    add(
+        "--mixup",
+        "mixup's Beta(alpha, alpha) parameter, e.g. 0.2 (0: off); works on ciphertext (docs/training.md)",
+        type=float,
+    )
+    add(
+        "--teacher",
+        "model folder of a finished run (e.g. a CNN trained on plain images) whose predictions the model learns "
+        "from as well as the labels; it sees its own view of each augmented image (docs/training.md)",
+        metavar="DIR",
+    )
+    add("--distill-alpha", "weight of the teacher's term in the loss (the labels get 1 - alpha)", type=float)
+    add(
+        "--distillation",
+        "hard: learn the teacher's predicted class (DeiT); soft: its distribution",
+        choices=DISTILLATION_TYPES,
+    )
+    add("--distill-temperature", "temperature of soft distillation", type=float)
     add("--dropout", "dropout of preset ViTs (keep 0 for encrypted training to track plain training)", type=float)
     add(
         "--augment",
@@ -264,29 +290,72 @@ class Augment:
         return Image.fromarray(np.ascontiguousarray(pixels))
 
 
+@dataclass(frozen=True)
+class Mixup:
+    """Mixup (Zhang et al. 2018): each image of a batch is blended with another one of the batch, with a weight drawn
+    from Beta(alpha, alpha), and so are their labels (as class probabilities) and the teacher's views.
+
+    It acts on the processed pixel values, i.e. after encryption: the cipher is the same affine map of the pixels for
+    every image (a permutation, and x -> -x on flipped pixels once normalised with mean = std = 0.5, or an affine
+    flip otherwise), and affine maps commute with weighted averages whose weights sum to 1. So mixing ciphertexts is
+    exactly encrypting the mixed plain images, unlike shifts and flips, which must come before encryption.
+    """
+
+    alpha: float
+    num_classes: int
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        labels = batch["labels"]
+        weights = torch.distributions.Beta(self.alpha, self.alpha).sample((len(labels),))
+        partner = torch.randperm(len(labels))
+
+        def mix(values: torch.Tensor) -> torch.Tensor:
+            w = weights.view(-1, *([1] * (values.dim() - 1))).to(values.dtype)
+            return w * values + (1 - w) * values[partner]
+
+        mixed = {name: mix(values) for name, values in batch.items() if name != "labels"}
+        return mixed | {"labels": mix(torch.nn.functional.one_hot(labels, self.num_classes).float())}
+
+
 class ImageTransform:
     """The datasets transform: a batch of plain PIL images (augmented first, if asked) through the processor, which
-    encrypts unless built with `do_encrypt=False`.
+    encrypts unless built with `do_encrypt=False`; with a `teacher` processor, also the teacher's view of the same
+    augmented images (`teacher_pixel_values`, for distillation); then mixup, if asked.
 
     Pickled (for datasets' fingerprint and spawned DataLoader workers) without the secret: a worker that unpickles it
     finds the key through the HF_LCRYPT_KEY_FILE environment variable, which `run` sets.
     """
 
-    def __init__(self, processor: LCryptImageProcessor, augment: Augment | None = None):
+    def __init__(
+        self,
+        processor: LCryptImageProcessor,
+        augment: Augment | None = None,
+        teacher: LCryptImageProcessor | None = None,
+        mixup: Mixup | None = None,
+    ):
         self.processor = processor
         self.augment = augment
+        self.teacher = teacher
+        self.mixup = mixup
 
     def __call__(self, batch: dict[str, list]) -> dict[str, torch.Tensor]:
         images = batch["image"] if self.augment is None else [self.augment(image) for image in batch["image"]]
-        pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixel_values, "labels": torch.as_tensor(batch["label"], dtype=torch.long)}
+        outputs = {
+            "pixel_values": self.processor(images, return_tensors="pt")["pixel_values"],
+            "labels": torch.as_tensor(batch["label"], dtype=torch.long),
+        }
+        if self.teacher is not None:
+            outputs[TEACHER_INPUTS] = self.teacher(images, return_tensors="pt")["pixel_values"]
+        return outputs if self.mixup is None else self.mixup(outputs)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"processor": self.processor.to_dict(), "augment": self.augment}
+        processors = {"processor": self.processor, "teacher": self.teacher}
+        return {"augment": self.augment, "mixup": self.mixup} | {n: p and p.to_dict() for n, p in processors.items()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.processor = LCryptImageProcessor.from_dict(state["processor"])
-        self.augment = state["augment"]
+        self.teacher = state["teacher"] and LCryptImageProcessor.from_dict(state["teacher"])
+        self.augment, self.mixup = state["augment"], state["mixup"]
 
 
 def cross_split_duplicates(dataset: DatasetDict) -> dict[str, int]:
@@ -546,7 +615,9 @@ def run(config: TrainConfig) -> TrainResult:
     # In fold mode the model trains on plain images: the same resizing and normalisation, no encryption.
     processor = keyed_processor if on_ciphertext else LCryptImageProcessor(**geometry, do_encrypt=False)
     augment = Augment() if config.augment else None
-    train_set = dataset["train"].with_transform(ImageTransform(processor, augment))
+    teacher, teacher_processor = load_teacher(config.teacher, key, id2label) if config.teacher else (None, None)
+    mixup = Mixup(config.mixup, len(id2label)) if config.mixup > 0 else None
+    train_set = dataset["train"].with_transform(ImageTransform(processor, augment, teacher_processor, mixup))
     eval_set = dataset["validation"].with_transform(ImageTransform(processor))
 
     cipher = keyed_processor.cipher(setup.image_size, setup.image_size)
@@ -568,7 +639,7 @@ def run(config: TrainConfig) -> TrainResult:
     callbacks = [attack_callback]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    trainer = Trainer(
+    trainer_kwargs: dict[str, Any] = dict(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -577,6 +648,17 @@ def run(config: TrainConfig) -> TrainResult:
         compute_metrics=make_compute_metrics(id2label),
         callbacks=callbacks,
     )
+    if teacher is None and mixup is None:
+        trainer = Trainer(**trainer_kwargs)
+    else:
+        trainer = DistillationTrainer(
+            **trainer_kwargs,
+            teacher=teacher,
+            alpha=config.distill_alpha,
+            kind=config.distillation,
+            temperature=config.distill_temperature,
+            label_smoothing=config.label_smoothing,
+        )
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
         "Mode %s, key %s, %s (%.2fM parameters), images %dx%d in blocks of %d, world size %d",

@@ -334,3 +334,41 @@ def test_initialisation_seed_is_secret_but_reproducible():
     assert secret_init_seed(key, 0) == secret_init_seed(LCryptKey(key.to_bytes()), 0)
     assert secret_init_seed(key, 0) != secret_init_seed(key, 1)
     assert secret_init_seed(key, 0) != secret_init_seed(LCryptKey.generate(), 0)
+
+
+def train_losses(result) -> list[float]:
+    return [entry["loss"] for entry in result.log_history if "loss" in entry]
+
+
+def test_distilled_encrypted_training_still_tracks_plain_training(root, encrypted, folded):
+    """With a teacher (here the fold run's keyed model, which encrypts its own view) and mixup, the encrypted run
+    and the plain (fold) run see the same teacher outputs and the same mixes, so they still agree step for step; and
+    the teacher changes the training, so it really is used."""
+    teacher = {"teacher": str(root / "fold" / "model"), "distillation": "soft", "distill_alpha": 0.7, "mixup": 0.4}
+    distilled = {mode: run(settings(root, f"distilled-{mode}", mode=mode, **teacher)) for mode in ("encrypted", "fold")}
+    np.testing.assert_allclose(train_losses(distilled["encrypted"]), train_losses(distilled["fold"]), atol=1e-5)
+    assert distilled["fold"].metrics["fold_check"]["all_identical"]
+    assert abs(train_losses(distilled["encrypted"])[0] - train_losses(encrypted)[0]) > 1e-3
+    assert distilled["encrypted"].metrics["config"]["teacher"] == teacher["teacher"]
+
+
+def test_a_teacher_of_other_classes_is_refused(root, folded, tmp_path):
+    data = tmp_path / "three-classes"
+    for name in ("a", "b", "c"):
+        (data / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), (i * 60, len(name) * 40, ord(name))).save(data / name / f"{i}.png")
+    with pytest.raises(ValueError, match="predicts classes"):
+        run(settings(tmp_path, "wrong-teacher", data=str(data), teacher=str(root / "fold" / "model")))
+
+
+def test_on_real_brain_mri_fold_is_exact_and_encrypted_training_tracks_plain(shared_data, tmp_path):
+    """The issue's check on a small real subset (8 scans per class and split, 32x32, blocks of 8)."""
+    real = {"data": str(shared_data / "brain-tumor-mri" / "train"), "max_per_class": 8, "image_size": 32}
+    results = {mode: run(settings(tmp_path, mode, mode=mode, **real)) for mode in ("encrypted", "fold")}
+    assert results["fold"].metrics["fold_check"]["all_identical"]
+    assert results["fold"].metrics["fold_check"]["max_abs_logit_diff"] < 1e-4
+    assert results["fold"].metrics["data"]["classes"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    np.testing.assert_allclose(train_losses(results["encrypted"]), train_losses(results["fold"]), atol=1e-5)
+    same = results["encrypted"].metrics["test"]["accuracy"] == results["fold"].metrics["test"]["accuracy"]
+    assert same, "the two runs' models should agree on the test split after six identical steps"
