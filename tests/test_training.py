@@ -3,6 +3,7 @@
 Two short runs (encrypted and fold mode, same seed and key) are shared by most tests; each takes a few seconds.
 """
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -372,3 +373,36 @@ def test_on_real_brain_mri_fold_is_exact_and_encrypted_training_tracks_plain(sha
     np.testing.assert_allclose(train_losses(results["encrypted"]), train_losses(results["fold"]), atol=1e-5)
     same = results["encrypted"].metrics["test"]["accuracy"] == results["fold"].metrics["test"]["accuracy"]
     assert same, "the two runs' models should agree on the test split after six identical steps"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_hold_only_known_settings(path):
+    config = parse_config(["--config", str(path)])
+    assert config.mode in ("encrypted", "fold", "plain")
+
+
+def test_hub_vit_recipe_runs_offline_on_a_local_plain_vit(tmp_path):
+    """configs/vit-base-in21k.yaml with a local stand-in for google/vit-base-patch16-224-in21k (same 0.5
+    normalisation, no head) and a few steps on the CPU: the recipe's settings (mixup, label smoothing, workers) work."""
+    plain_dir = tmp_path / "plain-vit"
+    tiny_vit(image_size=32, patch_size=8).save_pretrained(plain_dir)
+    ViTImageProcessorPil(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(plain_dir)
+    recipe = Path(__file__).parents[1] / "configs" / "vit-base-in21k.yaml"
+    config = parse_config(["--config", str(recipe)])
+    assert config.from_plain == "google/vit-base-patch16-224-in21k" and config.mode == "encrypted"
+    config = dataclasses.replace(
+        config,
+        from_plain=str(plain_dir),
+        data="default",
+        max_per_class=8,
+        max_steps=2,
+        batch_size=4,
+        bf16=False,
+        num_proc=0,
+        attack_max_images=8,
+        output_dir=str(tmp_path / "run"),
+        key_file=str(tmp_path / "run.key"),
+    )
+    result = run(config)
+    assert result.metrics["model"]["block_size"] == 8 and result.metrics["config"]["mixup"] == 0.2
+    assert result.metrics["training"]["global_step"] == 2
