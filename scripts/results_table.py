@@ -1,13 +1,17 @@
-"""Markdown table of training runs: accuracy, macro F1, parameters, time per epoch, inference images/s, robustness.
+"""Markdown tables of training runs: accuracy, macro F1, parameters, time per epoch, inference images/s, robustness;
+then per-class F1 and the exact command of every run.
 
 Reads every `<run>/model/metrics.json` (and `attack_report.json`) under the given folders, and measures inference
-throughput of each saved model on this machine, batch 64, in one run.
+throughput of each saved model on this machine, batch 64, in one run. `--figures DIR` copies each run's confusion
+matrix and noise-robustness plot there (as `<run>-confusion.png`, `<run>-noise.png`), for docs/results.md.
 
     python scripts/results_table.py outputs/compare
 """
 
 import argparse
 import json
+import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -66,16 +70,58 @@ def row(model_dir: Path, root: Path) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def command(metrics: dict) -> str:
+    """The `scripts/train.py` command line that reproduces a run (every setting that differs from the defaults)."""
+    from hf_lcrypt.training import TrainConfig
+
+    defaults = vars(TrainConfig())
+    flags = []
+    for name, value in metrics["config"].items():
+        if name in ("resume", "key_file") or value is None:
+            continue
+        if value == defaults.get(name) and name not in ("mode", "model", "seed"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, list):
+            flags += [flag, *map(str, value)] if value else []
+        else:
+            flags += [flag, str(value)]
+    return "python scripts/train.py " + shlex.join(flags)
+
+
+def details(model_dir: Path, root: Path, figures: Path | None) -> tuple[str, str]:
+    """Per-class F1 of a run as `class=F1` pairs, and its command; copies its figures to `figures`."""
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    name = str(model_dir.parent.relative_to(root))
+    if figures is not None:
+        figures.mkdir(parents=True, exist_ok=True)
+        slug = name.replace("/", "-")
+        for source, suffix in (("confusion_matrix.png", "confusion"), ("robustness_noise.png", "noise")):
+            if (model_dir / source).is_file():
+                shutil.copyfile(model_dir / source, figures / f"{slug}-{suffix}.png")
+    per_class = ", ".join(f"{c} {f1:.3f}" for c, f1 in metrics["per_class_f1"].items())
+    seconds = metrics["timings"]["train_seconds"]
+    return f"| {name} | {per_class} | {seconds / 60:.1f} min |", f"- `{name}`: `{command(metrics)}`"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="folders holding run folders (searched recursively)")
+    parser.add_argument("--figures", type=Path, help="copy confusion matrices and noise plots here")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    runs = [(m.parent, folder) for folder in args.folders for m in sorted(folder.rglob("model/metrics.json"))]
     print("| " + COLUMNS + " |")
     print("|" + "---|" * len(COLUMNS.split("|")))
-    for folder in args.folders:
-        for metrics_file in sorted(folder.rglob("model/metrics.json")):
-            print(row(metrics_file.parent, folder))
+    for model_dir, root in runs:
+        print(row(model_dir, root))
+    rows, commands = zip(*(details(model_dir, root, args.figures) for model_dir, root in runs), strict=True)
+    print("\n| run | per-class F1 (test) | training time |\n|---|---|---|")
+    print("\n".join(rows))
+    print("\nCommands (`--key-file` left out: each dataset's runs share one local key file):\n")
+    print("\n".join(commands))
 
 
 if __name__ == "__main__":
