@@ -3,7 +3,7 @@ then per-class F1 and the exact command of every run.
 
 Reads every `<run>/model/metrics.json` (and `attack_report.json`) under the given folders, and measures inference
 throughput of each saved model on this machine, batch 64, in one run. `--figures DIR` copies each run's confusion
-matrix and noise-robustness plot there (as `<run>-confusion.png`, `<run>-noise.png`), for docs/results.md.
+matrix and noise-robustness plot there (as `<folder>-<run>-confusion.png`, `...-noise.png`), for docs/results.md.
 
     python scripts/results_table.py outputs/compare
 """
@@ -79,7 +79,7 @@ def command(metrics: dict) -> str:
     for name, value in metrics["config"].items():
         if name in ("resume", "key_file") or value is None:
             continue
-        if value == defaults.get(name) and name not in ("mode", "model", "seed"):
+        if value == defaults.get(name) and name not in ("mode", "model", "epochs", "seed"):
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
@@ -97,7 +97,7 @@ def details(model_dir: Path, root: Path, figures: Path | None) -> tuple[str, str
     name = str(model_dir.parent.relative_to(root))
     if figures is not None:
         figures.mkdir(parents=True, exist_ok=True)
-        slug = name.replace("/", "-")
+        slug = f"{root.name}-{name}".replace("/", "-")
         for source, suffix in (("confusion_matrix.png", "confusion"), ("robustness_noise.png", "noise")):
             if (model_dir / source).is_file():
                 shutil.copyfile(model_dir / source, figures / f"{slug}-{suffix}.png")
