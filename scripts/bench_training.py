@@ -14,11 +14,11 @@ GPU check (ViT-S/16 at 224x224):
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ class Arm:
     def __init__(self, model: torch.nn.Module, loader: DataLoader, device: torch.device, bf16: bool, lr: float):
         self.model = model.to(device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
-        self.batches = itertools.cycle(loader) if loader.num_workers == 0 else iter(_forever(loader))
+        self.batches = _forever(loader)  # not itertools.cycle, which would replay stored batches unprocessed
         self.device, self.bf16 = device, bf16
 
     def run(self, steps: int) -> float:
@@ -77,7 +77,8 @@ class Arm:
         return steps / (time.perf_counter() - start)
 
 
-def _forever(loader: DataLoader):
+def _forever(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of `loader`, epoch after epoch, each one freshly loaded, augmented and (maybe) encrypted."""
     while True:
         yield from loader
 
