@@ -22,3 +22,38 @@ def test_bench_training_compares_encrypted_and_plain_training(tmp_path: Path):
     assert re.search(r"encrypted:\s+[\d.]+ steps/s", result.stdout)
     ratio = float(re.search(r"ratio encrypted / plain: ([\d.]+)", result.stdout).group(1))
     assert 0.2 < ratio < 5  # both arms trained; the value itself is for humans on a quiet machine
+
+
+def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
+    """Every command of scripts/reproduce_results.sh parses as a training config, with the settings the results
+    table reports (run with a stand-in interpreter that records its arguments instead of training)."""
+    from hf_lcrypt.training import parse_config
+
+    record = tmp_path / "commands.txt"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {record}\n')
+    fake_python.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PY": str(fake_python), "OUT": str(tmp_path / "out"), "DATA_ROOT": "data"}
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "reproduce_results.sh")], env=env, check=True, timeout=60)
+
+    configs = {}
+    for line in record.read_text().splitlines():
+        script, *argv = line.split()
+        assert script == "scripts/train.py"
+        config = parse_config(argv)
+        configs[Path(config.output_dir).relative_to(tmp_path / "out").as_posix()] = config
+    assert set(configs) == {
+        *(f"{name}/{run}" for name in ("brain-tumor-mri", "lc25000") for run in
+          ("teacher-resnet-small", "vit-encrypted", "vit-fold")),
+        "pneumoniamnist/vit-encrypted", "pneumoniamnist/vit-fold",
+        "geometry/vit-64-8", "geometry/vit-200-25", "geometry/vit-224-16",
+        "ablation/base", "ablation/ls01", "ablation/distill-hard", "ablation/distill-soft", "ablation/mixup02",
+        "extra/tiny-encrypted",
+    }  # fmt: skip
+    recipe = configs["brain-tumor-mri/vit-encrypted"]
+    assert (recipe.mode, recipe.model, recipe.epochs, recipe.distillation) == ("encrypted", "micro", 150, "soft")
+    assert configs["brain-tumor-mri/vit-fold"].mode == "fold"
+    assert (configs["geometry/vit-200-25"].image_size, configs["geometry/vit-200-25"].block_size) == (200, 25)
+    assert configs["ablation/base"].attack_max_images == 64  # a stage's own flags override the common ones
+    tiny = configs["extra/tiny-encrypted"]
+    assert (tiny.model, tiny.epochs, tiny.attack_max_images, tiny.teacher is not None) == ("tiny", 25, 128, True)
