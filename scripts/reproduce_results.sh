@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 3 hours on 2 CPU cores.
+# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 4.5 hours on 2 CPU cores.
 # Stages (STAGES="teachers vits medmnist geometry ablation" by default; pick some to rerun only those):
 #   teachers  the key holder's CNN on plain images, per dataset (the plain CNN row, and the ViTs' teacher)
 #   vits      the keyed ViT, `encrypted` and `fold` (= plain ViT, then folded), distilled from the teacher
