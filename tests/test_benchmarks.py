@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end (their numbers are measured by hand, never asserted in tests)."""
+"""The benchmark and results scripts run end to end (their numbers are measured by hand, never asserted in tests)."""
 
 import re
 import subprocess
