@@ -310,6 +310,18 @@ def test_augment_shifts_and_flips_plain_images_to_rgb():
     assert np.array_equal(np.asarray(augment(Image.fromarray(pixels))), outputs[0])
 
 
+def test_augment_orientation_draws_each_of_the_eight_symmetries_of_the_square():
+    pixels = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
+    symmetries = {np.rot90(p, k).tobytes() for p in (pixels, pixels[:, ::-1]) for k in range(4)}
+    assert len(symmetries) == 8
+    augment = Augment(max_shift=0.0, rotate90=True)
+    torch.manual_seed(0)
+    drawn = {np.asarray(augment(Image.fromarray(pixels)))[..., 0].tobytes() for _ in range(200)}
+    assert drawn == symmetries
+    assert parse_config(["--augment-orientation"]).augment_orientation
+    assert not parse_config([]).augment_orientation
+
+
 def test_image_transform_pickles_without_the_secret(tmp_path, monkeypatch):
     key = LCryptKey.generate()
     processor = LCryptImageProcessor(image_size=32, block_size=4, image_mean=[0.5] * 3, image_std=[0.5] * 3, key=key)
