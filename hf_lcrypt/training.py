@@ -99,6 +99,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup: float = 0.1
     seed: int = 0
+    split_seed: int = 0
     label_smoothing: float = 0.0
     mixup: float = 0.0
     teacher: str | None = None
@@ -190,6 +191,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--weight-decay", "AdamW weight decay", type=float)
     add("--warmup", "linear warm-up: a fraction of the steps if < 1, else a number of steps", type=float)
     add("--seed", "seed of initialisation, shuffling and augmentation", type=int)
+    add(
+        "--split-seed",
+        "seed of the train/validation/test split (when the data has none) and of --max-per-class; kept apart from "
+        "--seed so that runs of several seeds, and their teacher, share one held-out test split",
+        type=int,
+    )
     add("--label-smoothing", "label smoothing factor", type=float)
     add(
         "--mixup",
@@ -443,6 +450,23 @@ def build_setup(config: TrainConfig, id2label: dict[int, str], label2id: dict[st
     return Setup(model, True, image_size, patch, list(mean)[:channels], list(std)[:channels])
 
 
+def check_teacher_split(teacher_dir: Path, config: TrainConfig) -> None:
+    """Refuse a teacher whose run split the data differently: it would have trained on this run's test images and
+    leak them into the student through its predictions. Teachers without a `metrics.json` are not checked."""
+    metrics_file = teacher_dir / "metrics.json"
+    if not metrics_file.is_file():
+        logger.warning("--teacher %s has no metrics.json; cannot check that it used the same data split.", teacher_dir)
+        return
+    theirs = json.loads(metrics_file.read_text()).get("config", {})
+    split_seed = theirs.get("split_seed", theirs.get("seed", 0))  # runs before --split-seed split with --seed
+    if (split_seed, theirs.get("max_per_class")) != (config.split_seed, config.max_per_class):
+        raise ValueError(
+            f"--teacher {teacher_dir} was trained on the split of --split-seed {split_seed} and --max-per-class "
+            f"{theirs.get('max_per_class')}, this run uses {config.split_seed} and {config.max_per_class}: the "
+            "teacher may have seen this run's test images. Use the same --split-seed and --max-per-class."
+        )
+
+
 def _resume_checkpoint(config: TrainConfig, key: LCryptKey) -> str | None:
     """The checkpoint to resume from, refusing one whose weights are folded with another key."""
     if not config.resume:
@@ -586,7 +610,7 @@ def run(config: TrainConfig) -> TrainResult:
         os.environ[KEY_ENV_VAR] = str(config.key_path.resolve())  # for DataLoader workers started by spawn
     with args.main_process_first(desc="dataset loading"):
         dataset, split_report = load_image_dataset(
-            config.data, seed=config.seed, max_per_class=config.max_per_class, return_report=True
+            config.data, seed=config.split_seed, max_per_class=config.max_per_class, return_report=True
         )
         duplicates = (
             {"source": "split_by_content", **split_report.to_dict()}
@@ -625,7 +649,10 @@ def run(config: TrainConfig) -> TrainResult:
     # In fold mode the model trains on plain images: the same resizing and normalisation, no encryption.
     processor = keyed_processor if on_ciphertext else LCryptImageProcessor(**geometry, do_encrypt=False)
     augment = Augment(rotate90=config.augment_orientation) if config.augment else None
-    teacher, teacher_processor = load_teacher(config.teacher, key, id2label) if config.teacher else (None, None)
+    teacher, teacher_processor = (None, None)
+    if config.teacher:
+        check_teacher_split(Path(config.teacher), config)
+        teacher, teacher_processor = load_teacher(config.teacher, key, id2label)
     mixup = Mixup(config.mixup, len(id2label)) if config.mixup > 0 else None
     train_set = dataset["train"].with_transform(ImageTransform(processor, augment, teacher_processor, mixup))
     eval_set = dataset["validation"].with_transform(ImageTransform(processor))

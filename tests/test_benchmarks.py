@@ -1,5 +1,6 @@
 """The benchmark and results scripts run end to end (their numbers are measured by hand, never asserted in tests)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -57,3 +58,24 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
     assert configs["ablation/base"].attack_max_images == 64  # a stage's own flags override the common ones
     tiny = configs["extra/tiny-encrypted"]
     assert (tiny.model, tiny.epochs, tiny.attack_max_images, tiny.teacher is not None) == ("tiny", 25, 128, True)
+
+
+def test_seed_table_pairs_encrypted_and_plain_runs_by_seed(tmp_path: Path):
+    accuracies = {1: (0.95, 0.94), 2: (0.93, 0.94), 3: (0.96, 0.94), 4: (0.90, None)}  # seed 4 has no fold run
+    for seed, pair in accuracies.items():
+        for mode, accuracy in zip(("encrypted", "fold"), pair, strict=True):
+            if accuracy is not None:
+                folder = tmp_path / f"seed-{seed}" / f"vit-{mode}" / "model"
+                folder.mkdir(parents=True)
+                (folder / "metrics.json").write_text(json.dumps({"mode": mode, "test": {"accuracy": accuracy}}))
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "seed_table.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[3].strip(" |") for row in rows] == ["+1.00", "-1.00", "+2.00"]  # seed 4 left out
+    # encrypted 95, 93, 96: mean 94.67, sample std 1.53; differences +1, -1, +2: mean 0.67, std 1.53, s.e. 0.88
+    assert "| 94.67 ± 1.53 (s.e. 0.88) | 94.00 ± 0.00 (s.e. 0.00) | 0.67 ± 1.53 (s.e. 0.88) |" in result.stdout

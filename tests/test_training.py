@@ -22,7 +22,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
+from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, training
 from hf_lcrypt.cli import build_parser
 from hf_lcrypt.data import load_image_dataset
 from hf_lcrypt.keys import KEY_ENV_VAR
@@ -31,6 +31,7 @@ from hf_lcrypt.training import (
     Augment,
     ImageTransform,
     TrainConfig,
+    check_teacher_split,
     config_from_namespace,
     parse_config,
     run,
@@ -373,6 +374,37 @@ def test_a_teacher_of_other_classes_is_refused(root, folded, tmp_path):
             Image.new("RGB", (16, 16), (i * 60, len(name) * 40, ord(name))).save(data / name / f"{i}.png")
     with pytest.raises(ValueError, match="predicts classes"):
         run(settings(tmp_path, "wrong-teacher", data=str(data), teacher=str(root / "fold" / "model")))
+
+
+def test_a_teacher_trained_on_another_split_is_refused(root, folded, tmp_path):
+    """A teacher of another split may have trained on this run's test images and would leak them to the student."""
+    teacher = str(root / "fold" / "model")
+    with pytest.raises(ValueError, match="may have seen this run's test images"):
+        run(settings(tmp_path, "other-split", teacher=teacher, split_seed=1))
+    with pytest.raises(ValueError, match="--max-per-class 16, this run uses 0 and 8"):
+        run(settings(tmp_path, "other-subset", teacher=teacher, max_per_class=8))
+    # Runs made before --split-seed existed split with --seed.
+    old = tmp_path / "old-teacher"
+    old.mkdir()
+    (old / "metrics.json").write_text(json.dumps({"config": {"seed": 3, "max_per_class": None}}))
+    check_teacher_split(old, TrainConfig(seed=0, split_seed=3))
+    with pytest.raises(ValueError, match="--split-seed 3"):
+        check_teacher_split(old, TrainConfig(seed=3, split_seed=0))
+
+
+def test_seed_leaves_the_split_alone(tmp_path, monkeypatch):
+    """Runs of several seeds are compared on one held-out test split: --split-seed, not --seed, splits the data."""
+    split_seeds = []
+
+    def record(source, *, seed, **kwargs):
+        split_seeds.append(seed)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(training, "load_image_dataset", record)
+    for seed, split_seed in ((0, 0), (5, 0), (0, 1)):
+        with pytest.raises(RuntimeError, match="recorded"):
+            run(settings(tmp_path, f"seed-{seed}-{split_seed}", seed=seed, split_seed=split_seed))
+    assert split_seeds == [0, 0, 1]
 
 
 def test_on_real_brain_mri_fold_is_exact_and_encrypted_training_tracks_plain(shared_data, tmp_path):
