@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every run behind docs/results.md, with its exact settings and seed; then the tables. About 4.5 hours on 2 CPU cores.
-# Stages (STAGES="teachers vits medmnist geometry ablation" by default; pick some to rerun only those):
+# Stages (STAGES="teachers vits seeds medmnist geometry ablation" by default; pick some to rerun only those):
 #   teachers  the key holder's CNN on plain images, per dataset (the plain CNN row, and the ViTs' teacher)
 #   vits      the keyed ViT, `encrypted` and `fold` (= plain ViT, then folded), distilled from the teacher
+#   seeds     the brain MRI pair again with seeds 1-4 on a shorter schedule: encrypted vs plain averaged over seeds
 #   medmnist  PneumoniaMNIST sanity rows (official splits, 28x28)
 #   geometry  64/8 against the seed paper's 200/25 and ViT's usual 224/16, on a brain MRI subset
 #   ablation  10-epoch variants of the ViT recipe on brain MRI, and the larger `tiny` preset for 25 epochs
@@ -14,7 +15,7 @@ DATA=${DATA_ROOT:-../shared/data}
 PY=${PY:-.venv/bin/python}
 SEED=${SEED:-0}
 declare -A EPOCHS=([brain-tumor-mri]=${BRAIN_EPOCHS:-150} [lc25000]=${LC_EPOCHS:-100})  # LC25000 is the easier set
-STAGES=${STAGES:-teachers vits medmnist geometry ablation}
+STAGES=${STAGES:-teachers vits seeds medmnist geometry ablation}
 common=(--batch-size 32 --lr 1e-3 --seed "$SEED" --attack-max-images 128 --logging-steps 50)
 at64=(--image-size 64 --block-size 8)
 
@@ -22,20 +23,35 @@ stage() { [[ " $STAGES " == *" $1 "* ]]; }
 train() { OMP_NUM_THREADS=${THREADS:-1} $PY scripts/train.py "${common[@]}" "$@"; }  # later flags win
 
 declare -A SOURCE=([brain-tumor-mri]=brain-tumor-mri/train [lc25000]=lc25000)
+# Histology slides have no up or down: LC25000 trains on all 8 orientations (its near-copies are rotated and flipped).
+declare -A AUGMENT=([brain-tumor-mri]="" [lc25000]=--augment-orientation)
 for name in brain-tumor-mri lc25000; do
   data=$DATA/${SOURCE[$name]} key=$OUT/$name.key teacher=$OUT/$name/teacher-resnet-small
+  read -ra augment <<< "${AUGMENT[$name]}"
   if stage teachers; then
     THREADS=2 train --data "$data" --model resnet-small --mode plain --epochs 30 --key-file "$key" \
-      --output-dir "$teacher" "${at64[@]}"
+      --output-dir "$teacher" "${at64[@]}" "${augment[@]}"
   fi
   if stage vits; then
     for mode in encrypted fold; do
       train --data "$data" --model micro --mode "$mode" --epochs "${EPOCHS[$name]}" --key-file "$key" "${at64[@]}" \
-        --teacher "$teacher/model" --distillation soft --distill-temperature 2 --output-dir "$OUT/$name/vit-$mode" &
+        "${augment[@]}" --teacher "$teacher/model" --distillation soft --distill-temperature 2 \
+        --output-dir "$OUT/$name/vit-$mode" &
     done
     wait
   fi
 done
+
+if stage seeds; then  # one held-out test split for all (--split-seed stays 0), the seed-0 teacher
+  for seed in 1 2 3 4; do
+    for mode in encrypted fold; do
+      train --data "$DATA/brain-tumor-mri/train" --model micro --mode "$mode" --epochs "${SEED_EPOCHS:-30}" \
+        --key-file "$OUT/brain-tumor-mri.key" "${at64[@]}" --teacher "$OUT/brain-tumor-mri/teacher-resnet-small/model" \
+        --distillation soft --distill-temperature 2 --seed "$seed" --output-dir "$OUT/brain-tumor-mri-seeds/seed-$seed/vit-$mode" &
+    done
+    wait
+  done
+fi
 
 if stage medmnist; then
   for mode in encrypted fold; do
@@ -75,3 +91,7 @@ for folder in brain-tumor-mri lc25000 pneumoniamnist geometry ablation extra; do
     $PY scripts/results_table.py "$OUT/$folder" --figures docs/results
   fi
 done
+if [ -d "$OUT/brain-tumor-mri-seeds" ]; then
+  echo "## brain-tumor-mri-seeds"
+  $PY scripts/seed_table.py "$OUT/brain-tumor-mri-seeds"
+fi
