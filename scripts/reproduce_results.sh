@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 4.5 hours on 2 CPU cores.
+# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 7 hours on 2 CPU cores.
 # Stages (STAGES="teachers vits seeds medmnist geometry ablation" by default; pick some to rerun only those):
-#   teachers  the key holder's CNN on plain images, per dataset (the plain CNN row, and the ViTs' teacher)
+#   teachers  the key holder's CNN on plain images (the plain CNN rows, and the ViTs' teachers)
 #   vits      the keyed ViT, `encrypted` and `fold` (= plain ViT, then folded), distilled from the teacher
-#   seeds     the brain MRI pair again with seeds 1-3 on a shorter schedule: encrypted vs plain averaged over seeds
+#   seeds     the brain MRI pair again with other seeds (SEEDS="1 2"), 30 epochs: encrypted vs plain over seeds
 #   medmnist  PneumoniaMNIST sanity rows (official splits, 28x28)
 #   geometry  64/8 against the seed paper's 200/25 and ViT's usual 224/16, on a brain MRI subset
 #   ablation  10-epoch variants of the ViT recipe on brain MRI, and the larger `tiny` preset for 25 epochs
@@ -14,45 +14,56 @@ OUT=${OUT:-outputs/results}
 DATA=${DATA_ROOT:-../shared/data}
 PY=${PY:-.venv/bin/python}
 SEED=${SEED:-0}
-declare -A EPOCHS=([brain-tumor-mri]=${BRAIN_EPOCHS:-150} [lc25000]=${LC_EPOCHS:-100})  # LC25000 is the easier set
 STAGES=${STAGES:-teachers vits seeds medmnist geometry ablation}
 common=(--batch-size 32 --lr 1e-3 --seed "$SEED" --attack-max-images 128 --logging-steps 50)
 at64=(--image-size 64 --block-size 8)
+at128=(--image-size 128 --block-size 16)  # the same 64 blocks as 64/8, so about the ViT's cost, at 4 times the pixels
+distil=(--distillation soft --distill-temperature 2)
 
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
 train() { OMP_NUM_THREADS=${THREADS:-1} $PY scripts/train.py "${common[@]}" "$@"; }  # later flags win
+# The keyed ViT in both modes (`fold` = the plain ViT, then folded), side by side: vit_pair NAME FLAGS...
+vit_pair() {
+  local name=$1
+  shift
+  for mode in encrypted fold; do
+    train --model micro --mode "$mode" "$@" --output-dir "$OUT/$name-$mode" &
+  done
+  wait
+}
 
-declare -A SOURCE=([brain-tumor-mri]=brain-tumor-mri/train [lc25000]=lc25000)
-# LC25000: histology slides have no up or down, so all 8 orientations (its near-copies are rotated and flipped), and
-# the ViT at 128x128 in blocks of 16 (64 blocks, the cost of 64/8) to see the cells; its teacher stays at 64x64.
-declare -A AUGMENT=([brain-tumor-mri]="" [lc25000]=--augment-orientation)
-declare -A TEACHER=([brain-tumor-mri]=teacher-resnet-small [lc25000]=teacher-resnet-small-orient)
-declare -A VIT=([brain-tumor-mri]=vit [lc25000]=vit128)
-declare -A GEOMETRY=([brain-tumor-mri]="64 8" [lc25000]="128 16")
-for name in brain-tumor-mri lc25000; do
-  data=$DATA/${SOURCE[$name]} key=$OUT/$name.key teacher=$OUT/$name/${TEACHER[$name]}
-  read -ra augment <<< "${AUGMENT[$name]}"
-  read -r size block <<< "${GEOMETRY[$name]}"
-  if stage teachers; then
-    THREADS=2 train --data "$data" --model resnet-small --mode plain --epochs 30 --key-file "$key" \
-      --output-dir "$teacher" "${at64[@]}" "${augment[@]}"
-  fi
-  if stage vits; then
-    for mode in encrypted fold; do
-      train --data "$data" --model micro --mode "$mode" --epochs "${EPOCHS[$name]}" --key-file "$key" \
-        --image-size "$size" --block-size "$block" "${augment[@]}" --teacher "$teacher/model" --distillation soft \
-        --distill-temperature 2 --output-dir "$OUT/$name/${VIT[$name]}-$mode" &
-    done
-    wait
-  fi
-done
+brain=(--data "$DATA/brain-tumor-mri/train" --key-file "$OUT/brain-tumor-mri.key")
+brain_teacher=$OUT/brain-tumor-mri/teacher-resnet-small
+if stage teachers; then
+  THREADS=2 train "${brain[@]}" --model resnet-small --mode plain --epochs 30 "${at64[@]}" --output-dir "$brain_teacher"
+fi
+if stage vits; then
+  vit_pair brain-tumor-mri/vit "${brain[@]}" --epochs "${BRAIN_EPOCHS:-150}" "${at64[@]}" \
+    --teacher "$brain_teacher/model" "${distil[@]}"
+fi
+
+# LC25000: histology slides have no up or down, so all 8 orientations (its near-copies are rotated and flipped
+# versions of 250 originals per class). The ViT sees 128x128; its teacher 64x64, then (the better one) 128x128.
+lc=(--data "$DATA/lc25000" --key-file "$OUT/lc25000.key" --augment-orientation)
+if stage teachers; then
+  THREADS=2 train "${lc[@]}" --model resnet-small --mode plain --epochs 30 "${at64[@]}" \
+    --output-dir "$OUT/lc25000/teacher-resnet-small-orient"
+  THREADS=2 train "${lc[@]}" --model resnet-small --mode plain --epochs 30 "${at128[@]}" \
+    --output-dir "$OUT/lc25000/teacher-resnet-small-orient-128"
+fi
+if stage vits; then
+  vit_pair lc25000/vit128 "${lc[@]}" --epochs 100 "${at128[@]}" "${distil[@]}" \
+    --teacher "$OUT/lc25000/teacher-resnet-small-orient/model"
+  vit_pair lc25000/vit128-teacher128 "${lc[@]}" --epochs 80 "${at128[@]}" "${distil[@]}" \
+    --teacher "$OUT/lc25000/teacher-resnet-small-orient-128/model"
+fi
 
 if stage seeds; then  # one held-out test split for all (--split-seed stays 0), the seed-0 teacher
-  for seed in 1 2 3; do
+  for seed in ${SEEDS:-1 2}; do
     for mode in encrypted fold; do
-      train --data "$DATA/brain-tumor-mri/train" --model micro --mode "$mode" --epochs "${SEED_EPOCHS:-30}" \
-        --key-file "$OUT/brain-tumor-mri.key" "${at64[@]}" --teacher "$OUT/brain-tumor-mri/teacher-resnet-small/model" \
-        --distillation soft --distill-temperature 2 --seed "$seed" --output-dir "$OUT/brain-tumor-mri-seeds/seed-$seed/vit-$mode" &
+      train "${brain[@]}" --model micro --mode "$mode" --epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
+        --teacher "$brain_teacher/model" "${distil[@]}" --seed "$seed" \
+        --output-dir "$OUT/brain-tumor-mri-seeds/seed-$seed/vit-$mode" &
     done
     wait
   done
