@@ -281,8 +281,9 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
 @dataclass(frozen=True)
 class Augment:
     """Random translation (by up to `max_shift` of each side, mirroring the edges in), horizontal flip and, with
-    `rotate90`, rotation by a random multiple of 90 degrees of a plain image, at its own resolution; the processor
-    resizes afterwards. Draws from torch's RNG, which the Trainer seeds (and the DataLoader per worker).
+    `rotate90`, rotation by a random multiple of 90 degrees (meant for square images: a quarter turn swaps height
+    and width) of a plain image, at its own resolution; the processor resizes afterwards. Draws from torch's RNG,
+    which the Trainer seeds (and the DataLoader per worker).
 
     Small shifts rather than random resized crops: on BreastMNIST's 28x28 images crops of 70-100 % of the area left
     a small ViT underfitting (test accuracy 0.74 against 0.80 with shifts).

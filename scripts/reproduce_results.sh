@@ -60,12 +60,8 @@ fi
 
 if stage seeds; then  # one held-out test split for all (--split-seed stays 0), the seed-0 teacher
   for seed in ${SEEDS:-1 2}; do
-    for mode in encrypted fold; do
-      train "${brain[@]}" --model micro --mode "$mode" --epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
-        --teacher "$brain_teacher/model" "${distil[@]}" --seed "$seed" \
-        --output-dir "$OUT/brain-tumor-mri-seeds/seed-$seed/vit-$mode" &
-    done
-    wait
+    vit_pair "brain-tumor-mri-seeds/seed-$seed/vit" "${brain[@]}" --epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
+      --teacher "$brain_teacher/model" "${distil[@]}" --seed "$seed"
   done
 fi
 
