@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 7 hours on 2 CPU cores.
+# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 9 hours on 2 CPU cores.
 # Stages (STAGES="teachers vits seeds medmnist geometry ablation" by default; pick some to rerun only those):
 #   teachers  the key holder's CNN on plain images (the plain CNN rows, and the ViTs' teachers)
 #   vits      the keyed ViT, `encrypted` and `fold` (= plain ViT, then folded), distilled from the teacher
@@ -52,6 +52,8 @@ if stage teachers; then
     --output-dir "$OUT/lc25000/teacher-resnet-small-orient-128"
 fi
 if stage vits; then
+  vit_pair lc25000/vit128-200ep "${lc[@]}" --epochs 200 "${at128[@]}" "${distil[@]}" \
+    --teacher "$OUT/lc25000/teacher-resnet-small-orient/model"
   vit_pair lc25000/vit128 "${lc[@]}" --epochs 100 "${at128[@]}" "${distil[@]}" \
     --teacher "$OUT/lc25000/teacher-resnet-small-orient/model"
   vit_pair lc25000/vit128-teacher128 "${lc[@]}" --epochs 80 "${at128[@]}" "${distil[@]}" \

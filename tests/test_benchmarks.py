@@ -46,6 +46,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
     assert set(configs) == {
         "brain-tumor-mri/teacher-resnet-small", "brain-tumor-mri/vit-encrypted", "brain-tumor-mri/vit-fold",
         "lc25000/teacher-resnet-small-orient", "lc25000/vit128-encrypted", "lc25000/vit128-fold",
+        "lc25000/vit128-200ep-encrypted", "lc25000/vit128-200ep-fold",
         "lc25000/teacher-resnet-small-orient-128",
         "lc25000/vit128-teacher128-encrypted", "lc25000/vit128-teacher128-fold",
         "pneumoniamnist/vit-encrypted", "pneumoniamnist/vit-fold",
@@ -63,6 +64,8 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         16,
         str(tmp_path / "out/lc25000/teacher-resnet-small-orient/model"),
     )
+    long = configs["lc25000/vit128-200ep-fold"]
+    assert (long.mode, long.epochs, long.image_size, long.teacher) == ("fold", 200, 128, lc.teacher)
     assert configs["lc25000/teacher-resnet-small-orient"].image_size == 64
     assert configs["lc25000/teacher-resnet-small-orient-128"].image_size == 128
     lc128 = configs["lc25000/vit128-teacher128-fold"]
