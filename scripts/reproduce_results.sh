@@ -3,7 +3,7 @@
 # Stages (STAGES="teachers vits seeds medmnist geometry ablation" by default; pick some to rerun only those):
 #   teachers  the key holder's CNN on plain images (the plain CNN rows, and the ViTs' teachers)
 #   vits      the keyed ViT, `encrypted` and `fold` (= plain ViT, then folded), distilled from the teacher
-#   seeds     the brain MRI pair again with other seeds (SEEDS="1 2"), 30 epochs: encrypted vs plain over seeds
+#   seeds     the brain MRI pair again with other seeds (SEEDS="1 2 3"), 30 epochs: encrypted vs plain over seeds
 #   medmnist  PneumoniaMNIST sanity rows (official splits, 28x28)
 #   geometry  64/8 against the seed paper's 200/25 and ViT's usual 224/16, on a brain MRI subset
 #   ablation  10-epoch variants of the ViT recipe on brain MRI, and the larger `tiny` preset for 25 epochs
@@ -45,23 +45,24 @@ fi
 # LC25000: histology slides have no up or down, so all 8 orientations (its near-copies are rotated and flipped
 # versions of 250 originals per class). The ViT sees 128x128; its teacher 64x64, then (the better one) 128x128.
 lc=(--data "$DATA/lc25000" --key-file "$OUT/lc25000.key" --augment-orientation)
+lc_teacher=$OUT/lc25000/teacher-resnet-small-orient
 if stage teachers; then
   THREADS=2 train "${lc[@]}" --model resnet-small --mode plain --epochs 30 "${at64[@]}" \
-    --output-dir "$OUT/lc25000/teacher-resnet-small-orient"
+    --output-dir "$lc_teacher"
   THREADS=2 train "${lc[@]}" --model resnet-small --mode plain --epochs 30 "${at128[@]}" \
-    --output-dir "$OUT/lc25000/teacher-resnet-small-orient-128"
+    --output-dir "$lc_teacher-128"
 fi
 if stage vits; then
   vit_pair lc25000/vit128-200ep "${lc[@]}" --epochs 200 "${at128[@]}" "${distil[@]}" \
-    --teacher "$OUT/lc25000/teacher-resnet-small-orient/model"
+    --teacher "$lc_teacher/model"
   vit_pair lc25000/vit128 "${lc[@]}" --epochs 100 "${at128[@]}" "${distil[@]}" \
-    --teacher "$OUT/lc25000/teacher-resnet-small-orient/model"
+    --teacher "$lc_teacher/model"
   vit_pair lc25000/vit128-teacher128 "${lc[@]}" --epochs 80 "${at128[@]}" "${distil[@]}" \
-    --teacher "$OUT/lc25000/teacher-resnet-small-orient-128/model"
+    --teacher "$lc_teacher-128/model"
 fi
 
 if stage seeds; then  # one held-out test split for all (--split-seed stays 0), the seed-0 teacher
-  for seed in ${SEEDS:-1 2}; do
+  for seed in ${SEEDS:-1 2 3}; do
     vit_pair "brain-tumor-mri-seeds/seed-$seed/vit" "${brain[@]}" --epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
       --teacher "$brain_teacher/model" "${distil[@]}" --seed "$seed"
   done

@@ -53,7 +53,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         "geometry/vit-64-8", "geometry/vit-200-25", "geometry/vit-224-16",
         "ablation/base", "ablation/ls01", "ablation/distill-hard", "ablation/distill-soft", "ablation/mixup02",
         "extra/tiny-encrypted",
-        *(f"brain-tumor-mri-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2) for mode in ("encrypted", "fold")),
+        *(f"brain-tumor-mri-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
     }  # fmt: skip
     recipe = configs["brain-tumor-mri/vit-encrypted"]
     assert (recipe.mode, recipe.model, recipe.epochs, recipe.distillation) == ("encrypted", "micro", 150, "soft")
@@ -78,8 +78,8 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
     assert configs["ablation/base"].attack_max_images == 64  # a stage's own flags override the common ones
     for name, config in configs.items():  # histology has no up or down; MRI has
         assert config.augment_orientation == name.startswith("lc25000/"), name
-    seeds = [configs[f"brain-tumor-mri-seeds/seed-{seed}/vit-encrypted"] for seed in (1, 2)]
-    assert [c.seed for c in seeds] == [1, 2] and {c.split_seed for c in seeds} == {0}
+    seeds = [configs[f"brain-tumor-mri-seeds/seed-{seed}/vit-encrypted"] for seed in (1, 2, 3)]
+    assert [c.seed for c in seeds] == [1, 2, 3] and {c.split_seed for c in seeds} == {0}
     assert all(c.teacher == recipe.teacher for c in seeds)
     tiny = configs["extra/tiny-encrypted"]
     assert (tiny.model, tiny.epochs, tiny.attack_max_images, tiny.teacher is not None) == ("tiny", 25, 128, True)
