@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 9 hours on 2 CPU cores.
+# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 11 hours on 2 CPU cores.
 # Stages (STAGES="teachers vits seeds medmnist geometry ablation" by default; pick some to rerun only those):
 #   teachers  the key holder's CNN on plain images (the plain CNN rows, and the ViTs' teachers)
 #   vits      the keyed ViT, `encrypted` and `fold` (= plain ViT, then folded), distilled from the teacher
-#   seeds     the brain MRI pair again with other seeds (SEEDS="1 2 3"), 30 epochs: encrypted vs plain over seeds
+#   seeds     the brain MRI pair again with other seeds (SEEDS="1 2 3"), 30 epochs, and the 200-epoch LC25000 pair
+#             (LC_SEEDS="1"): encrypted vs plain over seeds
 #   medmnist  PneumoniaMNIST sanity rows (official splits, 28x28)
 #   geometry  64/8 against the seed paper's 200/25 and ViT's usual 224/16, on a brain MRI subset
 #   ablation  10-epoch variants of the ViT recipe on brain MRI, and the larger `tiny` preset for 25 epochs
@@ -66,6 +67,10 @@ if stage seeds; then  # one held-out test split for all (--split-seed stays 0), 
     vit_pair "brain-tumor-mri-seeds/seed-$seed/vit" "${brain[@]}" --epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
       --teacher "$brain_teacher/model" "${distil[@]}" --seed "$seed"
   done
+  for seed in ${LC_SEEDS:-1}; do  # the 200-epoch LC25000 pair again (2 hours a pair)
+    vit_pair "lc25000-seeds/seed-$seed/vit" "${lc[@]}" --epochs 200 "${at128[@]}" "${distil[@]}" \
+      --teacher "$lc_teacher/model" --seed "$seed"
+  done
 fi
 
 if stage medmnist; then
@@ -109,4 +114,8 @@ done
 if [ -d "$OUT/brain-tumor-mri-seeds" ]; then
   echo "## brain-tumor-mri-seeds"
   $PY scripts/seed_table.py "$OUT/brain-tumor-mri-seeds"
+fi
+if [ -d "$OUT/lc25000-seeds" ]; then  # with the seed-0 pair of the same recipe
+  echo "## lc25000-seeds"
+  $PY scripts/seed_table.py "$OUT/lc25000/vit128-200ep-encrypted" "$OUT/lc25000/vit128-200ep-fold" "$OUT/lc25000-seeds"
 fi

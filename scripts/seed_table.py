@@ -3,30 +3,42 @@
 An `encrypted` run and the `fold` run of the same seed (whose test accuracy is the plain ViT's) are the same
 computation up to float rounding, which over thousands of steps separates them as two seeds would. So the question
 "does encryption cost accuracy?" is answered by the mean paired difference against its standard error, not by one
-pair. Reads `<folder>/seed-<n>/vit-<mode>/model/metrics.json`:
+pair. Reads every `model/metrics.json` under the given run folders (or folders of runs), pairs runs by the seed and
+mode they recorded, and refuses runs whose other settings differ:
 
     python scripts/seed_table.py outputs/results/brain-tumor-mri-seeds
+    python scripts/seed_table.py outputs/results/lc25000/vit128-200ep-{encrypted,fold} outputs/results/lc25000-seeds
 """
 
 import argparse
 import json
-import re
 import statistics
 from pathlib import Path
 
 MODES = ("encrypted", "fold")
+_PER_RUN = ("seed", "mode", "output_dir")  # the settings a pair or a seed may differ in
 
 
-def load_accuracies(folder: Path, metric: str = "accuracy") -> dict[int, dict[str, float]]:
+def load_accuracies(paths: list[Path], metric: str = "accuracy") -> dict[int, dict[str, float]]:
     """seed -> mode -> test metric, for every seed that has a finished run of each mode."""
     runs: dict[int, dict[str, float]] = {}
-    for path in sorted(folder.glob("seed-*/vit-*/model/metrics.json")):
-        seed = int(re.fullmatch(r"seed-(\d+)", path.parents[2].name).group(1))
-        metrics = json.loads(path.read_text())
-        runs.setdefault(seed, {})[metrics["mode"]] = metrics["test"][metric]
+    recipe, recipe_file = None, None
+    for file in sorted({file for path in paths for file in path.glob("**/model/metrics.json")}):
+        metrics = json.loads(file.read_text())
+        config = metrics["config"]
+        shared = {k: v for k, v in config.items() if k not in _PER_RUN}
+        if recipe is None:
+            recipe, recipe_file = shared, file
+        elif shared != recipe:
+            differ = sorted(k for k in recipe.keys() | shared.keys() if recipe.get(k) != shared.get(k))
+            raise SystemExit(f"{file} and {recipe_file} differ in {differ}: tabulate one recipe at a time.")
+        seed, mode = config["seed"], metrics["mode"]
+        if mode in runs.get(seed, {}):
+            raise SystemExit(f"{file}: a second {mode} run with seed {seed}; pass only one of them.")
+        runs.setdefault(seed, {})[mode] = metrics["test"][metric]
     complete = {seed: modes for seed, modes in runs.items() if set(MODES) <= set(modes)}
     if len(complete) < 2:
-        raise SystemExit(f"{folder}: need at least two seeds with both an encrypted and a fold run, found {runs}.")
+        raise SystemExit(f"{paths}: need at least two seeds with both an encrypted and a fold run, found {runs}.")
     return dict(sorted(complete.items()))
 
 
@@ -56,10 +68,10 @@ def table(runs: dict[int, dict[str, float]], metric: str = "accuracy") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="folder of seed-<n>/vit-encrypted and seed-<n>/vit-fold runs")
+    parser.add_argument("paths", type=Path, nargs="+", help="run folders, or folders holding them, of one recipe")
     parser.add_argument("--metric", default="accuracy", help="test metric from metrics.json (default: accuracy)")
     args = parser.parse_args()
-    print(table(load_accuracies(args.folder, args.metric), args.metric))
+    print(table(load_accuracies(args.paths, args.metric), args.metric))
 
 
 if __name__ == "__main__":

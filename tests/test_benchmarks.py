@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from helpers import REPO_ROOT
@@ -54,6 +55,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         "ablation/base", "ablation/ls01", "ablation/distill-hard", "ablation/distill-soft", "ablation/mixup02",
         "extra/tiny-encrypted",
         *(f"brain-tumor-mri-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
+        "lc25000-seeds/seed-1/vit-encrypted", "lc25000-seeds/seed-1/vit-fold",
     }  # fmt: skip
     recipe = configs["brain-tumor-mri/vit-encrypted"]
     assert (recipe.mode, recipe.model, recipe.epochs, recipe.distillation) == ("encrypted", "micro", 150, "soft")
@@ -77,30 +79,51 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
     assert (configs["geometry/vit-200-25"].image_size, configs["geometry/vit-200-25"].block_size) == (200, 25)
     assert configs["ablation/base"].attack_max_images == 64  # a stage's own flags override the common ones
     for name, config in configs.items():  # histology has no up or down; MRI has
-        assert config.augment_orientation == name.startswith("lc25000/"), name
+        assert config.augment_orientation == name.startswith("lc25000"), name
     seeds = [configs[f"brain-tumor-mri-seeds/seed-{seed}/vit-encrypted"] for seed in (1, 2, 3)]
     assert [c.seed for c in seeds] == [1, 2, 3] and {c.split_seed for c in seeds} == {0}
     assert all(c.teacher == recipe.teacher for c in seeds)
+    for mode in ("encrypted", "fold"):  # the seed table pairs these with the seed-0 run: one recipe but the seed
+        seed_0, seed_1 = configs[f"lc25000/vit128-200ep-{mode}"], configs[f"lc25000-seeds/seed-1/vit-{mode}"]
+        assert (seed_0.seed, seed_1.seed) == (0, 1)
+        assert replace(seed_0, seed=1, output_dir=seed_1.output_dir) == seed_1
     tiny = configs["extra/tiny-encrypted"]
     assert (tiny.model, tiny.epochs, tiny.attack_max_images, tiny.teacher is not None) == ("tiny", 25, 128, True)
+
+
+def _fake_run(folder: Path, mode: str, seed: int, accuracy: float, epochs: float = 30.0) -> None:
+    (folder / "model").mkdir(parents=True)
+    config = {"mode": mode, "seed": seed, "epochs": epochs, "output_dir": str(folder)}
+    metrics = {"mode": mode, "config": config, "test": {"accuracy": accuracy}}
+    (folder / "model" / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _seed_table(*paths: Path, check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "seed_table.py"), *map(str, paths)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=check)
 
 
 def test_seed_table_pairs_encrypted_and_plain_runs_by_seed(tmp_path: Path):
     accuracies = {1: (0.95, 0.94), 2: (0.93, 0.94), 3: (0.96, 0.94), 4: (0.90, None)}  # seed 4 has no fold run
     for seed, pair in accuracies.items():
         for mode, accuracy in zip(("encrypted", "fold"), pair, strict=True):
-            if accuracy is not None:
-                folder = tmp_path / f"seed-{seed}" / f"vit-{mode}" / "model"
-                folder.mkdir(parents=True)
-                (folder / "metrics.json").write_text(json.dumps({"mode": mode, "test": {"accuracy": accuracy}}))
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "seed_table.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+            if accuracy is not None:  # seed 1 outside the folder of seeds, passed as its run folders
+                _fake_run(
+                    tmp_path / ("seed-1" if seed == 1 else f"seeds/seed-{seed}") / f"vit-{mode}", mode, seed, accuracy
+                )
+    result = _seed_table(tmp_path / "seed-1" / "vit-encrypted", tmp_path / "seed-1" / "vit-fold", tmp_path / "seeds")
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [row.split(" | ")[3].strip(" |") for row in rows] == ["+1.00", "-1.00", "+2.00"]  # seed 4 left out
     # encrypted 95, 93, 96: mean 94.67, sample std 1.53; differences +1, -1, +2: mean 0.67, std 1.53, s.e. 0.88
     assert "| 94.67 ± 1.53 (s.e. 0.88) | 94.00 ± 0.00 (s.e. 0.00) | 0.67 ± 1.53 (s.e. 0.88) |" in result.stdout
+
+
+def test_seed_table_refuses_mixed_recipes_and_repeated_seeds(tmp_path: Path):
+    for seed in (1, 2):
+        for mode in ("encrypted", "fold"):
+            _fake_run(tmp_path / f"seed-{seed}" / f"vit-{mode}", mode, seed, 0.9, epochs=30 if seed == 1 else 60)
+    result = _seed_table(tmp_path, check=False)
+    assert result.returncode != 0 and "differ in ['epochs']" in result.stderr
+    _fake_run(tmp_path / "again" / "vit-fold", "fold", 1, 0.9)
+    result = _seed_table(tmp_path / "seed-1", tmp_path / "again", check=False)
+    assert result.returncode != 0 and "a second fold run with seed 1" in result.stderr
