@@ -354,6 +354,15 @@ def train_losses(result) -> list[float]:
     return [entry["loss"] for entry in result.log_history if "loss" in entry]
 
 
+def test_a_rerun_with_the_same_key_file_is_bit_identical_and_a_new_key_is_a_new_initialisation(root):
+    """docs/results.md: a row reproduces only with its key file, even in plain mode (the key seeds the init)."""
+    augmented = dict(mode="plain", augment=True, augment_orientation=True, max_steps=3, attack_max_images=8)
+    first, again = (run(settings(root, f"rerun-{name}", **augmented)) for name in ("first", "again"))
+    other = run(settings(root, "rerun-other-key", key_file=str(root / "keys" / "other.key"), **augmented))
+    assert train_losses(first) == train_losses(again)
+    assert train_losses(first) != train_losses(other)
+
+
 def test_distilled_encrypted_training_still_tracks_plain_training(root, encrypted, folded):
     """With a teacher (here the fold run's keyed model, which encrypts its own view) and mixup, the encrypted run
     and the plain (fold) run see the same teacher outputs and the same mixes, so they still agree step for step; and
