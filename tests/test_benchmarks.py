@@ -1,5 +1,6 @@
 """The benchmark and results scripts run end to end (their numbers are measured by hand, never asserted in tests)."""
 
+import itertools
 import json
 import re
 import subprocess
@@ -55,7 +56,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         "ablation/base", "ablation/ls01", "ablation/distill-hard", "ablation/distill-soft", "ablation/mixup02",
         "extra/tiny-encrypted",
         *(f"brain-tumor-mri-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
-        "lc25000-seeds/seed-1/vit-encrypted", "lc25000-seeds/seed-1/vit-fold",
+        *(f"lc25000-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2) for mode in ("encrypted", "fold")),
     }  # fmt: skip
     recipe = configs["brain-tumor-mri/vit-encrypted"]
     assert (recipe.mode, recipe.model, recipe.epochs, recipe.distillation) == ("encrypted", "micro", 150, "soft")
@@ -83,10 +84,11 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
     seeds = [configs[f"brain-tumor-mri-seeds/seed-{seed}/vit-encrypted"] for seed in (1, 2, 3)]
     assert [c.seed for c in seeds] == [1, 2, 3] and {c.split_seed for c in seeds} == {0}
     assert all(c.teacher == recipe.teacher for c in seeds)
-    for mode in ("encrypted", "fold"):  # the seed table pairs these with the seed-0 run: one recipe but the seed
-        seed_0, seed_1 = configs[f"lc25000/vit128-200ep-{mode}"], configs[f"lc25000-seeds/seed-1/vit-{mode}"]
-        assert (seed_0.seed, seed_1.seed) == (0, 1)
-        assert replace(seed_0, seed=1, output_dir=seed_1.output_dir) == seed_1
+    # The seed table pairs these with the seed-0 run: one recipe but the seed.
+    for mode, seed in itertools.product(("encrypted", "fold"), (1, 2)):
+        seed_0, other = configs[f"lc25000/vit128-200ep-{mode}"], configs[f"lc25000-seeds/seed-{seed}/vit-{mode}"]
+        assert (seed_0.seed, other.seed) == (0, seed)
+        assert replace(seed_0, seed=seed, output_dir=other.output_dir) == other
     tiny = configs["extra/tiny-encrypted"]
     assert (tiny.model, tiny.epochs, tiny.attack_max_images, tiny.teacher is not None) == ("tiny", 25, 128, True)
 
