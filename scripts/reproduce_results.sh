@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 13 hours on 2 CPU cores.
+# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 15 hours on 2 CPU cores.
 # Stages (STAGES="teachers vits seeds medmnist geometry ablation" by default; pick some to rerun only those):
 #   teachers  the key holder's CNN on plain images (the plain CNN rows, and the ViTs' teachers)
 #   vits      the keyed ViT, `encrypted` and `fold` (= plain ViT, then folded), distilled from the teacher
 #   seeds     the brain MRI pair again with other seeds (SEEDS="1 2 3"), 30 epochs, and the 200-epoch LC25000 pair
-#             (LC_SEEDS="1 2"): encrypted vs plain over seeds
+#             (LC_SEEDS="1 2 3"): encrypted vs plain over seeds
 #   medmnist  PneumoniaMNIST sanity rows (official splits, 28x28)
 #   geometry  64/8 against the seed paper's 200/25 and ViT's usual 224/16, on a brain MRI subset
 #   ablation  10-epoch variants of the ViT recipe on brain MRI, and the larger `tiny` preset for 25 epochs
@@ -67,7 +67,7 @@ if stage seeds; then  # one held-out test split for all (--split-seed stays 0), 
     vit_pair "brain-tumor-mri-seeds/seed-$seed/vit" "${brain[@]}" --epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
       --teacher "$brain_teacher/model" "${distil[@]}" --seed "$seed"
   done
-  for seed in ${LC_SEEDS:-1 2}; do  # the 200-epoch LC25000 pair again (2 hours a pair)
+  for seed in ${LC_SEEDS:-1 2 3}; do  # the 200-epoch LC25000 pair again (2 hours a pair)
     vit_pair "lc25000-seeds/seed-$seed/vit" "${lc[@]}" --epochs 200 "${at128[@]}" "${distil[@]}" \
       --teacher "$lc_teacher/model" --seed "$seed"
   done

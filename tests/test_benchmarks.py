@@ -56,7 +56,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         "ablation/base", "ablation/ls01", "ablation/distill-hard", "ablation/distill-soft", "ablation/mixup02",
         "extra/tiny-encrypted",
         *(f"brain-tumor-mri-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
-        *(f"lc25000-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2) for mode in ("encrypted", "fold")),
+        *(f"lc25000-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
     }  # fmt: skip
     recipe = configs["brain-tumor-mri/vit-encrypted"]
     assert (recipe.mode, recipe.model, recipe.epochs, recipe.distillation) == ("encrypted", "micro", 150, "soft")
@@ -85,7 +85,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
     assert [c.seed for c in seeds] == [1, 2, 3] and {c.split_seed for c in seeds} == {0}
     assert all(c.teacher == recipe.teacher for c in seeds)
     # The seed table pairs these with the seed-0 run: one recipe but the seed.
-    for mode, seed in itertools.product(("encrypted", "fold"), (1, 2)):
+    for mode, seed in itertools.product(("encrypted", "fold"), (1, 2, 3)):
         seed_0, other = configs[f"lc25000/vit128-200ep-{mode}"], configs[f"lc25000-seeds/seed-{seed}/vit-{mode}"]
         assert (seed_0.seed, other.seed) == (0, seed)
         assert replace(seed_0, seed=seed, output_dir=other.output_dir) == other
