@@ -54,7 +54,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         "pneumoniamnist/vit-encrypted", "pneumoniamnist/vit-fold",
         "geometry/vit-64-8", "geometry/vit-200-25", "geometry/vit-224-16",
         "ablation/base", "ablation/ls01", "ablation/distill-hard", "ablation/distill-soft", "ablation/mixup02",
-        "extra/tiny-encrypted",
+        "extra/tiny-encrypted", "extra/vit128-encrypted",
         *(f"brain-tumor-mri-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
         *(f"lc25000-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
     }  # fmt: skip
