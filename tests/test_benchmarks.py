@@ -61,6 +61,10 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
     recipe = configs["brain-tumor-mri/vit-encrypted"]
     assert (recipe.mode, recipe.model, recipe.epochs, recipe.distillation) == ("encrypted", "micro", 150, "soft")
     assert configs["brain-tumor-mri/vit-fold"].mode == "fold"
+    wide = configs["extra/vit128-encrypted"]  # the recipe at LC25000's geometry, taught by the same 64x64 CNN
+    assert (wide.mode, wide.image_size, wide.block_size, wide.epochs, wide.teacher) == (
+        "encrypted", 128, 16, 120, recipe.teacher,
+    )  # fmt: skip
     lc = configs["lc25000/vit128-encrypted"]
     assert (lc.image_size, lc.block_size, lc.teacher) == (
         128,
