@@ -21,7 +21,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -109,6 +109,7 @@ class TrainConfig:
     dropout: float = 0.0
     augment: bool = True
     augment_orientation: bool = False
+    tta: bool = False
     max_per_class: int | None = None
     early_stopping_patience: int | None = None
     metric: str = "accuracy"
@@ -136,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"Unknown model preset {self.model!r}; choose from {sorted(MODEL_PRESETS)}.")
         if self.distillation not in DISTILLATION_TYPES:
             raise ValueError(f"distillation must be one of {list(DISTILLATION_TYPES)}, got {self.distillation!r}.")
+        if self.tta and not self.augment:
+            raise ValueError("--tta averages over the flips (and rotations) of --augment; it needs --augment.")
         unknown = sorted(set(self.cipher_steps) - set(ALL_STEPS))
         if unknown:
             raise ValueError(f"Unknown cipher step(s) {unknown}; choose from {list(ALL_STEPS)}.")
@@ -228,6 +231,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "of the square), for images with no up or down such as histology slides; not for MRI",
         action=argparse.BooleanOptionalAction,
     )
+    add(
+        "--tta",
+        "also report test metrics averaged over the orientations --augment draws from (the flip; with "
+        "--augment-orientation all 8), each view flipped by the key holder, then encrypted",
+        action=argparse.BooleanOptionalAction,
+    )
     add("--max-per-class", "keep at most this many images of each class in each split (quick runs)", type=int)
     add("--early-stopping-patience", "stop after this many evaluations without improvement (default: off)", type=int)
     add("--metric", "validation metric that picks the best checkpoint and drives early stopping")
@@ -306,6 +315,17 @@ class Augment:
         if self.rotate90:
             pixels = np.rot90(pixels, int(torch.randint(0, 4, ())))
         return Image.fromarray(np.ascontiguousarray(pixels))
+
+    def orientations(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """The orientations this augmentation draws from, as maps of (N,C,H,W) batches: the views test-time
+        augmentation averages over (before encryption, like the augmentation itself)."""
+        flips = (False, True) if self.flip else (False,)
+        turns = range(4) if self.rotate90 else range(1)
+        return [partial(_orient, flip=flip, turns=k) for flip in flips for k in turns]
+
+
+def _orient(images: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
+    return (images.flip(-1) if flip else images).rot90(turns, dims=(-2, -1))
 
 
 @dataclass(frozen=True)
@@ -726,6 +746,21 @@ def run(config: TrainConfig) -> TrainResult:
         keyed, test_images, setup.image_mean, setup.image_std, cipher.encrypt, config.batch_size
     )
     test_metrics = compute_classification_metrics(test_logits.numpy(), test_labels.numpy(), id2label)
+    tta_metrics = None
+    if config.tta and augment is not None:
+        views = augment.orientations()
+        encrypt_views = [lambda x, view=view: cipher.encrypt(view(x)) for view in views]
+        probabilities = torch.stack(
+            [
+                predict_logits(
+                    keyed, test_images, setup.image_mean, setup.image_std, encrypt, config.batch_size
+                ).softmax(-1)
+                for encrypt in encrypt_views
+            ]
+        ).mean(0)
+        # log-probabilities are logits whose softmax is the averaged distribution
+        tta_metrics = compute_classification_metrics(probabilities.log().numpy(), test_labels.numpy(), id2label)
+        tta_metrics["views"] = len(views)
     fold_check = (
         check_fold(trained, test_images, test_logits, setup.image_mean, setup.image_std, config.batch_size)
         if config.mode == "fold"
@@ -780,6 +815,7 @@ def run(config: TrainConfig) -> TrainResult:
             },
             "test": {**test_metrics, "num_images": len(test_labels)},
             "per_class_f1": {name: test_metrics[f"f1_{name}"] for name in id2label.values()},
+            "test_tta": tta_metrics,
             "fold_check": fold_check,
             "best_validation": {
                 "metric": config.metric,
@@ -826,6 +862,10 @@ def run_from_namespace(args: argparse.Namespace) -> int:
             f"\nTest accuracy {test['accuracy']:.4f}, macro F1 {test['f1']:.4f}, AUROC {test['roc_auc']:.4f} "
             f"on {test['num_images']} {kind} test images (key {result.metrics['key_id']})."
         )
+        if tta := result.metrics["test_tta"]:
+            print(
+                f"Averaged over {tta['views']} orientations: accuracy {tta['accuracy']:.4f}, macro F1 {tta['f1']:.4f}."
+            )
         for name, path in result.paths.items():
             print(f"  {name.replace('_', ' '):>22}: {path}")
     return 0

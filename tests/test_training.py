@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import IMAGENET_MEAN, IMAGENET_STD, tiny_vit
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
@@ -321,6 +321,36 @@ def test_augment_orientation_draws_each_of_the_eight_symmetries_of_the_square():
     assert drawn == symmetries
     assert parse_config(["--augment-orientation"]).augment_orientation
     assert not parse_config([]).augment_orientation
+
+
+def test_augment_orientations_are_the_symmetries_it_draws():
+    pixels = torch.arange(16 * 16, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    square = pixels[0, 0].numpy()
+    for augment, expected in (
+        (Augment(flip=False), {square.tobytes()}),
+        (Augment(), {square.tobytes(), square[:, ::-1].tobytes()}),
+        (Augment(rotate90=True), {np.rot90(p, k).tobytes() for p in (square, square[:, ::-1]) for k in range(4)}),
+    ):
+        views = [view(pixels)[0, 0].numpy().tobytes() for view in augment.orientations()]
+        assert len(views) == len(expected) and set(views) == expected
+
+
+def test_tta_averages_the_probabilities_of_the_mirrored_and_encrypted_views(tmp_path, test_images):
+    """The key holder mirrors each plain test image, encrypts both views and averages the model's probabilities;
+    recomputed here through the saved folder and its processor, as a Hub user would."""
+    result = run(settings(tmp_path, "tta", mode="encrypted", augment=True, tta=True, max_steps=2))
+    tta = result.metrics["test_tta"]
+    assert tta["views"] == 2
+    key = LCryptKey.load(tmp_path / "keys" / "secret.key")
+    views = (test_images, [ImageOps.mirror(image) for image in test_images])
+    probabilities = torch.stack([folder_logits(tmp_path / "tta" / "model", v, key).softmax(-1) for v in views])
+    labels = load_image_dataset("default", max_per_class=16)["test"]["label"]
+    accuracy = (probabilities.mean(0).argmax(-1) == torch.tensor(labels)).float().mean().item()
+    assert tta["accuracy"] == pytest.approx(accuracy)
+    assert (probabilities[0] - probabilities[1]).abs().max() > 1e-4  # the mirrored view is a different input
+    assert result.metrics["test"]["num_images"] == len(labels)
+    with pytest.raises(ValueError, match="--tta .* needs --augment"):
+        settings(tmp_path, "no-augment", tta=True)
 
 
 def test_image_transform_pickles_without_the_secret(tmp_path, monkeypatch):
