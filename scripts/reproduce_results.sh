@@ -40,7 +40,7 @@ if stage teachers; then
 fi
 if stage vits; then
   vit_pair brain-tumor-mri/vit "${brain[@]}" --epochs "${BRAIN_EPOCHS:-150}" "${at64[@]}" \
-    --teacher "$brain_teacher/model" "${distil[@]}"
+    --teacher "$brain_teacher/model" "${distil[@]}" --tta
 fi
 
 # LC25000: histology slides have no up or down, so all 8 orientations (its near-copies are rotated and flipped

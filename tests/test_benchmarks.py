@@ -59,7 +59,9 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         *(f"lc25000-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
     }  # fmt: skip
     recipe = configs["brain-tumor-mri/vit-encrypted"]
-    assert (recipe.mode, recipe.model, recipe.epochs, recipe.distillation) == ("encrypted", "micro", 150, "soft")
+    assert (recipe.mode, recipe.model, recipe.epochs, recipe.distillation, recipe.tta) == (
+        "encrypted", "micro", 150, "soft", True,
+    )  # fmt: skip
     assert configs["brain-tumor-mri/vit-fold"].mode == "fold"
     wide = configs["extra/vit128-encrypted"]  # the recipe at LC25000's geometry, taught by the same 64x64 CNN
     assert (wide.mode, wide.image_size, wide.block_size, wide.epochs, wide.teacher) == (
