@@ -234,7 +234,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add(
         "--tta",
         "also report test metrics averaged over the orientations --augment draws from (the flip; with "
-        "--augment-orientation all 8), each view flipped by the key holder, then encrypted",
+        "--augment-orientation all 8), each view made from the plain image by the key holder, then encrypted",
         action=argparse.BooleanOptionalAction,
     )
     add("--max-per-class", "keep at most this many images of each class in each split (quick runs)", type=int)
