@@ -318,7 +318,7 @@ class Augment:
 
     def orientations(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
         """The orientations this augmentation draws from, as maps of (N,C,H,W) batches: the views test-time
-        augmentation averages over (before encryption, like the augmentation itself)."""
+        augmentation averages over (before encryption, like the augmentation itself); the identity comes first."""
         flips = (False, True) if self.flip else (False,)
         turns = range(4) if self.rotate90 else range(1)
         return [partial(_orient, flip=flip, turns=k) for flip in flips for k in turns]
@@ -749,15 +749,13 @@ def run(config: TrainConfig) -> TrainResult:
     tta_metrics = None
     if config.tta and augment is not None:
         views = augment.orientations()
-        encrypt_views = [lambda x, view=view: cipher.encrypt(view(x)) for view in views]
-        probabilities = torch.stack(
-            [
-                predict_logits(
-                    keyed, test_images, setup.image_mean, setup.image_std, encrypt, config.batch_size
-                ).softmax(-1)
-                for encrypt in encrypt_views
-            ]
-        ).mean(0)
+        probabilities = test_logits.softmax(-1)  # views[0] is the identity
+        for view in views[1:]:
+            logits = predict_logits(
+                keyed, view(test_images), setup.image_mean, setup.image_std, cipher.encrypt, config.batch_size
+            )
+            probabilities += logits.softmax(-1)
+        probabilities /= len(views)
         # log-probabilities are logits whose softmax is the averaged distribution
         tta_metrics = compute_classification_metrics(probabilities.log().numpy(), test_labels.numpy(), id2label)
         tta_metrics["views"] = len(views)

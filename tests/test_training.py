@@ -24,7 +24,8 @@ from transformers import (
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, training
 from hf_lcrypt.cli import build_parser
-from hf_lcrypt.data import load_image_dataset
+from hf_lcrypt.data import label_maps, load_image_dataset
+from hf_lcrypt.evaluation import compute_classification_metrics
 from hf_lcrypt.keys import KEY_ENV_VAR
 from hf_lcrypt.presets import ModelPreset, register_model_preset, vit_preset
 from hf_lcrypt.training import (
@@ -333,6 +334,7 @@ def test_augment_orientations_are_the_symmetries_it_draws():
     ):
         views = [view(pixels)[0, 0].numpy().tobytes() for view in augment.orientations()]
         assert len(views) == len(expected) and set(views) == expected
+        assert views[0] == square.tobytes()  # the identity first: its logits are the single-view test logits
 
 
 def test_tta_averages_the_probabilities_of_the_mirrored_and_encrypted_views(tmp_path, test_images):
@@ -344,10 +346,12 @@ def test_tta_averages_the_probabilities_of_the_mirrored_and_encrypted_views(tmp_
     key = LCryptKey.load(tmp_path / "keys" / "secret.key")
     views = (test_images, [ImageOps.mirror(image) for image in test_images])
     probabilities = torch.stack([folder_logits(tmp_path / "tta" / "model", v, key).softmax(-1) for v in views])
-    labels = load_image_dataset("default", max_per_class=16)["test"]["label"]
-    accuracy = (probabilities.mean(0).argmax(-1) == torch.tensor(labels)).float().mean().item()
-    assert tta["accuracy"] == pytest.approx(accuracy)
-    assert (probabilities[0] - probabilities[1]).abs().max() > 1e-4  # the mirrored view is a different input
+    test_split = load_image_dataset("default", max_per_class=16)["test"]
+    labels = np.array(test_split["label"])
+    expected = compute_classification_metrics(probabilities.mean(0).log().numpy(), labels, label_maps(test_split)[0])
+    assert tta["accuracy"] == pytest.approx(expected["accuracy"])
+    assert tta["roc_auc"] == pytest.approx(expected["roc_auc"])  # AUROC sees the averaged probabilities themselves
+    assert tta["roc_auc"] != pytest.approx(result.metrics["test"]["roc_auc"])  # not the single view's
     assert result.metrics["test"]["num_images"] == len(labels)
     with pytest.raises(ValueError, match="--tta .* needs --augment"):
         settings(tmp_path, "no-augment", tta=True)
