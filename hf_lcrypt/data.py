@@ -280,6 +280,15 @@ def content_hashes(dataset: Dataset, image_column: str = "image") -> list[str]:
     return hashes
 
 
+def split_fingerprints(hashes: dict[str, list[str]]) -> dict[str, str]:
+    """One BLAKE2b-128 per split over its sorted `content_hashes`: equal when two runs' splits hold the same images,
+    whatever path or order they were read in, and naming no image (a teacher's `metrics.json` can be shared)."""
+    return {
+        name: hashlib.blake2b("\n".join(sorted(digests)).encode(), digest_size=16).hexdigest()
+        for name, digests in hashes.items()
+    }
+
+
 def split_by_content(
     dataset: Dataset, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
 ) -> tuple[DatasetDict, SplitReport]:

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import transformers
 import yaml
-from datasets import DatasetDict
 from PIL import Image
 from transformers import (
     AutoConfig,
@@ -55,7 +54,7 @@ from .callbacks import (
 )
 from .cipher import ALL_STEPS
 from .configuration_lcrypt import LCryptViTConfig
-from .data import content_hashes, label_maps, load_image_dataset
+from .data import content_hashes, label_maps, load_image_dataset, split_fingerprints
 from .distillation import DISTILLATION_TYPES, TEACHER_INPUTS, DistillationTrainer, load_teacher
 from .evaluation import compute_classification_metrics, make_compute_metrics, plot_confusion_matrix
 from .image_processing_lcrypt import LCryptImageProcessor
@@ -396,10 +395,11 @@ class ImageTransform:
         self.augment, self.mixup = state["augment"], state["mixup"]
 
 
-def cross_split_duplicates(dataset: DatasetDict) -> dict[str, int]:
-    """Byte-identical images shared by two splits: leaks that inflate validation and test scores."""
-    hashes = {name: set(content_hashes(split)) for name, split in dataset.items()}
-    return {f"{a}/{b}": len(hashes[a] & hashes[b]) for a, b in itertools.combinations(hashes, 2)}
+def cross_split_duplicates(hashes: dict[str, list[str]]) -> dict[str, int]:
+    """Byte-identical images shared by two splits (from each split's `content_hashes`): leaks that inflate validation
+    and test scores."""
+    sets = {name: set(digests) for name, digests in hashes.items()}
+    return {f"{a}/{b}": len(sets[a] & sets[b]) for a, b in itertools.combinations(sets, 2)}
 
 
 # -- models and keys ----------------------------------------------------------------------------------------------
@@ -471,14 +471,27 @@ def build_setup(config: TrainConfig, id2label: dict[int, str], label2id: dict[st
     return Setup(model, True, image_size, patch, list(mean)[:channels], list(std)[:channels])
 
 
-def check_teacher_split(teacher_dir: Path, config: TrainConfig) -> None:
+def check_teacher_split(teacher_dir: Path, config: TrainConfig, fingerprints: dict[str, str]) -> None:
     """Refuse a teacher whose run split the data differently: it would have trained on this run's test images and
-    leak them into the student through its predictions. Teachers without a `metrics.json` are not checked."""
+    leak them into the student through its predictions. Its validation and test splits must hold this run's images
+    (`split_fingerprints`, so another path to the same data passes and other data does not); teachers saved before
+    fingerprints are checked by their split settings, teachers without a `metrics.json` not at all."""
     metrics_file = teacher_dir / "metrics.json"
     if not metrics_file.is_file():
         logger.warning("--teacher %s has no metrics.json; cannot check that it used the same data split.", teacher_dir)
         return
-    theirs = json.loads(metrics_file.read_text()).get("config", {})
+    teacher_metrics = json.loads(metrics_file.read_text())
+    known = teacher_metrics.get("data", {}).get("split_fingerprints")
+    if known is not None:
+        for split in ("validation", "test"):
+            if known.get(split) != fingerprints[split]:
+                raise ValueError(
+                    f"--teacher {teacher_dir} was trained on other data or another split: its {split} split holds "
+                    f"other images than this run's, so the teacher may have seen this run's test images. Train it "
+                    "on the same data with the same --split-seed and --max-per-class."
+                )
+        return
+    theirs = teacher_metrics.get("config", {})
     split_seed = theirs.get("split_seed", theirs.get("seed", 0))  # runs before --split-seed split with --seed
     if (split_seed, theirs.get("max_per_class")) != (config.split_seed, config.max_per_class):
         raise ValueError(
@@ -633,11 +646,13 @@ def run(config: TrainConfig) -> TrainResult:
         dataset, split_report = load_image_dataset(
             config.data, seed=config.split_seed, max_per_class=config.max_per_class, return_report=True
         )
+        hashes = {name: content_hashes(split) for name, split in dataset.items()}
         duplicates = (
             {"source": "split_by_content", **split_report.to_dict()}
             if split_report is not None
-            else {"source": "given splits", "cross_split_overlap": cross_split_duplicates(dataset)}
+            else {"source": "given splits", "cross_split_overlap": cross_split_duplicates(hashes)}
         )
+        fingerprints = split_fingerprints(hashes)
     logger.info("Data %s: %s; duplicates: %s", config.data, {s: len(d) for s, d in dataset.items()}, duplicates)
     id2label, label2id = label_maps(dataset)
 
@@ -672,8 +687,8 @@ def run(config: TrainConfig) -> TrainResult:
     augment = Augment(rotate90=config.augment_orientation) if config.augment else None
     teacher, teacher_processor = (None, None)
     if config.teacher:
-        check_teacher_split(Path(config.teacher), config)
-        teacher, teacher_processor = load_teacher(config.teacher, key, id2label)
+        teacher, teacher_processor = load_teacher(config.teacher, key, id2label)  # other classes: a clearer error
+        check_teacher_split(Path(config.teacher), config, fingerprints)
     mixup = Mixup(config.mixup, len(id2label)) if config.mixup > 0 else None
     train_set = dataset["train"].with_transform(ImageTransform(processor, augment, teacher_processor, mixup))
     eval_set = dataset["validation"].with_transform(ImageTransform(processor))
@@ -824,6 +839,7 @@ def run(config: TrainConfig) -> TrainResult:
                 "splits": {s: len(d) for s, d in dataset.items()},
                 "classes": list(id2label.values()),
                 "duplicates": duplicates,
+                "split_fingerprints": fingerprints,
             },
             "training": {
                 "global_step": trainer.state.global_step,

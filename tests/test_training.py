@@ -24,7 +24,7 @@ from transformers import (
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, training
 from hf_lcrypt.cli import build_parser
-from hf_lcrypt.data import label_maps, load_image_dataset
+from hf_lcrypt.data import content_hashes, label_maps, load_image_dataset, split_fingerprints
 from hf_lcrypt.evaluation import compute_classification_metrics
 from hf_lcrypt.keys import KEY_ENV_VAR
 from hf_lcrypt.presets import ModelPreset, register_model_preset, vit_preset
@@ -419,20 +419,40 @@ def test_a_teacher_of_other_classes_is_refused(root, folded, tmp_path):
         run(settings(tmp_path, "wrong-teacher", data=str(data), teacher=str(root / "fold" / "model")))
 
 
+def fingerprints_of(data: str, max_per_class: int = 16, split_seed: int = 0) -> dict[str, str]:
+    dataset = load_image_dataset(data, max_per_class=max_per_class, seed=split_seed)
+    return split_fingerprints({name: content_hashes(split) for name, split in dataset.items()})
+
+
 def test_a_teacher_trained_on_another_split_is_refused(root, folded, tmp_path):
-    """A teacher of another split may have trained on this run's test images and would leak them to the student."""
-    teacher = str(root / "fold" / "model")
-    with pytest.raises(ValueError, match="may have seen this run's test images"):
-        run(settings(tmp_path, "other-split", teacher=teacher, split_seed=1))
-    with pytest.raises(ValueError, match="--max-per-class 16, this run uses 0 and 8"):
-        run(settings(tmp_path, "other-subset", teacher=teacher, max_per_class=8))
-    # Runs made before --split-seed existed split with --seed.
+    """A teacher of another split may have trained on this run's test images and would leak them to the student.
+    What counts is which images its validation and test splits held, not the path or the settings that chose them."""
+    teacher = {"teacher": str(root / "fold" / "model"), "key_file": str(root / "keys" / "secret.key")}
+    assert folded.metrics["data"]["split_fingerprints"] == fingerprints_of("default")
+    with pytest.raises(ValueError, match="its validation split holds other images.*may have seen this run's test"):
+        run(settings(tmp_path, "other-split", split_seed=1, **teacher))
+    with pytest.raises(ValueError, match="its validation split holds other images"):
+        run(settings(tmp_path, "other-subset", max_per_class=8, **teacher))
+    # Other data with the same split settings: the test split of the shipped file, renamed to validation and back.
+    swapped = tmp_path / "swapped"
+    for split, ds in load_image_dataset("default", max_per_class=16).items():
+        name = {"validation": "test", "test": "validation"}.get(split, split)
+        for i, (image, label) in enumerate(zip(ds["image"], ds["label"], strict=True)):
+            folder = swapped / name / ds.features["label"].int2str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(folder / f"{i}.png")
+    with pytest.raises(ValueError, match="other data or another split"):
+        run(settings(tmp_path, "other-data", data=str(swapped), **teacher))
+    # The same images by another path pass.
+    shipped = Path(training.__file__).parent / "assets" / "breastmnist.npz"
+    check_teacher_split(Path(teacher["teacher"]), TrainConfig(data=str(shipped)), fingerprints_of(str(shipped)))
+    # Teachers saved before fingerprints are checked by their settings; before --split-seed, runs split with --seed.
     old = tmp_path / "old-teacher"
     old.mkdir()
     (old / "metrics.json").write_text(json.dumps({"config": {"seed": 3, "max_per_class": None}}))
-    check_teacher_split(old, TrainConfig(seed=0, split_seed=3))
-    with pytest.raises(ValueError, match="--split-seed 3"):
-        check_teacher_split(old, TrainConfig(seed=3, split_seed=0))
+    check_teacher_split(old, TrainConfig(seed=0, split_seed=3), {})
+    with pytest.raises(ValueError, match="--split-seed 3 and --max-per-class None, this run uses 0 and None"):
+        check_teacher_split(old, TrainConfig(seed=3, split_seed=0), {})
 
 
 def test_seed_leaves_the_split_alone(tmp_path, monkeypatch):
