@@ -1,5 +1,6 @@
 """Markdown tables of training runs: accuracy, macro F1, parameters, time per epoch, inference images/s, robustness;
-then per-class F1 and the exact command of every run.
+then per-class F1, the test metrics of runs with `--tta` (averaged over its views), and the exact command of every
+run.
 
 Reads every `<run>/model/metrics.json` (and `attack_report.json`) under the given folders, and measures inference
 throughput of each saved model on this machine, batch 64, in one run. `--figures DIR` copies each run's confusion
@@ -106,6 +107,16 @@ def details(model_dir: Path, root: Path, figures: Path | None) -> tuple[str, str
     return f"| {name} | {per_class} | {seconds / 60:.1f} min |", f"- `{name}`: `{command(metrics)}`"
 
 
+def tta_row(model_dir: Path, root: Path) -> str | None:
+    """A run's test metrics averaged over its `--tta` views, next to its single-view accuracy; None without --tta."""
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    tta = metrics.get("test_tta")
+    if tta is None:
+        return None
+    cells = [str(model_dir.parent.relative_to(root)), str(tta["views"]), f"{metrics['test']['accuracy']:.3f}"]
+    return "| " + " | ".join(cells + [f"{tta[name]:.3f}" for name in ("accuracy", "f1", "roc_auc")]) + " |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="folders holding run folders (searched recursively)")
@@ -120,6 +131,10 @@ def main() -> None:
     rows, commands = zip(*(details(model_dir, root, args.figures) for model_dir, root in runs), strict=True)
     print("\n| run | per-class F1 (test) | training time |\n|---|---|---|")
     print("\n".join(rows))
+    tta_rows = [r for r in (tta_row(model_dir, root) for model_dir, root in runs) if r is not None]
+    if tta_rows:
+        print("\n| run | --tta views | test acc (one view) | test acc | macro F1 | AUROC |\n|---|---|---|---|---|---|")
+        print("\n".join(tta_rows))
     print("\nCommands (`--key-file` left out: each dataset's runs share one local key file):\n")
     print("\n".join(commands))
 

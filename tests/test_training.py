@@ -8,12 +8,14 @@ import json
 import pickle
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import IMAGENET_MEAN, IMAGENET_STD, tiny_vit
+from helpers import IMAGENET_MEAN, IMAGENET_STD, REPO_ROOT, tiny_vit
 from PIL import Image, ImageOps
 from transformers import (
     AutoImageProcessor,
@@ -353,6 +355,15 @@ def test_tta_averages_the_probabilities_of_the_mirrored_and_encrypted_views(tmp_
     assert tta["roc_auc"] == pytest.approx(expected["roc_auc"])  # AUROC sees the averaged probabilities themselves
     assert tta["roc_auc"] != pytest.approx(result.metrics["test"]["roc_auc"])  # not the single view's
     assert result.metrics["test"]["num_images"] == len(labels)
+    table = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "results_table.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    single, averaged = result.metrics["test"], [f"{tta[name]:.3f}" for name in ("accuracy", "f1", "roc_auc")]
+    assert f"| tta | 2 | {single['accuracy']:.3f} | {' | '.join(averaged)} |" in table
     with pytest.raises(ValueError, match="--tta .* needs --augment"):
         settings(tmp_path, "no-augment", tta=True)
 
