@@ -444,7 +444,8 @@ def test_a_teacher_trained_on_another_split_is_refused(root, folded, tmp_path):
         run(settings(tmp_path, "other-split", split_seed=1, **teacher))
     with pytest.raises(ValueError, match="its validation split holds other images"):
         run(settings(tmp_path, "other-subset", max_per_class=8, **teacher))
-    # Other data with the same split settings: the test split of the shipped file, renamed to validation and back.
+    # Other data with the same split settings: the shipped images re-encoded as PNG files (other bytes), with the
+    # validation and test splits swapped.
     swapped = tmp_path / "swapped"
     for split, ds in load_image_dataset("default", max_per_class=16).items():
         name = {"validation": "test", "test": "validation"}.get(split, split)
