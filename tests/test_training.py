@@ -36,6 +36,7 @@ from hf_lcrypt.training import (
     TrainConfig,
     check_teacher_split,
     config_from_namespace,
+    load_or_create_key,
     parse_config,
     run,
     run_from_namespace,
@@ -80,9 +81,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# The key seeds the initialisation, so a fixed key makes the shared runs, and which checkpoint scores best, the same
+# on every test run (with a fresh key the last checkpoint could score best, which a test below asserts it does not).
+KEY = LCryptKey.from_hex("00" * 31 + "01")
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("training")
+    root = tmp_path_factory.mktemp("training")
+    (root / "keys").mkdir()
+    KEY.save(root / "keys" / "secret.key")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +100,7 @@ def encrypted(root):
 
 
 @pytest.fixture(scope="module")
-def folded(root, encrypted):  # after `encrypted`, which creates the key file both use
+def folded(root, encrypted):  # after `encrypted`: the shared runs are compared step for step
     return run(settings(root, "fold", mode="fold"))
 
 
@@ -113,12 +122,16 @@ def folder_logits(folder: Path, images, key: LCryptKey) -> torch.Tensor:
         return model(**processor(images, return_tensors="pt")).logits
 
 
-def test_key_file_is_created_owner_only_and_never_written_elsewhere(root, encrypted):
-    key_file = root / "keys" / "secret.key"
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    key = LCryptKey.load(key_file)
-    assert encrypted.metrics["key_id"] == key.key_id
-    secret_hex, secret = key.to_hex().encode(), key.to_bytes()
+def test_a_missing_key_file_is_created_owner_only_and_then_reused(tmp_path):
+    path = tmp_path / "new" / "secret.key"
+    key = load_or_create_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_key(path) == key == LCryptKey.load(path)
+
+
+def test_the_secret_is_never_written_to_the_run_folder(root, encrypted):
+    assert encrypted.metrics["key_id"] == KEY.key_id
+    secret_hex, secret = KEY.to_hex().encode(), KEY.to_bytes()
     for path in (root / "encrypted").rglob("*"):
         if path.is_file():
             content = path.read_bytes()
@@ -156,13 +169,12 @@ def test_output_folder_is_hub_ready(root, encrypted, test_images):
     ):
         assert (model_dir / name).is_file(), name
     assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt*"))  # no pickles
-    key = LCryptKey.load(root / "keys" / "secret.key")
     processor_config = json.loads((model_dir / "preprocessor_config.json").read_text())
-    assert processor_config["key_id"] == key.key_id and key.to_hex() not in json.dumps(processor_config)
+    assert processor_config["key_id"] == KEY.key_id and KEY.to_hex() not in json.dumps(processor_config)
 
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(encrypted.metrics, default=str))
-    assert metrics["mode"] == "encrypted" and metrics["key_id"] == key.key_id
+    assert metrics["mode"] == "encrypted" and metrics["key_id"] == KEY.key_id
     assert set(metrics["per_class_f1"]) == {"malignant", "normal_or_benign"}
     assert metrics["data"]["duplicates"]["source"] == "given splits"
     assert metrics["timings"]["train_seconds"] > 0 and metrics["hardware"]["world_size"] == 1
@@ -177,7 +189,7 @@ def test_output_folder_is_hub_ready(root, encrypted, test_images):
 
     # Loaded back from the folder alone, the model reproduces the reported test accuracy.
     labels = torch.as_tensor(list(load_image_dataset("default", max_per_class=16)["test"]["label"]))
-    accuracy = (folder_logits(model_dir, test_images, key).argmax(-1) == labels).float().mean().item()
+    accuracy = (folder_logits(model_dir, test_images, KEY).argmax(-1) == labels).float().mean().item()
     assert accuracy == pytest.approx(metrics["test"]["accuracy"])
 
 
@@ -185,14 +197,13 @@ def test_fold_mode_keyed_model_predicts_as_the_plain_model(root, folded, test_im
     check = folded.metrics["fold_check"]
     assert check["all_identical"] and check["max_abs_logit_diff"] < 1e-4
     # Independently of the run's own check: the best plain checkpoint on plain images vs the published keyed model.
-    key = LCryptKey.load(root / "keys" / "secret.key")
     best = root / "fold" / folded.metrics["best_validation"]["checkpoint"]
     plain = ViTForImageClassification.from_pretrained(best).eval()
     plain_processor = LCryptImageProcessor.from_pretrained(best)
     assert plain_processor.do_encrypt is False
     with torch.no_grad():
         expected = plain(**plain_processor(test_images, return_tensors="pt")).logits
-    got = folder_logits(root / "fold" / "model", test_images, key)
+    got = folder_logits(root / "fold" / "model", test_images, KEY)
     assert torch.allclose(got, expected, atol=1e-4, rtol=0)
     assert json.loads((root / "fold" / "model" / "config.json").read_text())["model_type"] == "lcrypt-vit"
 
@@ -207,27 +218,25 @@ def test_encrypted_training_tracks_plain_training_step_for_step(root, encrypted,
     assert len(losses["encrypted"]) == 6
     np.testing.assert_allclose(losses["encrypted"], losses["fold"], atol=1e-5)
     # After the last step: the encrypted run's keyed model vs the fold run's plain model with the key folded in.
-    key = LCryptKey.load(root / "keys" / "secret.key")
-    keyed = LCryptViTForImageClassification.from_plain(root / "fold" / "checkpoint-6", key)
-    processor = LCryptImageProcessor.for_model(keyed, key=key)
+    keyed = LCryptViTForImageClassification.from_plain(root / "fold" / "checkpoint-6", KEY)
+    processor = LCryptImageProcessor.for_model(keyed, key=KEY)
     with torch.no_grad():
         folded_logits = keyed.eval()(**processor(test_images, return_tensors="pt")).logits
-    trained_logits = folder_logits(root / "encrypted" / "checkpoint-6", test_images, key)
+    trained_logits = folder_logits(root / "encrypted" / "checkpoint-6", test_images, KEY)
     assert torch.allclose(trained_logits, folded_logits, atol=1e-4, rtol=0)
-    assert (trained_logits - folder_logits(root / "encrypted" / "checkpoint-2", test_images, key)).abs().max() > 1e-2
+    assert (trained_logits - folder_logits(root / "encrypted" / "checkpoint-2", test_images, KEY)).abs().max() > 1e-2
 
 
 def test_resume_continues_from_the_last_checkpoint(root, encrypted, test_images):
     """Interrupt the encrypted run after step 4 (drop what came later), resume: step 6 is the full run's step 6."""
-    key = LCryptKey.load(root / "keys" / "secret.key")
     interrupted = root / "resumed"
     shutil.copytree(root / "encrypted", interrupted, ignore=shutil.ignore_patterns("checkpoint-6", "model"))
     result = run(settings(root, "resumed", mode="encrypted", resume=True))
     assert Path(result.metrics["training"]["resumed_from"]).name == "checkpoint-4"
     assert result.metrics["training"]["global_step"] == 6
     assert [entry["step"] for entry in evaluations(result.log_history)] == [2, 4, 6]
-    expected = folder_logits(root / "encrypted" / "checkpoint-6", test_images, key)
-    assert torch.allclose(folder_logits(interrupted / "checkpoint-6", test_images, key), expected, atol=1e-5, rtol=0)
+    expected = folder_logits(root / "encrypted" / "checkpoint-6", test_images, KEY)
+    assert torch.allclose(folder_logits(interrupted / "checkpoint-6", test_images, KEY), expected, atol=1e-5, rtol=0)
 
 
 def test_from_plain_checkpoint_is_folded_with_its_own_normalisation(tmp_path, test_images):
@@ -341,16 +350,15 @@ def test_augment_orientations_are_the_symmetries_it_draws():
 
 def test_tta_averages_the_probabilities_of_the_mirrored_and_encrypted_views(tmp_path, test_images):
     """The key holder mirrors each plain test image, encrypts both views and averages the model's probabilities;
-    recomputed here through the saved folder and its processor, as a Hub user would. A fixed key, since it seeds the
+    recomputed here through the saved folder and its processor, as a Hub user would. The fixed key, since it seeds the
     initialisation: after two steps, some keys' models rank the test images alike in both views."""
-    key = LCryptKey.from_hex("00" * 31 + "01")
     (tmp_path / "keys").mkdir()
-    key.save(tmp_path / "keys" / "secret.key")
+    KEY.save(tmp_path / "keys" / "secret.key")
     result = run(settings(tmp_path, "tta", mode="encrypted", augment=True, tta=True, max_steps=2))
     tta = result.metrics["test_tta"]
     assert tta["views"] == 2
     views = (test_images, [ImageOps.mirror(image) for image in test_images])
-    probabilities = torch.stack([folder_logits(tmp_path / "tta" / "model", v, key).softmax(-1) for v in views])
+    probabilities = torch.stack([folder_logits(tmp_path / "tta" / "model", v, KEY).softmax(-1) for v in views])
     test_split = load_image_dataset("default", max_per_class=16)["test"]
     labels, names = np.array(test_split["label"]), label_maps(test_split)[0]
     expected = compute_classification_metrics(probabilities.mean(0).log().numpy(), labels, names)
