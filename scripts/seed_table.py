@@ -3,8 +3,9 @@
 An `encrypted` run and the `fold` run of the same seed (whose test accuracy is the plain ViT's) are the same
 computation up to float rounding, which over thousands of steps separates them as two seeds would. So the question
 "does encryption cost accuracy?" is answered by the mean paired difference against its standard error, not by one
-pair. Reads every `model/metrics.json` under the given run folders (or folders of runs), pairs runs by the seed and
-mode they recorded, and refuses runs whose other settings differ:
+pair, and "within half a point" by the two one-sided t-tests (TOST): the 90 % confidence interval of the mean
+difference must lie inside the margin. Reads every `model/metrics.json` under the given run folders (or folders of
+runs), pairs runs by the seed and mode they recorded, and refuses runs whose other settings differ:
 
     python scripts/seed_table.py outputs/results/brain-tumor-mri-seeds
     python scripts/seed_table.py outputs/results/lc25000/vit128-200ep-{encrypted,fold} outputs/results/lc25000-seeds
@@ -14,6 +15,8 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+from scipy import stats
 
 MODES = ("encrypted", "fold")
 _PER_RUN = ("seed", "mode", "output_dir")  # the settings a pair or a seed may differ in
@@ -48,6 +51,24 @@ def mean_and_spread(values: list[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f} (s.e. {100 * std / len(values) ** 0.5:.2f})"
 
 
+def equivalence(diffs: list[float], margin: float) -> str:
+    """Whether the mean difference is shown within ±margin points (TOST at 5 %), and how many pairs would show it.
+
+    The pairs needed are for 80 % power if the true difference is 0, at the spread measured (normal approximation).
+    """
+    points = [100 * d for d in diffs]
+    mean, se = statistics.mean(points), statistics.stdev(points) / len(points) ** 0.5
+    half = stats.t.ppf(0.95, len(points) - 1) * se
+    low, high = mean - half, mean + half
+    verdict = "shown" if -margin < low and high < margin else "not shown"
+    needed = ((stats.norm.ppf(0.95) + stats.norm.ppf(0.9)) * statistics.stdev(points) / margin) ** 2
+    return (
+        f"90 % confidence interval of encrypted - plain: [{low:+.2f}, {high:+.2f}] points; within ±{margin:g} points "
+        f"(two one-sided t-tests at 5 %): {verdict}; about {needed:.0f} pairs at this spread would show it with "
+        "80 % power if the true difference is 0."
+    )
+
+
 def table(runs: dict[int, dict[str, float]], metric: str = "accuracy") -> str:
     lines = [
         f"| seed | encrypted {metric} | plain (fold) {metric} | encrypted - plain (points) |",
@@ -70,8 +91,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", type=Path, nargs="+", help="run folders, or folders holding them, of one recipe")
     parser.add_argument("--metric", default="accuracy", help="test metric from metrics.json (default: accuracy)")
+    parser.add_argument("--margin", type=float, default=0.5, help="equivalence margin in points (default: 0.5)")
     args = parser.parse_args()
-    print(table(load_accuracies(args.paths, args.metric), args.metric))
+    runs = load_accuracies(args.paths, args.metric)
+    print(table(runs, args.metric))
+    print()
+    print(equivalence([modes["encrypted"] - modes["fold"] for modes in runs.values()], args.margin))
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def _fake_run(folder: Path, mode: str, seed: int, accuracy: float, epochs: float
     (folder / "model" / "metrics.json").write_text(json.dumps(metrics))
 
 
-def _seed_table(*paths: Path, check: bool = True) -> subprocess.CompletedProcess:
+def _seed_table(*paths: Path | str, check: bool = True) -> subprocess.CompletedProcess:
     command = [sys.executable, str(REPO_ROOT / "scripts" / "seed_table.py"), *map(str, paths)]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=check)
 
@@ -124,6 +124,19 @@ def test_seed_table_pairs_encrypted_and_plain_runs_by_seed(tmp_path: Path):
     assert [row.split(" | ")[3].strip(" |") for row in rows] == ["+1.00", "-1.00", "+2.00"]  # seed 4 left out
     # encrypted 95, 93, 96: mean 94.67, sample std 1.53; differences +1, -1, +2: mean 0.67, std 1.53, s.e. 0.88
     assert "| 94.67 ± 1.53 (s.e. 0.88) | 94.00 ± 0.00 (s.e. 0.00) | 0.67 ± 1.53 (s.e. 0.88) |" in result.stdout
+    # 90 % interval: 0.67 ± t(0.95, 2 d.f.) 2.92 x 0.88 = [-1.91, +3.24], not inside ±0.5
+    assert "[-1.91, +3.24] points; within ±0.5 points (two one-sided t-tests at 5 %): not shown" in result.stdout
+
+
+def test_seed_table_shows_equivalence_only_when_the_interval_lies_inside_the_margin(tmp_path: Path):
+    differences = (0.1, 0.0, -0.1, 0.0)  # points: mean 0, std 0.082, 90 % interval ± 2.35 x 0.041 = ± 0.10
+    for seed, difference in enumerate(differences, start=1):
+        _fake_run(tmp_path / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, 0.94 + difference / 100)
+        _fake_run(tmp_path / f"seed-{seed}" / "vit-fold", "fold", seed, 0.94)
+    shown = _seed_table(tmp_path).stdout
+    assert "[-0.10, +0.10] points; within ±0.5 points (two one-sided t-tests at 5 %): shown" in shown
+    tighter = _seed_table(tmp_path, "--margin", "0.05").stdout
+    assert "within ±0.05 points (two one-sided t-tests at 5 %): not shown" in tighter
 
 
 def test_seed_table_refuses_mixed_recipes_and_repeated_seeds(tmp_path: Path):
