@@ -125,18 +125,35 @@ def test_seed_table_pairs_encrypted_and_plain_runs_by_seed(tmp_path: Path):
     # encrypted 95, 93, 96: mean 94.67, sample std 1.53; differences +1, -1, +2: mean 0.67, std 1.53, s.e. 0.88
     assert "| 94.67 ± 1.53 (s.e. 0.88) | 94.00 ± 0.00 (s.e. 0.00) | 0.67 ± 1.53 (s.e. 0.88) |" in result.stdout
     # 90 % interval: 0.67 ± t(0.95, 2 d.f.) 2.92 x 0.88 = [-1.91, +3.24], not inside ±0.5
-    assert "[-1.91, +3.24] points; within ±0.5 points (two one-sided t-tests at 5 %): not shown" in result.stdout
+    assert "encrypted - plain: [-1.91, +3.24] points." in result.stdout
+    assert "Encrypted at most 0.5 points below plain (one-sided t-test at 5 %): not shown." in result.stdout
+    assert "Within ±0.5 points (two one-sided t-tests at 5 %): not shown;" in result.stdout
+
+
+def _fake_pairs(folder: Path, differences: tuple[float, ...]) -> None:
+    """One encrypted and one fold run per seed, encrypted - plain = each difference in points."""
+    for seed, difference in enumerate(differences, start=1):
+        _fake_run(folder / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, 0.94 + difference / 100)
+        _fake_run(folder / f"seed-{seed}" / "vit-fold", "fold", seed, 0.94)
 
 
 def test_seed_table_shows_equivalence_only_when_the_interval_lies_inside_the_margin(tmp_path: Path):
-    differences = (0.1, 0.0, -0.1, 0.0)  # points: mean 0, std 0.082, 90 % interval ± 2.35 x 0.041 = ± 0.10
-    for seed, difference in enumerate(differences, start=1):
-        _fake_run(tmp_path / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, 0.94 + difference / 100)
-        _fake_run(tmp_path / f"seed-{seed}" / "vit-fold", "fold", seed, 0.94)
+    _fake_pairs(tmp_path, (0.1, 0.0, -0.1, 0.0))  # points: mean 0, std 0.082, 90 % interval ± 2.35 x 0.041 = ± 0.10
     shown = _seed_table(tmp_path).stdout
-    assert "[-0.10, +0.10] points; within ±0.5 points (two one-sided t-tests at 5 %): shown" in shown
+    assert "[-0.10, +0.10] points." in shown and "Within ±0.5 points (two one-sided t-tests at 5 %): shown;" in shown
     tighter = _seed_table(tmp_path, "--margin", "0.05").stdout
-    assert "within ±0.05 points (two one-sided t-tests at 5 %): not shown" in tighter
+    assert "at most 0.05 points below plain (one-sided t-test at 5 %): not shown." in tighter
+    assert "Within ±0.05 points (two one-sided t-tests at 5 %): not shown;" in tighter
+
+
+def test_seed_table_shows_no_cost_apart_from_equivalence_when_encrypted_may_be_better(tmp_path: Path):
+    _fake_pairs(tmp_path / "better", (1.0, 1.1, 0.9, 1.0))  # interval [+0.90, +1.10]: no cost, yet not within 0.5
+    better = _seed_table(tmp_path / "better").stdout
+    assert "Encrypted at most 0.5 points below plain (one-sided t-test at 5 %): shown." in better
+    assert "Within ±0.5 points (two one-sided t-tests at 5 %): not shown;" in better
+    _fake_pairs(tmp_path / "worse", (-1.0, -1.1, -0.9, -1.0))  # the mirror image: a cost of about a point
+    worse = _seed_table(tmp_path / "worse").stdout
+    assert "Encrypted at most 0.5 points below plain (one-sided t-test at 5 %): not shown." in worse
 
 
 def test_seed_table_refuses_mixed_recipes_and_repeated_seeds(tmp_path: Path):
