@@ -5,8 +5,8 @@ computation up to float rounding, which over thousands of steps separates them a
 "does encryption cost accuracy?" is answered by the mean paired difference against its standard error, not by one
 pair; "costs at most half a point" by a one-sided t-test (non-inferiority: the 90 % confidence interval of the mean
 difference starts above -margin) and "within half a point" by the two one-sided t-tests (TOST: the interval lies
-inside ±margin). Reads every `model/metrics.json` under the given run folders (or folders of
-runs), pairs runs by the seed and mode they recorded, and refuses runs whose other settings differ:
+inside ±margin). Reads every `model/metrics.json` under the given run folders (or folders of runs), pairs runs by
+the seed and mode they recorded, and refuses runs whose other settings differ:
 
     python scripts/seed_table.py outputs/results/brain-tumor-mri-seeds
     python scripts/seed_table.py outputs/results/lc25000/vit128-200ep-{encrypted,fold} outputs/results/lc25000-seeds
@@ -59,17 +59,15 @@ def equivalence(diffs: list[float], margin: float) -> str:
     (normal approximation).
     """
     points = [100 * d for d in diffs]
-    mean, se = statistics.mean(points), statistics.stdev(points) / len(points) ** 0.5
-    half = stats.t.ppf(0.95, len(points) - 1) * se
+    mean, std = statistics.mean(points), statistics.stdev(points)
+    half = stats.t.ppf(0.95, len(points) - 1) * std / len(points) ** 0.5
     low, high = mean - half, mean + half
-    def verdict(shown: bool) -> str:
-        return "shown" if shown else "not shown"
-
-    needed = ((stats.norm.ppf(0.95) + stats.norm.ppf(0.9)) * statistics.stdev(points) / margin) ** 2
+    no_cost, within = ("shown" if shown else "not shown" for shown in (-margin < low, -margin < low and high < margin))
+    needed = ((stats.norm.ppf(0.95) + stats.norm.ppf(0.9)) * std / margin) ** 2
     return (
         f"90 % confidence interval of encrypted - plain: [{low:+.2f}, {high:+.2f}] points.\n"
-        f"Encrypted at most {margin:g} points below plain (one-sided t-test at 5 %): {verdict(-margin < low)}.\n"
-        f"Within ±{margin:g} points (two one-sided t-tests at 5 %): {verdict(-margin < low and high < margin)}; "
+        f"Encrypted at most {margin:g} points below plain (one-sided t-test at 5 %): {no_cost}.\n"
+        f"Within ±{margin:g} points (two one-sided t-tests at 5 %): {within}; "
         f"about {needed:.0f} pairs at this spread would show it with 80 % power if the true difference is 0."
     )
 
