@@ -20,6 +20,9 @@ class LCryptViTConfig(ViTConfig):
         Per-channel mean the processor normalises encrypted images with (part of the folded affine map).
     folded_image_std (`list[float]`, *optional*):
         Per-channel std the processor normalises encrypted images with.
+    patch_embedding_mlp_size (`int`, *optional*):
+        Hidden width of a two-layer MLP patch embedding (`None`: the usual linear one). Its first layer sees each
+        whole flattened patch, so the key folds into it exactly as into a linear patch embedding.
     key_id (`str`, *optional*):
         Public fingerprint of the key the weights are folded with (`None` for a model not bound to a key yet).
         The secret key itself is never part of the configuration.
@@ -31,6 +34,7 @@ class LCryptViTConfig(ViTConfig):
     cipher_steps: list[str] | None = None
     folded_image_mean: list[float] | None = None
     folded_image_std: list[float] | None = None
+    patch_embedding_mlp_size: int | None = None
     key_id: str | None = None
 
     def __post_init__(self, **kwargs):
@@ -62,6 +66,11 @@ class LCryptViTConfig(ViTConfig):
                 raise ValueError(f"{name} needs one value per channel ({self.num_channels}), got {values}.")
         if any(s <= 0 for s in self.folded_image_std):
             raise ValueError(f"folded_image_std must be positive, got {self.folded_image_std}.")
+        if self.patch_embedding_mlp_size is not None and self.patch_embedding_mlp_size < 1:
+            raise ValueError(
+                f"patch_embedding_mlp_size must be a positive width, got {self.patch_embedding_mlp_size}; use None for "
+                "a linear patch embedding."
+            )
         if self.key_id is not None and not re.fullmatch(r"[0-9a-f]{16}", self.key_id):
             raise ValueError(
                 f"key_id is a 16-character lowercase hex fingerprint (LCryptKey.key_id), got {self.key_id!r}."

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, ViTConfig, ViTForImageClassification
 
 from .attacks import RecoveredTransform, _sq_distances, progress, ssim
 from .cipher import BlockCipher
+from .configuration_lcrypt import LCryptViTConfig
 from .folding import apply_fold, fold_map
 from .keys import LCryptKey
 from .modeling_lcrypt import LCryptViTForImageClassification
@@ -89,15 +90,22 @@ def with_key(cipher: BlockCipher, key: LCryptKey) -> BlockCipher:
     return BlockCipher(key, (cipher.height, cipher.width), cipher.block_size, cipher.channels, cipher.steps)
 
 
-def unfold(keyed: LCryptViTForImageClassification, key: LCryptKey | str | bytes) -> ViTForImageClassification:
+def unfold(
+    keyed: LCryptViTForImageClassification, key: LCryptKey | str | bytes
+) -> ViTForImageClassification | LCryptViTForImageClassification:
     """The plain ViT a keyed model is equivalent to (normalised with its folded mean/std): what the key holder folded,
     or would have folded, and the worst case for an attacker who knows that checkpoint."""
     settings = keyed.config.to_dict()
-    for field in ("model_type", "architectures", "auto_map", "transformers_version", "key_id", "block_size"):
+    for field in ("model_type", "architectures", "auto_map", "transformers_version", "key_id"):
         settings.pop(field, None)
-    for field in ("cipher_steps", "folded_image_mean", "folded_image_std"):
-        settings.pop(field)
-    plain = ViTForImageClassification(ViTConfig.from_dict(settings)).to(next(keyed.parameters()).device)
+    if keyed.config.patch_embedding_mlp_size is None:
+        for field in ("block_size", "cipher_steps", "folded_image_mean", "folded_image_std"):
+            settings.pop(field)
+        settings.pop("patch_embedding_mlp_size")
+        plain = ViTForImageClassification(ViTConfig.from_dict(settings))
+    else:  # only the keyed class, not bound to a key, has an MLP patch embedding
+        plain = LCryptViTForImageClassification(LCryptViTConfig.from_dict(settings))
+    plain = plain.to(next(keyed.parameters()).device)
     plain.load_state_dict(keyed.state_dict())
     mean, std = keyed.config.folded_image_mean, keyed.config.folded_image_std
     embeddings = plain.vit.embeddings

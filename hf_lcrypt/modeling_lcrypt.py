@@ -8,10 +8,13 @@ import os
 from collections.abc import Sequence
 
 import torch
-from transformers import ViTForImageClassification, ViTModel
+from torch import nn
+from transformers import PreTrainedConfig, ViTForImageClassification, ViTModel
+from transformers.activations import ACT2FN
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.image_processing_base import ImageProcessingMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.models.vit.modeling_vit import ViTPatchEmbeddings
 
 from .cipher import ALL_STEPS, BlockCipher
 from .configuration_lcrypt import LCryptViTConfig
@@ -38,6 +41,22 @@ def _check_no_interpolation(interpolate_pos_encoding: bool | None) -> None:
         )
 
 
+class LCryptMLPPatchEmbeddings(ViTPatchEmbeddings):
+    """Patch embedding as a two-layer MLP applied to each flattened patch: more capacity where a ViT trained from
+    scratch is weakest, its first layer. `projection` (patch size kernel and stride) is the only layer that sees
+    pixels, and it sees a whole block, so the key folds into it exactly as into a linear patch embedding."""
+
+    def __init__(self, config: LCryptViTConfig):
+        super().__init__(config)
+        width = config.patch_embedding_mlp_size
+        self.projection = nn.Conv2d(config.num_channels, width, kernel_size=self.patch_size, stride=self.patch_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.out_proj = nn.Linear(width, config.hidden_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.activation(super().forward(pixel_values)))
+
+
 class LCryptViTModel(ViTModel):
     """`ViTModel` whose embeddings expect images encrypted with the key named by `config.key_id`."""
 
@@ -46,6 +65,9 @@ class LCryptViTModel(ViTModel):
     def __init__(self, config: LCryptViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
         config.auto_map = {**AUTO_MAP, **(getattr(config, "auto_map", None) or {})}
         super().__init__(config, add_pooling_layer=add_pooling_layer, use_mask_token=use_mask_token)
+        if config.patch_embedding_mlp_size is not None:
+            self.embeddings.patch_embeddings = LCryptMLPPatchEmbeddings(config)
+            self.init_weights()  # only the new, not yet initialised layers
 
     def forward(
         self,
@@ -101,18 +123,22 @@ class LCryptViTForImageClassification(ViTForImageClassification):
     ) -> "LCryptViTForImageClassification":
         """Turn a plain ViT (object, local folder or Hub id) into a keyed model with identical outputs.
 
-        `image_mean`/`image_std` are the plain model's normalisation (read from its processor config when loading by
-        id or path); the keyed processor normalises encrypted images with `keyed_image_mean`/`std` (default: the
-        same). Both are folded into the patch embedding, so the equivalence holds for any values.
+        The plain model is a `ViTForImageClassification`, or this class not bound to a key yet (`config.key_id` is
+        `None`: how a ViT with an MLP patch embedding, which `ViTForImageClassification` lacks, trains on plain
+        images). `image_mean`/`image_std` are the plain model's normalisation (read from its processor config when
+        loading by id or path); the keyed processor normalises encrypted images with `keyed_image_mean`/`std`
+        (default: the same). Both are folded into the patch embedding, so the equivalence holds for any values.
         """
         if isinstance(plain, str | os.PathLike):
             source = plain
-            plain = ViTForImageClassification.from_pretrained(source, **from_pretrained_kwargs)
+            config_dict, _ = PreTrainedConfig.get_config_dict(source, **from_pretrained_kwargs)
+            loader = cls if config_dict.get("model_type") == LCryptViTConfig.model_type else ViTForImageClassification
+            plain = loader.from_pretrained(source, **from_pretrained_kwargs)
             if image_mean is None or image_std is None:
                 proc, _ = ImageProcessingMixin.get_image_processor_dict(source, **from_pretrained_kwargs)
                 image_mean = proc.get("image_mean") if image_mean is None else image_mean
                 image_std = proc.get("image_std") if image_std is None else image_std
-        if isinstance(plain, LCryptViTForImageClassification):
+        if isinstance(plain, LCryptViTForImageClassification) and plain.config.key_id is not None:
             raise TypeError("This model is already keyed; use model.rekey(new_key) to move it to another key.")
         if not isinstance(plain, ViTForImageClassification):
             raise TypeError(
@@ -127,7 +153,7 @@ class LCryptViTForImageClassification(ViTForImageClassification):
                 "from google/, IMAGENET_DEFAULT_MEAN/STD for most others)."
             )
         plain_config = plain.config.to_dict()
-        for field in ("model_type", "transformers_version", "architectures", "auto_map"):
+        for field in ("model_type", "transformers_version", "architectures", "auto_map", "key_id", "block_size"):
             plain_config.pop(field, None)
         channels = plain.config.num_channels
         config = LCryptViTConfig.from_dict(
@@ -193,4 +219,4 @@ LCryptViTConfig.register_for_auto_class()
 LCryptViTModel.register_for_auto_class("AutoModel")
 LCryptViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
-__all__ = ["LCryptViTForImageClassification", "LCryptViTModel"]
+__all__ = ["LCryptMLPPatchEmbeddings", "LCryptViTForImageClassification", "LCryptViTModel"]

@@ -18,6 +18,9 @@ from transformers import (
     ViTForImageClassification,
 )
 
+from .configuration_lcrypt import LCryptViTConfig
+from .modeling_lcrypt import LCryptViTForImageClassification
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -28,14 +31,19 @@ class ModelSpec:
     id2label: dict[int, str]
     label2id: dict[str, int]
     dropout: float = 0.0
+    patch_embedding: str = "linear"
+
+
+PATCH_EMBEDDINGS = ("linear", "mlp")
 
 
 @dataclass(frozen=True)
 class ModelPreset:
     """A named model built from scratch.
 
-    `foldable` presets build a plain `ViTForImageClassification` with patch size = block size, which the key is
-    folded into; other presets (e.g. CNNs) are trained on encrypted images as they are, and cannot run `--mode fold`.
+    `foldable` presets build a plain ViT with patch size = block size, which the key is folded into (a
+    `ViTForImageClassification`, or for an MLP patch embedding the keyed class not bound to a key yet); other
+    presets (e.g. CNNs) are trained on encrypted images as they are, and cannot run `--mode fold`.
     """
 
     build: Callable[[ModelSpec], PreTrainedModel]
@@ -52,10 +60,11 @@ def register_model_preset(name: str, preset: ModelPreset) -> None:
 
 
 def vit_preset(hidden_size: int, layers: int, heads: int) -> ModelPreset:
-    """A plain ViT classifier of the given width and depth (MLP 4x wider, pre-norm, as in ViT/DeiT)."""
+    """A plain ViT classifier of the given width and depth (MLP 4x wider, pre-norm, as in ViT/DeiT); with
+    `spec.patch_embedding == "mlp"` its patch embedding is an MLP of that same 4x width."""
 
     def build(spec: ModelSpec) -> PreTrainedModel:
-        config = ViTConfig(
+        settings = dict(
             image_size=spec.image_size,
             patch_size=spec.block_size,
             num_channels=3,
@@ -69,7 +78,10 @@ def vit_preset(hidden_size: int, layers: int, heads: int) -> ModelPreset:
             id2label=spec.id2label,
             label2id=spec.label2id,
         )
-        return ViTForImageClassification(config)
+        if spec.patch_embedding == "mlp":
+            config = LCryptViTConfig(**settings, patch_embedding_mlp_size=4 * hidden_size)
+            return LCryptViTForImageClassification(config)
+        return ViTForImageClassification(ViTConfig(**settings))
 
     return ModelPreset(build, foldable=True, description=f"ViT {hidden_size} wide, {layers} deep, {heads} heads")
 

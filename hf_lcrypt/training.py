@@ -60,7 +60,7 @@ from .evaluation import compute_classification_metrics, make_compute_metrics, pl
 from .image_processing_lcrypt import LCryptImageProcessor
 from .keys import KEY_ENV_VAR, LCryptKey
 from .modeling_lcrypt import LCryptViTForImageClassification
-from .presets import MODEL_PRESETS, ModelSpec
+from .presets import MODEL_PRESETS, PATCH_EMBEDDINGS, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class TrainConfig:
     mode: str = "encrypted"
     key_file: str | None = None
     model: str = "micro"
+    patch_embedding: str = "linear"
     from_plain: str | None = None
     image_size: int | None = None
     block_size: int | None = None
@@ -134,6 +135,13 @@ class TrainConfig:
             self.cipher_steps = []
         if self.from_plain is None and self.model not in MODEL_PRESETS:
             raise ValueError(f"Unknown model preset {self.model!r}; choose from {sorted(MODEL_PRESETS)}.")
+        if self.patch_embedding not in PATCH_EMBEDDINGS:
+            raise ValueError(f"patch_embedding must be one of {list(PATCH_EMBEDDINGS)}, got {self.patch_embedding!r}.")
+        if self.patch_embedding != "linear" and (self.from_plain is not None or not MODEL_PRESETS[self.model].foldable):
+            raise ValueError(
+                f"--patch-embedding {self.patch_embedding} applies to the ViT presets trained from scratch, not to "
+                f"{self.from_plain or repr(self.model)}; leave it out or pick a ViT preset such as micro."
+            )
         if self.distillation not in DISTILLATION_TYPES:
             raise ValueError(f"distillation must be one of {list(DISTILLATION_TYPES)}, got {self.distillation!r}.")
         if self.tta and not self.augment:
@@ -178,6 +186,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     # TrainConfig instead.
     presets = "; ".join(f"{name}: {preset.description}" for name, preset in MODEL_PRESETS.items())
     add("--model", f"preset trained from scratch ({presets})")
+    add(
+        "--patch-embedding",
+        "linear: the ViT's patch embedding; mlp: a two-layer MLP on each whole patch, which the key folds into as "
+        "well (ViT presets only)",
+        choices=PATCH_EMBEDDINGS,
+    )
     add("--from-plain", "plain ViTForImageClassification (Hub id or folder) to start from", metavar="ID_OR_DIR")
     add("--image-size", "side images are resized to (default: 32, or the --from-plain model's)", type=int)
     add(
@@ -443,7 +457,8 @@ def build_setup(config: TrainConfig, id2label: dict[int, str], label2id: dict[st
         image_size = config.image_size or 32
         block_size = config.block_size or default_block_size(image_size)
         preset = MODEL_PRESETS[config.model]
-        model = preset.build(ModelSpec(image_size, block_size, id2label, label2id, config.dropout))
+        spec = ModelSpec(image_size, block_size, id2label, label2id, config.dropout, config.patch_embedding)
+        model = preset.build(spec)
         return Setup(model, preset.foldable, image_size, block_size, list(HALF), list(HALF))
 
     source = config.from_plain
@@ -821,6 +836,7 @@ def run(config: TrainConfig) -> TrainResult:
             "folded_from_public": config.from_plain is not None and not Path(config.from_plain).exists(),
             "model": {
                 "preset": None if config.from_plain else config.model,
+                "patch_embedding": config.patch_embedding,
                 "parameters": n_params,
                 "image_size": setup.image_size,
                 "block_size": setup.block_size,

@@ -8,11 +8,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def tiny_vit(image_size: int = 32, patch_size: int = 8, hidden_size: int = 48, layers: int = 2, labels: int = 4):
-    """A random plain ViT classifier, small enough for CPU tests."""
+def tiny_vit(
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 48,
+    layers: int = 2,
+    labels: int = 4,
+    patch_mlp: int | None = None,
+):
+    """A random plain ViT classifier, small enough for CPU tests; with `patch_mlp` (a width) its patch embedding is
+    an MLP, which takes the keyed class not bound to a key yet."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    config = ViTConfig(
+    from hf_lcrypt import LCryptViTConfig, LCryptViTForImageClassification
+
+    settings = dict(
         image_size=image_size,
         patch_size=patch_size,
         hidden_size=hidden_size,
@@ -23,4 +33,6 @@ def tiny_vit(image_size: int = 32, patch_size: int = 8, hidden_size: int = 48, l
         id2label={i: f"class_{i}" for i in range(labels)},
         label2id={f"class_{i}": i for i in range(labels)},
     )
-    return ViTForImageClassification(config).eval()
+    if patch_mlp is not None:
+        return LCryptViTForImageClassification(LCryptViTConfig(**settings, patch_embedding_mlp_size=patch_mlp)).eval()
+    return ViTForImageClassification(ViTConfig(**settings)).eval()

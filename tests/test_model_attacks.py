@@ -178,6 +178,17 @@ def test_unfold_returns_the_plain_model_the_key_was_folded_into(setup):
     assert all(torch.allclose(v, reference[k], atol=1e-5) for k, v in back.state_dict().items())
 
 
+def test_unfold_gives_back_an_mlp_patch_embedding_too():
+    torch.manual_seed(0)
+    plain = tiny_vit(32, 8, 48, 2, patch_mlp=96)
+    keyed = LCryptViTForImageClassification.from_plain(plain, KEY, IMAGENET_MEAN, IMAGENET_STD).eval()
+    back = unfold(keyed, KEY)
+    assert type(back) is LCryptViTForImageClassification and back.config.key_id is None
+    reference = plain.state_dict()
+    assert back.state_dict().keys() == reference.keys()
+    assert all(torch.allclose(v, reference[k], atol=1e-5) for k, v in back.state_dict().items())
+
+
 # -- access control ---------------------------------------------------------------------------------------------------
 def test_without_the_key_the_model_is_near_chance(setup):
     _, keyed, images, labels = setup

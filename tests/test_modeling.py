@@ -21,17 +21,21 @@ def logits(model, x):
 
 
 @pytest.mark.parametrize(
-    ("image_size", "patch_size", "hidden", "layers", "mean", "std"),
+    ("image_size", "patch_size", "hidden", "layers", "mean", "std", "patch_mlp"),
     [
-        (32, 8, 48, 2, IMAGENET_MEAN, IMAGENET_STD),
-        (32, 8, 48, 2, HALF, HALF),
-        (64, 16, 96, 3, IMAGENET_MEAN, IMAGENET_STD),
-        (200, 25, 48, 1, HALF, HALF),  # the seed paper's geometry: 64 blocks of 25x25x3
-        (224, 16, 48, 1, IMAGENET_MEAN, IMAGENET_STD),
+        (32, 8, 48, 2, IMAGENET_MEAN, IMAGENET_STD, None),
+        (32, 8, 48, 2, HALF, HALF, None),
+        (64, 16, 96, 3, IMAGENET_MEAN, IMAGENET_STD, None),
+        (200, 25, 48, 1, HALF, HALF, None),  # the seed paper's geometry: 64 blocks of 25x25x3
+        (224, 16, 48, 1, IMAGENET_MEAN, IMAGENET_STD, None),
+        (32, 8, 48, 2, IMAGENET_MEAN, IMAGENET_STD, 96),  # MLP patch embedding
+        (64, 16, 96, 2, HALF, HALF, 64),
     ],
 )
-def test_keyed_model_on_encrypted_equals_plain_model(seeded, image_size, patch_size, hidden, layers, mean, std):
-    plain = tiny_vit(image_size, patch_size, hidden, layers)
+def test_keyed_model_on_encrypted_equals_plain_model(
+    seeded, image_size, patch_size, hidden, layers, mean, std, patch_mlp
+):
+    plain = tiny_vit(image_size, patch_size, hidden, layers, patch_mlp=patch_mlp)
     key = LCryptKey.generate()
     keyed = LCryptViTForImageClassification.from_plain(plain, key, image_mean=mean, image_std=std).eval()
     cipher = keyed.cipher(key)
@@ -69,8 +73,9 @@ def test_partial_steps_fold_exactly(seeded, steps):
     assert keyed.config.cipher_steps == list(steps)
 
 
-def test_rekey_moves_to_a_new_key_without_retraining(seeded):
-    plain = tiny_vit()
+@pytest.mark.parametrize("patch_mlp", [None, 96])
+def test_rekey_moves_to_a_new_key_without_retraining(seeded, patch_mlp):
+    plain = tiny_vit(patch_mlp=patch_mlp)
     master = LCryptKey.generate()
     keyed = LCryptViTForImageClassification.from_plain(plain, master, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     client = master.derive("hospital-a")
@@ -97,9 +102,11 @@ def test_rekey_after_loading_needs_the_current_key(seeded, tmp_path):
     assert loaded.config.key_id == new.key_id
 
 
-def test_save_and_load_account_for_every_weight(seeded, tmp_path):
+@pytest.mark.parametrize("patch_mlp", [None, 96])
+def test_save_and_load_account_for_every_weight(seeded, tmp_path, patch_mlp):
     key = LCryptKey.generate()
-    keyed = LCryptViTForImageClassification.from_plain(tiny_vit(), key, image_mean=HALF, image_std=HALF).eval()
+    plain = tiny_vit(patch_mlp=patch_mlp)
+    keyed = LCryptViTForImageClassification.from_plain(plain, key, image_mean=HALF, image_std=HALF).eval()
     keyed.save_pretrained(tmp_path)
     loaded, info = LCryptViTForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
     assert info["missing_keys"] == set() and info["unexpected_keys"] == set() and info["mismatched_keys"] == set()
@@ -110,8 +117,9 @@ def test_save_and_load_account_for_every_weight(seeded, tmp_path):
     assert loaded.config.key_id == key.key_id
 
 
-def test_from_plain_by_path_reads_the_checkpoints_normalisation(seeded, tmp_path):
-    plain = tiny_vit()
+@pytest.mark.parametrize("patch_mlp", [None, 96])
+def test_from_plain_by_path_reads_the_checkpoints_normalisation(seeded, tmp_path, patch_mlp):
+    plain = tiny_vit(patch_mlp=patch_mlp)
     plain.save_pretrained(tmp_path)
     ViTImageProcessorPil(
         size={"height": 32, "width": 32}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
@@ -122,6 +130,17 @@ def test_from_plain_by_path_reads_the_checkpoints_normalisation(seeded, tmp_path
     x = torch.rand(2, 3, 32, 32)
     got = logits(keyed, normalise(keyed.cipher(key).encrypt(x), IMAGENET_MEAN, IMAGENET_STD))
     assert torch.allclose(got, logits(plain, normalise(x, IMAGENET_MEAN, IMAGENET_STD)), atol=1e-4, rtol=0)
+
+
+def test_mlp_patch_embedding_is_initialised_like_the_rest(seeded):
+    embedding = tiny_vit(patch_mlp=96).vit.embeddings.patch_embeddings
+    assert embedding.projection.out_channels == 96 and embedding.out_proj.out_features == 48
+    std = LCryptViTConfig(image_size=32, patch_size=8).initializer_range
+    for layer in (embedding.projection, embedding.out_proj):  # the ViT's init, not PyTorch's kaiming default
+        assert layer.weight.std().item() == pytest.approx(std, rel=0.15)
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
+    with pytest.raises(Exception, match="patch_embedding_mlp_size"):
+        LCryptViTConfig(image_size=32, patch_size=8, patch_embedding_mlp_size=0)
 
 
 def test_from_plain_leaves_the_plain_model_untouched(seeded):

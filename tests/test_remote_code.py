@@ -55,11 +55,11 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def saved_model(tmp_path, seeded):
+@pytest.fixture(params=[None, 96], ids=["linear-patch-embedding", "mlp-patch-embedding"])
+def saved_model(tmp_path, seeded, request):
     key = LCryptKey.generate()
     keyed = LCryptViTForImageClassification.from_plain(
-        tiny_vit(), key, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+        tiny_vit(patch_mlp=request.param), key, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
     ).eval()
     processor = LCryptImageProcessor.for_model(keyed, key=key)
     folder = tmp_path / "keyed-model"

@@ -29,7 +29,7 @@ from hf_lcrypt.cli import build_parser
 from hf_lcrypt.data import content_hashes, label_maps, load_image_dataset, split_fingerprints
 from hf_lcrypt.evaluation import compute_classification_metrics
 from hf_lcrypt.keys import KEY_ENV_VAR
-from hf_lcrypt.presets import ModelPreset, register_model_preset, vit_preset
+from hf_lcrypt.presets import PATCH_EMBEDDINGS, ModelPreset, register_model_preset, vit_preset
 from hf_lcrypt.training import (
     Augment,
     ImageTransform,
@@ -401,6 +401,16 @@ def test_fold_mode_needs_a_foldable_model(tmp_path):
         run(settings(tmp_path, "unfoldable", mode="fold", model="test-unfoldable"))
 
 
+def test_mlp_patch_embedding_is_for_vit_presets_only(tmp_path):
+    with pytest.raises(ValueError, match="--patch-embedding mlp applies to the ViT presets"):
+        settings(tmp_path, "cnn-mlp", model="resnet-small", patch_embedding="mlp")
+    with pytest.raises(ValueError, match="--patch-embedding mlp applies to the ViT presets"):
+        settings(tmp_path, "hub-mlp", from_plain="google/vit-base-patch16-224-in21k", patch_embedding="mlp")
+    with pytest.raises(ValueError, match="patch_embedding must be one of"):
+        settings(tmp_path, "conv", patch_embedding="conv")
+    assert parse_config(["--patch-embedding", "mlp"]).patch_embedding == "mlp"
+
+
 def test_initialisation_seed_is_secret_but_reproducible():
     key = LCryptKey.generate()
     assert secret_init_seed(key, 0) == secret_init_seed(LCryptKey(key.to_bytes()), 0)
@@ -495,14 +505,25 @@ def test_seed_leaves_the_split_alone(tmp_path, monkeypatch):
     assert split_seeds == [0, 0, 1]
 
 
-def test_on_real_brain_mri_fold_is_exact_and_encrypted_training_tracks_plain(shared_data, tmp_path):
-    """The issue's check on a small real subset (8 scans per class and split, 32x32, blocks of 8)."""
-    real = {"data": str(shared_data / "brain-tumor-mri" / "train"), "max_per_class": 8, "image_size": 32}
+@pytest.mark.parametrize("patch_embedding", PATCH_EMBEDDINGS)
+def test_on_real_brain_mri_fold_is_exact_and_encrypted_training_tracks_plain(shared_data, tmp_path, patch_embedding):
+    """The issue's check on a small real subset (8 scans per class and split, 32x32, blocks of 8), for both patch
+    embeddings: an MLP one absorbs the key in its first layer as a linear one does."""
+    real = {
+        "data": str(shared_data / "brain-tumor-mri" / "train"),
+        "max_per_class": 8,
+        "image_size": 32,
+        "patch_embedding": patch_embedding,
+    }
     results = {mode: run(settings(tmp_path, mode, mode=mode, **real)) for mode in ("encrypted", "fold")}
     assert results["fold"].metrics["fold_check"]["all_identical"]
     assert results["fold"].metrics["fold_check"]["max_abs_logit_diff"] < 1e-4
     assert results["fold"].metrics["data"]["classes"] == ["glioma", "meningioma", "notumor", "pituitary"]
     np.testing.assert_allclose(train_losses(results["encrypted"]), train_losses(results["fold"]), atol=1e-5)
+    for result in results.values():
+        assert result.metrics["model"]["patch_embedding"] == patch_embedding
+        saved = json.loads((result.paths["model_folder"] / "config.json").read_text())
+        assert saved.get("patch_embedding_mlp_size") == (None if patch_embedding == "linear" else 4 * 32)
     same = results["encrypted"].metrics["test"]["accuracy"] == results["fold"].metrics["test"]["accuracy"]
     assert same, "the two runs' models should agree on the test split after six identical steps"
 
