@@ -54,7 +54,7 @@ def row(model_dir: Path, root: Path) -> str:
     cells = [
         str(model_dir.parent.relative_to(root)),
         metrics["mode"],
-        spec["preset"] or metrics["base_model"],
+        (spec["preset"] or metrics["base_model"]) + (", MLP patches" if spec.get("patch_embedding") == "mlp" else ""),
         f"{spec['parameters'] / 1e6:.1f}M",
         f"{spec['image_size']}/{spec['block_size']}",
         f"{test['accuracy']:.3f}",

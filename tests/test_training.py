@@ -524,6 +524,16 @@ def test_on_real_brain_mri_fold_is_exact_and_encrypted_training_tracks_plain(sha
         assert result.metrics["model"]["patch_embedding"] == patch_embedding
         saved = json.loads((result.paths["model_folder"] / "config.json").read_text())
         assert saved.get("patch_embedding_mlp_size") == (None if patch_embedding == "linear" else 4 * 32)
+    if patch_embedding == "mlp":  # the results table names the variant, and its command reproduces it
+        table = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "scripts" / "results_table.py"), str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout
+        assert f"| encrypted | encrypted | {NANO}, MLP patches |" in table
+        assert "--patch-embedding mlp" in table
     same = results["encrypted"].metrics["test"]["accuracy"] == results["fold"].metrics["test"]["accuracy"]
     assert same, "the two runs' models should agree on the test split after six identical steps"
 
