@@ -319,6 +319,7 @@ def build_model_card(
         key_id=config.get("key_id"),
         image_size=f"{height}x{width}",
         block_size=config.get("block_size"),
+        patch_mlp=config.get("patch_embedding_mlp_size"),
         cipher_steps=", ".join(f"`{s}`" for s in config.get("cipher_steps") or []),
         classes=", ".join(f"`{c}`" for c in classes[:20])
         + (f" and {len(classes) - 20} more" if len(classes) > 20 else ""),

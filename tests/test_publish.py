@@ -19,6 +19,7 @@ from hf_lcrypt.data import encrypt_dataset
 from hf_lcrypt.publishing import (
     PublicCheckpointWarning,
     SecretLeakError,
+    build_model_card,
     build_space_card,
     find_secrets,
     publish_model,
@@ -69,10 +70,10 @@ EXPECTED_FILES = {
 }
 
 
-def make_model_dir(folder: Path, key: LCryptKey, metrics: dict | None = None) -> Path:
+def make_model_dir(folder: Path, key: LCryptKey, metrics: dict | None = None, patch_mlp: int | None = None) -> Path:
     """A folder shaped like the training pipeline's `<out>/model`, with files that must not be published."""
     keyed = LCryptViTForImageClassification.from_plain(
-        tiny_vit(), key, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+        tiny_vit(patch_mlp=patch_mlp), key, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
     )
     keyed.save_pretrained(folder)
     LCryptImageProcessor.for_model(keyed).save_pretrained(folder)
@@ -154,6 +155,13 @@ def test_fresh_process_check_fails_without_remote_code(dry_run, key, tmp_path):
 
 
 @pytest.mark.slow  # a fresh Python process
+def test_card_names_the_patch_embedding(tmp_path, model_dir, key):
+    assert "| patch embedding | linear |" in build_model_card(model_dir, "someone/linear").text
+    mlp_dir = make_model_dir(tmp_path / "mlp", key, patch_mlp=96)
+    text = build_model_card(mlp_dir, "someone/mlp").text
+    assert "| patch embedding | two-layer MLP, width 96 |" in text and "ViT with an MLP patch embedding" in text
+
+
 def test_card_metadata_round_trips_with_model_index(dry_run):
     result, _, _ = dry_run
     card = ModelCard.load(result.folder / "README.md")
