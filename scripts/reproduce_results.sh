@@ -7,7 +7,8 @@
 #             (LC_SEEDS="1 2 3"): encrypted vs plain over seeds
 #   medmnist  PneumoniaMNIST sanity rows (official splits, 28x28)
 #   geometry  64/8 against the seed paper's 200/25 and ViT's usual 224/16, on a brain MRI subset
-#   ablation  10-epoch variants of the ViT recipe on brain MRI, the larger `tiny` preset for 25 epochs, the ViT at 128/16
+#   ablation  10-epoch variants of the ViT recipe on brain MRI, the larger `tiny` preset for 25 epochs, the ViT at 128/16,
+#             and the seeds stage's encrypted runs with an MLP patch embedding (MLP_SEEDS, default 4 to 9)
 # The small models run one per core (OMP_NUM_THREADS=1, two at a time): faster in total than one run on two threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -106,9 +107,19 @@ if stage ablation; then
   # the ViT at 128/16 (what helped on LC25000), 120 epochs instead of the recipe's 150 so that it fits a session
   THREADS=2 train "${brain[@]}" --model micro --mode encrypted --epochs 120 "${at128[@]}" "${teach[@]}" "${distil[@]}" \
     --output-dir "$OUT/extra/vit128-encrypted"
+  # the MLP patch embedding against the linear one: the seeds stage's encrypted runs with it, two seeds at a time
+  mlp_seeds=(${MLP_SEEDS:-4 5 6 7 8 9})
+  for ((i = 0; i < ${#mlp_seeds[@]}; i += 2)); do
+    for seed in "${mlp_seeds[@]:i:2}"; do
+      train "${brain[@]}" --model micro --patch-embedding mlp --mode encrypted --epochs "${SEED_EPOCHS:-30}" \
+        "${at64[@]}" "${teach[@]}" "${distil[@]}" --seed "$seed" \
+        --output-dir "$OUT/brain-tumor-mri-mlp/seed-$seed/vit-encrypted" &
+    done
+    wait
+  done
 fi
 
-for folder in brain-tumor-mri lc25000 pneumoniamnist geometry ablation extra; do
+for folder in brain-tumor-mri lc25000 pneumoniamnist geometry ablation extra brain-tumor-mri-mlp; do
   if [ -d "$OUT/$folder" ]; then
     echo "## $folder"
     $PY scripts/results_table.py "$OUT/$folder" --figures docs/results
@@ -117,6 +128,11 @@ done
 if [ -d "$OUT/brain-tumor-mri-seeds" ]; then
   echo "## brain-tumor-mri-seeds"
   $PY scripts/seed_table.py "$OUT/brain-tumor-mri-seeds"
+fi
+if [ -d "$OUT/brain-tumor-mri-mlp" ]; then  # each MLP run against the linear run of its seed
+  echo "## brain-tumor-mri-mlp against brain-tumor-mri-seeds"
+  $PY scripts/seed_table.py --compare patch_embedding "$OUT/brain-tumor-mri-mlp" \
+    $(for d in "$OUT"/brain-tumor-mri-mlp/seed-*; do echo "$OUT/brain-tumor-mri-seeds/${d##*/}/vit-encrypted"; done)
 fi
 if [ -d "$OUT/lc25000-seeds" ]; then  # with the seed-0 pair of the same recipe
   echo "## lc25000-seeds"

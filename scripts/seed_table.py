@@ -10,39 +10,65 @@ the seed and mode they recorded, and refuses runs whose other settings differ:
 
     python scripts/seed_table.py outputs/results/brain-tumor-mri-seeds
     python scripts/seed_table.py outputs/results/lc25000/vit128-200ep-{encrypted,fold} outputs/results/lc25000-seeds
+
+`--compare patch_embedding` pairs two recipes the same way instead, runs of one mode that differ only in their
+patch embedding (MLP against linear):
+
+    python scripts/seed_table.py --compare patch_embedding runs/{mlp,linear}/seed-*/vit-encrypted
 """
 
 import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 from scipy import stats
 
-MODES = ("encrypted", "fold")
-_PER_RUN = ("seed", "mode", "output_dir")  # the settings a pair or a seed may differ in
+
+class Comparison(NamedTuple):
+    """The setting the two runs of a seed differ in, its value in each arm, and the arms' names in the output."""
+
+    setting: str
+    arms: tuple[str, str]
+    names: tuple[str, str]
+    columns: tuple[str, str]
 
 
-def load_accuracies(paths: list[Path], metric: str = "accuracy") -> dict[int, dict[str, float]]:
-    """seed -> mode -> test metric, for every seed that has a finished run of each mode."""
+COMPARISONS = {
+    "mode": Comparison("mode", ("encrypted", "fold"), ("encrypted", "plain"), ("encrypted", "plain (fold)")),
+    "patch_embedding": Comparison(
+        "patch_embedding", ("mlp", "linear"), ("MLP patches", "linear patches"), ("MLP patches", "linear patches")
+    ),
+}
+# Settings added after earlier runs were recorded, at the value those runs had.
+_ADDED_SETTINGS = {"patch_embedding": "linear"}
+
+
+def load_accuracies(
+    paths: list[Path], metric: str = "accuracy", comparison: Comparison = COMPARISONS["mode"]
+) -> dict[int, dict[str, float]]:
+    """seed -> arm -> test metric, for every seed that has a finished run of each arm."""
+    per_run = ("seed", "output_dir", comparison.setting)  # the settings a pair or a seed may differ in
     runs: dict[int, dict[str, float]] = {}
     recipe, recipe_file = None, None
     for file in sorted({file for path in paths for file in path.glob("**/model/metrics.json")}):
         metrics = json.loads(file.read_text())
-        config = metrics["config"]
-        shared = {k: v for k, v in config.items() if k not in _PER_RUN}
+        config = {**_ADDED_SETTINGS, **metrics["config"]}
+        shared = {k: v for k, v in config.items() if k not in per_run}
         if recipe is None:
             recipe, recipe_file = shared, file
         elif shared != recipe:
             differ = sorted(k for k in recipe.keys() | shared.keys() if recipe.get(k) != shared.get(k))
             raise SystemExit(f"{file} and {recipe_file} differ in {differ}: tabulate one recipe at a time.")
-        seed, mode = config["seed"], metrics["mode"]
-        if mode in runs.get(seed, {}):
-            raise SystemExit(f"{file}: a second {mode} run with seed {seed}; pass only one of them.")
-        runs.setdefault(seed, {})[mode] = metrics["test"][metric]
-    complete = {seed: modes for seed, modes in runs.items() if set(MODES) <= set(modes)}
+        seed, arm = config["seed"], config[comparison.setting]
+        if arm in runs.get(seed, {}):
+            raise SystemExit(f"{file}: a second {arm} run with seed {seed}; pass only one of them.")
+        runs.setdefault(seed, {})[arm] = metrics["test"][metric]
+    complete = {seed: arms for seed, arms in runs.items() if set(comparison.arms) <= set(arms)}
     if len(complete) < 2:
-        raise SystemExit(f"{paths}: need at least two seeds with both an encrypted and a fold run, found {runs}.")
+        first, second = comparison.arms
+        raise SystemExit(f"{paths}: need at least two seeds with runs of both {first} and {second}, found {runs}.")
     return dict(sorted(complete.items()))
 
 
@@ -52,8 +78,9 @@ def mean_and_spread(values: list[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f} (s.e. {100 * std / len(values) ** 0.5:.2f})"
 
 
-def equivalence(diffs: list[float], margin: float) -> str:
-    """Whether encryption is shown to cost at most margin points, and to be within ±margin points, at 5 %.
+def equivalence(diffs: list[float], margin: float, names: tuple[str, str] = ("encrypted", "plain")) -> str:
+    """Whether the first arm (encryption) is shown to cost at most margin points against the second, and to be
+    within ±margin points of it, at 5 %.
 
     The pairs needed are for the two-sided claim, 80 % power if the true difference is 0, at the spread measured
     (normal approximation).
@@ -64,27 +91,30 @@ def equivalence(diffs: list[float], margin: float) -> str:
     low, high = mean - half, mean + half
     no_cost, within = ("shown" if shown else "not shown" for shown in (-margin < low, -margin < low and high < margin))
     needed = ((stats.norm.ppf(0.95) + stats.norm.ppf(0.9)) * std / margin) ** 2
+    first = names[0][:1].upper() + names[0][1:]
     return (
-        f"90 % confidence interval of encrypted - plain: [{low:+.2f}, {high:+.2f}] points.\n"
-        f"Encrypted at most {margin:g} points below plain (one-sided t-test at 5 %): {no_cost}.\n"
+        f"90 % confidence interval of {names[0]} - {names[1]}: [{low:+.2f}, {high:+.2f}] points.\n"
+        f"{first} at most {margin:g} points below {names[1]} (one-sided t-test at 5 %): {no_cost}.\n"
         f"Within ±{margin:g} points (two one-sided t-tests at 5 %): {within}; "
         f"about {needed:.0f} pairs at this spread would show it with 80 % power if the true difference is 0."
     )
 
 
-def table(runs: dict[int, dict[str, float]], metric: str = "accuracy") -> str:
+def table(
+    runs: dict[int, dict[str, float]], metric: str = "accuracy", comparison: Comparison = COMPARISONS["mode"]
+) -> str:
+    (first, second), (name, other) = comparison.arms, comparison.names
     lines = [
-        f"| seed | encrypted {metric} | plain (fold) {metric} | encrypted - plain (points) |",
+        f"| seed | {comparison.columns[0]} {metric} | {comparison.columns[1]} {metric} | {name} - {other} (points) |",
         "|---|---|---|---|",
     ]
-    for seed, modes in runs.items():
-        diff = 100 * (modes["encrypted"] - modes["fold"])
-        lines.append(f"| {seed} | {modes['encrypted']:.3f} | {modes['fold']:.3f} | {diff:+.2f} |")
-    encrypted = [modes["encrypted"] for modes in runs.values()]
-    plain = [modes["fold"] for modes in runs.values()]
-    diffs = [e - p for e, p in zip(encrypted, plain, strict=True)]
+    for seed, arms in runs.items():
+        diff = 100 * (arms[first] - arms[second])
+        lines.append(f"| {seed} | {arms[first]:.3f} | {arms[second]:.3f} | {diff:+.2f} |")
+    firsts, seconds = ([arms[arm] for arms in runs.values()] for arm in (first, second))
+    diffs = [a - b for a, b in zip(firsts, seconds, strict=True)]
     lines.append(
-        f"| mean ± std (s.e.), {len(runs)} seeds | {mean_and_spread(encrypted)} | {mean_and_spread(plain)} "
+        f"| mean ± std (s.e.), {len(runs)} seeds | {mean_and_spread(firsts)} | {mean_and_spread(seconds)} "
         f"| {mean_and_spread(diffs)} |"
     )
     return "\n".join(lines)
@@ -95,11 +125,20 @@ def main() -> None:
     parser.add_argument("paths", type=Path, nargs="+", help="run folders, or folders holding them, of one recipe")
     parser.add_argument("--metric", default="accuracy", help="test metric from metrics.json (default: accuracy)")
     parser.add_argument("--margin", type=float, default=0.5, help="equivalence margin in points (default: 0.5)")
+    parser.add_argument(
+        "--compare",
+        choices=COMPARISONS,
+        default="mode",
+        help="what the two runs of a seed differ in: mode (encrypted against fold, the default) or patch_embedding "
+        "(mlp against linear)",
+    )
     args = parser.parse_args()
-    runs = load_accuracies(args.paths, args.metric)
-    print(table(runs, args.metric))
+    comparison = COMPARISONS[args.compare]
+    runs = load_accuracies(args.paths, args.metric, comparison)
+    print(table(runs, args.metric, comparison))
     print()
-    print(equivalence([modes["encrypted"] - modes["fold"] for modes in runs.values()], args.margin))
+    first, second = comparison.arms
+    print(equivalence([arms[first] - arms[second] for arms in runs.values()], args.margin, comparison.names))
 
 
 if __name__ == "__main__":

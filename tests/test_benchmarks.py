@@ -57,6 +57,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         "extra/tiny-encrypted", "extra/vit128-encrypted",
         *(f"brain-tumor-mri-seeds/seed-{seed}/vit-{mode}" for seed in range(1, 16) for mode in ("encrypted", "fold")),
         *(f"lc25000-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
+        *(f"brain-tumor-mri-mlp/seed-{seed}/vit-encrypted" for seed in range(4, 10)),
     }  # fmt: skip
     recipe = configs["brain-tumor-mri/vit-encrypted"]
     assert (recipe.mode, recipe.model, recipe.epochs, recipe.distillation, recipe.tta) == (
@@ -95,13 +96,21 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         seed_0, other = configs[f"lc25000/vit128-200ep-{mode}"], configs[f"lc25000-seeds/seed-{seed}/vit-{mode}"]
         assert (seed_0.seed, other.seed) == (0, seed)
         assert replace(seed_0, seed=seed, output_dir=other.output_dir) == other
+    for seed in range(4, 10):  # the MLP patch embedding ablation: the seed table's encrypted runs but for it
+        linear, mlp = (configs[f"brain-tumor-mri{arm}/seed-{seed}/vit-encrypted"] for arm in ("-seeds", "-mlp"))
+        assert mlp.patch_embedding == "mlp" and linear.patch_embedding == "linear"
+        assert replace(linear, patch_embedding="mlp", output_dir=mlp.output_dir) == mlp
     tiny = configs["extra/tiny-encrypted"]
     assert (tiny.model, tiny.epochs, tiny.attack_max_images, tiny.teacher is not None) == ("tiny", 25, 128, True)
 
 
-def _fake_run(folder: Path, mode: str, seed: int, accuracy: float, epochs: float = 30.0) -> None:
+def _fake_run(
+    folder: Path, mode: str, seed: int, accuracy: float, epochs: float = 30.0, patch_embedding: str | None = None
+) -> None:
     (folder / "model").mkdir(parents=True)
     config = {"mode": mode, "seed": seed, "epochs": epochs, "output_dir": str(folder)}
+    if patch_embedding is not None:  # runs recorded before the setting existed lack it
+        config["patch_embedding"] = patch_embedding
     metrics = {"mode": mode, "config": config, "test": {"accuracy": accuracy}}
     (folder / "model" / "metrics.json").write_text(json.dumps(metrics))
 
@@ -165,3 +174,22 @@ def test_seed_table_refuses_mixed_recipes_and_repeated_seeds(tmp_path: Path):
     _fake_run(tmp_path / "again" / "vit-fold", "fold", 1, 0.9)
     result = _seed_table(tmp_path / "seed-1", tmp_path / "again", check=False)
     assert result.returncode != 0 and "a second fold run with seed 1" in result.stderr
+
+
+def test_seed_table_compares_patch_embeddings_by_seed(tmp_path: Path):
+    """MLP against linear: encrypted runs of one recipe but the patch embedding, the linear ones recorded before the
+    setting existed (so at its default), paired by seed; fold runs, of another mode, are refused."""
+    for seed, (mlp, linear) in {1: (0.85, 0.84), 2: (0.83, 0.83), 3: (0.86, 0.83)}.items():
+        _fake_run(tmp_path / "mlp" / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, mlp, patch_embedding="mlp")
+        _fake_run(tmp_path / "linear" / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, linear)
+    result = _seed_table("--compare", "patch_embedding", tmp_path / "mlp", tmp_path / "linear").stdout
+    assert "| seed | MLP patches accuracy | linear patches accuracy | MLP patches - linear patches (points) |" in result
+    rows = [line for line in result.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[3].strip(" |") for row in rows] == ["+1.00", "+0.00", "+3.00"]
+    assert "90 % confidence interval of MLP patches - linear patches: [" in result
+    assert "MLP patches at most 0.5 points below linear patches (one-sided t-test at 5 %): not shown." in result
+    _fake_run(tmp_path / "linear" / "seed-1" / "vit-fold", "fold", 1, 0.84)
+    refused = _seed_table("--compare", "patch_embedding", tmp_path / "mlp", tmp_path / "linear", check=False)
+    assert refused.returncode != 0 and "differ in ['mode']" in refused.stderr
+    wrong_arm = _seed_table(tmp_path / "mlp", check=False)  # by mode, MLP runs alone have no fold partner
+    assert wrong_arm.returncode != 0 and "with runs of both encrypted and fold" in wrong_arm.stderr
