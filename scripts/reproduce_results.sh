@@ -129,7 +129,7 @@ if [ -d "$OUT/brain-tumor-mri-seeds" ]; then
   echo "## brain-tumor-mri-seeds"
   $PY scripts/seed_table.py "$OUT/brain-tumor-mri-seeds"
 fi
-if [ -d "$OUT/brain-tumor-mri-mlp" ]; then  # each MLP run against the linear run of its seed
+if [ -d "$OUT/brain-tumor-mri-mlp" ] && [ -d "$OUT/brain-tumor-mri-seeds" ]; then  # each MLP run against its seed's linear one
   echo "## brain-tumor-mri-mlp against brain-tumor-mri-seeds"
   $PY scripts/seed_table.py --compare patch_embedding "$OUT/brain-tumor-mri-mlp" \
     $(for d in "$OUT"/brain-tumor-mri-mlp/seed-*; do echo "$OUT/brain-tumor-mri-seeds/${d##*/}/vit-encrypted"; done)
