@@ -192,7 +192,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "well (ViT presets only)",
         choices=PATCH_EMBEDDINGS,
     )
-    add("--from-plain", "plain ViTForImageClassification (Hub id or folder) to start from", metavar="ID_OR_DIR")
+    add(
+        "--from-plain",
+        "plain ViTForImageClassification (Hub id or folder) to start from, or a plain checkpoint of a fold run",
+        metavar="ID_OR_DIR",
+    )
     add("--image-size", "side images are resized to (default: 32, or the --from-plain model's)", type=int)
     add(
         "--block-size",
@@ -462,9 +466,11 @@ def build_setup(config: TrainConfig, id2label: dict[int, str], label2id: dict[st
         return Setup(model, preset.foldable, image_size, block_size, list(HALF), list(HALF))
 
     source = config.from_plain
-    if isinstance(AutoConfig.from_pretrained(source), LCryptViTConfig):
+    source_config = AutoConfig.from_pretrained(source)
+    unbound = isinstance(source_config, LCryptViTConfig)  # e.g. a fold run's plain checkpoint with MLP patches
+    if unbound and source_config.key_id is not None:
         raise ValueError(f"{source} is already keyed; --from-plain takes a plain ViT (use rekey to change keys).")
-    model = ViTForImageClassification.from_pretrained(
+    model = (LCryptViTForImageClassification if unbound else ViTForImageClassification).from_pretrained(
         source, num_labels=len(id2label), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
     )
     image_size, patch = model.config.image_size, model.config.patch_size

@@ -239,10 +239,12 @@ def test_resume_continues_from_the_last_checkpoint(root, encrypted, test_images)
     assert torch.allclose(folder_logits(interrupted / "checkpoint-6", test_images, KEY), expected, atol=1e-5, rtol=0)
 
 
-def test_from_plain_checkpoint_is_folded_with_its_own_normalisation(tmp_path, test_images):
+@pytest.mark.parametrize("patch_mlp", [None, 64])
+def test_from_plain_checkpoint_is_folded_with_its_own_normalisation(tmp_path, test_images, patch_mlp):
     """--from-plain with no training only folds: the keyed model reproduces the checkpoint, ImageNet statistics and
-    all; the published folder carries them as its normalisation."""
-    plain = tiny_vit(image_size=28, patch_size=4, labels=2)
+    all; the published folder carries them as its normalisation. An MLP patch embedding's plain checkpoint (the
+    keyed class, not bound to a key) is taken the same way."""
+    plain = tiny_vit(image_size=28, patch_size=4, labels=2, patch_mlp=patch_mlp)
     plain.save_pretrained(tmp_path / "plain")
     processor = ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     processor.save_pretrained(tmp_path / "plain")
@@ -256,6 +258,8 @@ def test_from_plain_checkpoint_is_folded_with_its_own_normalisation(tmp_path, te
     assert saved["image_mean"] == pytest.approx(IMAGENET_MEAN) and saved["block_size"] == 4
     with pytest.raises(ValueError, match="--block-size 7 differs"):
         run(settings(tmp_path, "clash", from_plain=str(tmp_path / "plain"), block_size=7))
+    with pytest.raises(ValueError, match="already keyed"):
+        run(settings(tmp_path, "keyed", from_plain=str(tmp_path / "folded" / "model")))
 
 
 def test_a_folder_without_splits_is_split_by_content_and_its_duplicates_reported(tmp_path):
