@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import ViTForImageClassification
+from transformers import AutoModelForImageClassification
 from transformers.image_processing_base import ImageProcessingMixin
 
 from .attacks import (
@@ -379,7 +379,7 @@ def load_sample(
     if keyed is not None:
         labels = _model_labels(labels, dataset[split].features["label"].names, keyed.model.config.label2id)
         if plain_dir is not None:
-            plain_model = ViTForImageClassification.from_pretrained(plain_dir).eval()
+            plain_model = AutoModelForImageClassification.from_pretrained(plain_dir).eval()  # ViT or MLP-patch ViT
             try:
                 settings, _ = ImageProcessingMixin.get_image_processor_dict(plain_dir)
                 mean, std = settings["image_mean"], settings["image_std"]

@@ -242,6 +242,23 @@ def test_attack_command_writes_the_report(tmp_path, saved_model, capsys, monkeyp
         assert f"({figure}.png)" in markdown
 
 
+def test_the_plain_model_of_an_mlp_patch_embedding_loads_for_the_attacks(tmp_path, saved_model):
+    """`--plain-model` may be the plain checkpoint of a fold run with an MLP patch embedding (not a
+    ViTForImageClassification); it predicts as its keyed fold does on encrypted images."""
+    _, _, data = saved_model
+    torch.manual_seed(0)
+    plain = tiny_vit(32, 8, 48, 2, labels=2, patch_mlp=96)
+    keyed = LCryptViTForImageClassification.from_plain(plain, KEY, IMAGENET_MEAN, IMAGENET_STD).eval()
+    for model, folder in ((plain, tmp_path / "plain"), (keyed, tmp_path / "keyed")):
+        model.save_pretrained(folder)
+        LCryptImageProcessor.for_model(keyed).save_pretrained(folder)
+    sample, sources = report_module.load_sample(data, KEY, tmp_path / "keyed", tmp_path / "plain", split="train")
+    assert type(sample.plain.model) is LCryptViTForImageClassification and sample.plain.model.config.key_id is None
+    assert sources["plain_model"] == str(tmp_path / "plain")
+    keyed_logits = sample.keyed.logits(sample.keyed.inputs(sample.images))
+    assert torch.allclose(sample.plain.logits(sample.plain.inputs(sample.images)), keyed_logits, atol=1e-4)
+
+
 def test_attack_command_without_a_model_runs_the_cipher_attacks(tmp_path, saved_model, capsys):
     _, key_file, data = saved_model
     out = tmp_path / "cipher"
