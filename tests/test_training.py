@@ -122,6 +122,13 @@ def folder_logits(folder: Path, images, key: LCryptKey) -> torch.Tensor:
         return model(**processor(images, return_tensors="pt")).logits
 
 
+def results_table(folder: Path) -> str:
+    """What scripts/results_table.py prints for the runs under `folder`."""
+    script = REPO_ROOT / "scripts" / "results_table.py"
+    command = [sys.executable, str(script), str(folder)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
+
+
 def test_a_missing_key_file_is_created_owner_only_and_then_reused(tmp_path):
     path = tmp_path / "new" / "secret.key"
     key = load_or_create_key(path)
@@ -372,13 +379,7 @@ def test_tta_averages_the_probabilities_of_the_mirrored_and_encrypted_views(tmp_
     assert result.metrics["test"]["roc_auc"] == pytest.approx(single["roc_auc"])  # and `test` the single view's,
     assert single["roc_auc"] != pytest.approx(expected["roc_auc"])  # which differ here
     assert result.metrics["test"]["num_images"] == len(labels)
-    table = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "results_table.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    table = results_table(tmp_path)
     single, averaged = result.metrics["test"], [f"{tta[name]:.3f}" for name in ("accuracy", "f1", "roc_auc")]
     assert f"| tta | 2 | {single['accuracy']:.3f} | {' | '.join(averaged)} |" in table
     with pytest.raises(ValueError, match="--tta .* needs --augment"):
@@ -529,13 +530,7 @@ def test_on_real_brain_mri_fold_is_exact_and_encrypted_training_tracks_plain(sha
         saved = json.loads((result.paths["model_folder"] / "config.json").read_text())
         assert saved.get("patch_embedding_mlp_size") == (None if patch_embedding == "linear" else 4 * 32)
     if patch_embedding == "mlp":  # the results table names the variant, and its command reproduces it
-        table = subprocess.run(
-            [sys.executable, str(REPO_ROOT / "scripts" / "results_table.py"), str(tmp_path)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        ).stdout
+        table = results_table(tmp_path)
         assert f"| encrypted | encrypted | {NANO}, MLP patches |" in table
         assert "--patch-embedding mlp" in table
     same = results["encrypted"].metrics["test"]["accuracy"] == results["fold"].metrics["test"]["accuracy"]
