@@ -463,6 +463,11 @@ def build_setup(config: TrainConfig, id2label: dict[int, str], label2id: dict[st
         preset = MODEL_PRESETS[config.model]
         spec = ModelSpec(image_size, block_size, id2label, label2id, config.dropout, config.patch_embedding)
         model = preset.build(spec)
+        if config.patch_embedding == "mlp" and getattr(model.config, "patch_embedding_mlp_size", None) is None:
+            raise ValueError(
+                f"Preset {config.model!r} ignores --patch-embedding mlp (its build function does not read "
+                "ModelSpec.patch_embedding); build it with vit_preset, or leave the flag out."
+            )
         return Setup(model, preset.foldable, image_size, block_size, list(HALF), list(HALF))
 
     source = config.from_plain

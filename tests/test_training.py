@@ -414,6 +414,12 @@ def test_mlp_patch_embedding_is_for_vit_presets_only(tmp_path):
     with pytest.raises(ValueError, match="patch_embedding must be one of"):
         settings(tmp_path, "conv", patch_embedding="conv")
     assert parse_config(["--patch-embedding", "mlp"]).patch_embedding == "mlp"
+    linear_only = vit_preset(32, 1, 2).build
+    register_model_preset(
+        "test-linear-only", ModelPreset(lambda spec: linear_only(dataclasses.replace(spec, patch_embedding="linear")))
+    )
+    with pytest.raises(ValueError, match="ignores --patch-embedding mlp"):
+        run(settings(tmp_path, "ignored", model="test-linear-only", patch_embedding="mlp"))
 
 
 def test_initialisation_seed_is_secret_but_reproducible():
