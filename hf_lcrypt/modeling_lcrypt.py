@@ -42,9 +42,9 @@ def _check_no_interpolation(interpolate_pos_encoding: bool | None) -> None:
 
 
 class LCryptMLPPatchEmbeddings(ViTPatchEmbeddings):
-    """Patch embedding as a two-layer MLP applied to each flattened patch: more capacity where a ViT trained from
-    scratch is weakest, its first layer. `projection` (patch size kernel and stride) is the only layer that sees
-    pixels, and it sees a whole block, so the key folds into it exactly as into a linear patch embedding."""
+    """Patch embedding as a two-layer MLP applied to each flattened patch (more capacity before the first attention
+    layer). `projection` (patch size kernel and stride) is the only layer that sees pixels, and it sees a whole
+    block, so the key folds into it exactly as into a linear patch embedding."""
 
     def __init__(self, config: LCryptViTConfig):
         super().__init__(config)
@@ -153,7 +153,7 @@ class LCryptViTForImageClassification(ViTForImageClassification):
                 "from google/, IMAGENET_DEFAULT_MEAN/STD for most others)."
             )
         plain_config = plain.config.to_dict()
-        for field in ("model_type", "transformers_version", "architectures", "auto_map", "key_id", "block_size"):
+        for field in ("model_type", "transformers_version", "architectures", "auto_map"):
             plain_config.pop(field, None)
         channels = plain.config.num_channels
         config = LCryptViTConfig.from_dict(
