@@ -37,6 +37,7 @@ from transformers import (
     EarlyStoppingCallback,
     PreTrainedModel,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     ViTForImageClassification,
     set_seed,
@@ -61,6 +62,7 @@ from .image_processing_lcrypt import LCryptImageProcessor
 from .keys import KEY_ENV_VAR, LCryptKey
 from .modeling_lcrypt import LCryptViTForImageClassification
 from .presets import MODEL_PRESETS, PATCH_EMBEDDINGS, ModelSpec
+from .weight_averaging import WeightAverage, averaged_entries
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class TrainConfig:
     distillation: str = "hard"
     distill_temperature: float = 1.0
     dropout: float = 0.0
+    ema_decay: float | None = None
     augment: bool = True
     augment_orientation: bool = False
     tta: bool = False
@@ -144,6 +147,8 @@ class TrainConfig:
             )
         if self.distillation not in DISTILLATION_TYPES:
             raise ValueError(f"distillation must be one of {list(DISTILLATION_TYPES)}, got {self.distillation!r}.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must lie strictly between 0 and 1 (e.g. 0.999), got {self.ema_decay}.")
         if self.tta and not self.augment:
             raise ValueError("--tta averages over the flips (and rotations) of --augment; it needs --augment.")
         unknown = sorted(set(self.cipher_steps) - set(ALL_STEPS))
@@ -237,6 +242,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     add("--distill-temperature", "temperature of soft distillation", type=float)
     add("--dropout", "dropout of preset ViTs (keep 0 for encrypted training to track plain training)", type=float)
+    add(
+        "--ema-decay",
+        "keep an exponential moving average of the weights with this decay (e.g. 0.999; default: off); at the end "
+        "the better of it and the best checkpoint on validation is the final model (docs/training.md)",
+        type=float,
+    )
     add(
         "--augment",
         "random shifts and horizontal flips of the plain training images",
@@ -644,6 +655,46 @@ def check_fold(
     return check
 
 
+def check_choice_metric(metric: str, id2label: dict[int, str]) -> None:
+    """Fail before training, not after it, when `choose_weight_average` could not score by `metric`."""
+    n = len(id2label)
+    known = compute_classification_metrics(np.eye(n), np.arange(n), id2label)
+    if metric.removeprefix("eval_") not in known:
+        raise ValueError(
+            f"--ema-decay keeps the better of the best checkpoint and the weight average by --metric, which must then "
+            f"be a classification score where higher is better, one of {sorted(known)}; got {metric!r}."
+        )
+
+
+def choose_weight_average(
+    model: PreTrainedModel,
+    averager: WeightAverage,
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    predict: Callable[[PreTrainedModel, torch.Tensor], torch.Tensor],
+    id2label: dict[int, str],
+    metric: str,
+) -> dict[str, Any]:
+    """Score the best checkpoint (the model as training left it) and the weight average on each split, and leave in
+    `model` the one that is better on validation (the checkpoint on a tie). Test scores of both are reported, for
+    comparison only: the choice never sees the test split."""
+    candidates = {
+        "best_checkpoint": {name: value.clone() for name, value in averaged_entries(model).items()},
+        "weight_average": averager.average,
+    }
+    score = metric.removeprefix("eval_")
+    scores: dict[str, dict[str, float]] = {}
+    for name, weights in candidates.items():
+        model.load_state_dict(weights, strict=False)
+        scores[name] = {
+            split: compute_classification_metrics(predict(model, images).numpy(), labels.numpy(), id2label)[score]
+            for split, (images, labels) in splits.items()
+        }
+    chosen = max(candidates, key=lambda name: scores[name]["validation"])  # the first one on a tie
+    model.load_state_dict(candidates[chosen], strict=False)
+    logger.info("Weight average (decay %s): %s %s; keeping the %s", averager.decay, metric, scores, chosen)
+    return {"decay": averager.decay, "metric": metric, "scores": scores, "chosen": chosen}
+
+
 # -- the run ------------------------------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
@@ -681,6 +732,8 @@ def run(config: TrainConfig) -> TrainResult:
         fingerprints = split_fingerprints(hashes)
     logger.info("Data %s: %s; duplicates: %s", config.data, {s: len(d) for s, d in dataset.items()}, duplicates)
     id2label, label2id = label_maps(dataset)
+    if config.ema_decay is not None:
+        check_choice_metric(config.metric, id2label)
 
     set_seed(secret_init_seed(key, config.seed))
     setup = build_setup(config, id2label, label2id)
@@ -735,7 +788,10 @@ def run(config: TrainConfig) -> TrainResult:
         ),
         prepare_model=fold if config.mode == "fold" else None,
     )
-    callbacks = [attack_callback]
+    callbacks: list[TrainerCallback] = [attack_callback]
+    averager = WeightAverage(config.ema_decay, resumed_from) if config.ema_decay else None
+    if averager is not None:
+        callbacks.append(averager)
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer_kwargs: dict[str, Any] = dict(
@@ -780,9 +836,30 @@ def run(config: TrainConfig) -> TrainResult:
 
     # Final evaluation on the test split, every process alike (sharded models need all of them for a forward).
     trained = trainer.model
-    keyed = fold(trained) if config.mode == "fold" else trained
     eval_start = time.perf_counter()
     test_images, test_labels = load_plain_images(dataset["test"], keyed_processor)
+    weight_average = None
+    if averager is not None:
+        splits = {
+            "validation": load_plain_images(dataset["validation"], keyed_processor),
+            "test": (test_images, test_labels),
+        }
+        encrypt = cipher.encrypt if on_ciphertext else (lambda images: images)
+        weight_average = choose_weight_average(
+            trained,
+            averager,
+            splits,
+            partial(
+                predict_logits,
+                image_mean=setup.image_mean,
+                image_std=setup.image_std,
+                transform=encrypt,
+                batch_size=config.batch_size,
+            ),
+            id2label,
+            config.metric,
+        )
+    keyed = fold(trained) if config.mode == "fold" else trained
     test_logits = predict_logits(
         keyed, test_images, setup.image_mean, setup.image_std, cipher.encrypt, config.batch_size
     )
@@ -856,6 +933,7 @@ def run(config: TrainConfig) -> TrainResult:
             "test": {**test_metrics, "num_images": len(test_labels)},
             "per_class_f1": {name: test_metrics[f"f1_{name}"] for name in id2label.values()},
             "test_tta": tta_metrics,
+            "weight_average": weight_average,
             "fold_check": fold_check,
             "best_validation": {
                 "metric": config.metric,

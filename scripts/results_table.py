@@ -1,6 +1,6 @@
 """Markdown tables of training runs: accuracy, macro F1, parameters, time per epoch, inference images/s, robustness;
-then per-class F1, the test metrics of runs with `--tta` (averaged over its views), and the exact command of every
-run.
+then per-class F1, the test metrics of runs with `--tta` (averaged over its views), the best checkpoint against the
+weight average of runs with `--ema-decay`, and the exact command of every run.
 
 Reads every `<run>/model/metrics.json` (and `attack_report.json`) under the given folders, and measures inference
 throughput of each saved model on this machine, batch 64, in one run. `--figures DIR` copies each run's confusion
@@ -117,6 +117,28 @@ def tta_row(model_dir: Path, root: Path) -> str | None:
     return "| " + " | ".join(cells + [f"{tta[name]:.3f}" for name in ("accuracy", "f1", "roc_auc")]) + " |"
 
 
+def weight_average_row(model_dir: Path, root: Path) -> str | None:
+    """A run's `--ema-decay` scores: the best checkpoint and the weight average on validation (which chose) and test;
+    None without --ema-decay."""
+    average = json.loads((model_dir / "metrics.json").read_text()).get("weight_average")
+    if average is None:
+        return None
+    scores = average["scores"]
+    cells = [str(model_dir.parent.relative_to(root)), str(average["decay"]), average["chosen"].replace("_", " ")]
+    values = [
+        f"{scores[c][split]:.3f}" for split in ("validation", "test") for c in ("best_checkpoint", "weight_average")
+    ]
+    return "| " + " | ".join(cells + values) + " |"
+
+
+def print_table(header: str, rows: list[str | None]) -> None:
+    """A markdown table of the rows that are not None, if any."""
+    rows = [r for r in rows if r is not None]
+    if rows:
+        print(f"\n| {header} |\n|" + "---|" * len(header.split("|")))
+        print("\n".join(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="folders holding run folders (searched recursively)")
@@ -131,10 +153,15 @@ def main() -> None:
     rows, commands = zip(*(details(model_dir, root, args.figures) for model_dir, root in runs), strict=True)
     print("\n| run | per-class F1 (test) | training time |\n|---|---|---|")
     print("\n".join(rows))
-    tta_rows = [r for r in (tta_row(model_dir, root) for model_dir, root in runs) if r is not None]
-    if tta_rows:
-        print("\n| run | --tta views | test acc (one view) | test acc | macro F1 | AUROC |\n|---|---|---|---|---|---|")
-        print("\n".join(tta_rows))
+    print_table(
+        "run | --tta views | test acc (one view) | test acc | macro F1 | AUROC",
+        [tta_row(model_dir, root) for model_dir, root in runs],
+    )
+    print_table(
+        "run | --ema-decay | kept | validation, best checkpoint | validation, average | test, best checkpoint | "
+        "test, average",
+        [weight_average_row(model_dir, root) for model_dir, root in runs],
+    )
     print("\nCommands (`--key-file` left out: each dataset's runs share one local key file):\n")
     print("\n".join(commands))
 

@@ -1,0 +1,71 @@
+"""An exponential moving average (EMA) of the weights during training, as timm's `ModelEma` and DeiT's `--model-ema`.
+
+Averaging keeps the key absorbable: the key acts on the parameters as one fixed signed permutation (with
+mean = std = 0.5; an affine map otherwise), and weighted averages whose weights sum to 1 commute with such maps. So the
+average of an `encrypted` run's keyed weights is the keyed form of the average of the plain run's weights, and a
+`fold` run's average folds like any plain model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+AVERAGE_FILE = "weight_average.safetensors"
+
+
+class WeightAverage(TrainerCallback):
+    """Keeps `average = decay * average + (1 - decay) * weights` after every optimiser step, over every floating-point
+    entry of the model's state dict (parameters and normalisation statistics).
+
+    The decay warms up as `min(decay, (1 + step) / (10 + step))`, so that the first steps do not keep the random
+    initialisation in the average for thousands of steps. The average is saved next to each checkpoint (a file of
+    keyed weights, as secret as the checkpoint) and read back from `resume_from`.
+    """
+
+    def __init__(self, decay: float, resume_from: str | None = None):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"The weight-average decay must lie strictly between 0 and 1, got {decay}.")
+        self.decay = decay
+        self.resume_from = resume_from
+        self.average: dict[str, torch.Tensor] = {}
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
+    ) -> None:
+        weights = averaged_entries(model)
+        if self.resume_from is None:
+            self.average = {name: value.detach().clone() for name, value in weights.items()}
+            return
+        path = Path(self.resume_from) / AVERAGE_FILE
+        if not path.is_file():
+            raise ValueError(
+                f"{self.resume_from} has no {AVERAGE_FILE}: it was not trained with a weight average. Resume "
+                "without --ema-decay, or start the run again."
+            )
+        saved = load_file(str(path), device=str(next(iter(weights.values())).device))
+        if saved.keys() != weights.keys():
+            raise ValueError(f"{path} averages other weights than this model has; it belongs to another model.")
+        self.average = saved
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
+    ) -> None:
+        decay = min(self.decay, (1 + state.global_step) / (10 + state.global_step))
+        weights = averaged_entries(model)
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.average.values()), [weights[n] for n in self.average], 1.0 - decay)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            save_file({n: t.contiguous() for n, t in self.average.items()}, str(folder / AVERAGE_FILE))
+
+
+def averaged_entries(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state-dict entries an average covers: every floating-point one (integer counters are not averaged)."""
+    return {name: value for name, value in model.state_dict().items() if value.is_floating_point()}
