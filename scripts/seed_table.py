@@ -15,6 +15,11 @@ the seed and mode they recorded, and refuses runs whose other settings differ:
 patch embedding (MLP against linear):
 
     python scripts/seed_table.py --compare patch_embedding runs/{mlp,linear}/seed-*/vit-encrypted
+
+`--compare weight_average` pairs the two candidates of each `--ema-decay` run instead (the weight average against the
+best checkpoint, both scored on test), one run per seed, so one mode at a time:
+
+    python scripts/seed_table.py --compare weight_average runs/seed-*/vit-encrypted
 """
 
 import argparse
@@ -35,10 +40,17 @@ class Comparison(NamedTuple):
     columns: tuple[str, str]
 
 
+WITHIN_RUN = "weight_average"  # both arms come from one run: metrics.json's weight_average scores
 COMPARISONS = {
     "mode": Comparison("mode", ("encrypted", "fold"), ("encrypted", "plain"), ("encrypted", "plain (fold)")),
     "patch_embedding": Comparison(
         "patch_embedding", ("mlp", "linear"), ("MLP patches", "linear patches"), ("MLP patches", "linear patches")
+    ),
+    WITHIN_RUN: Comparison(
+        WITHIN_RUN,
+        ("weight_average", "best_checkpoint"),
+        ("weight average", "best checkpoint"),
+        ("weight average", "best checkpoint"),
     ),
 }
 # Settings added after earlier runs were recorded, at the value those runs had.
@@ -61,15 +73,28 @@ def load_accuracies(
         elif shared != recipe:
             differ = sorted(k for k in recipe.keys() | shared.keys() if recipe.get(k) != shared.get(k))
             raise SystemExit(f"{file} and {recipe_file} differ in {differ}: tabulate one recipe at a time.")
-        seed, arm = config["seed"], config[comparison.setting]
-        if arm in runs.get(seed, {}):
-            raise SystemExit(f"{file}: a second {arm} run with seed {seed}; pass only one of them.")
-        runs.setdefault(seed, {})[arm] = metrics["test"][metric]
+        seed = config["seed"]
+        for arm, value in arm_values(metrics, config, metric, comparison, file).items():
+            if arm in runs.get(seed, {}):
+                raise SystemExit(f"{file}: a second {arm} run with seed {seed}; pass only one of them.")
+            runs.setdefault(seed, {})[arm] = value
     complete = {seed: arms for seed, arms in runs.items() if set(comparison.arms) <= set(arms)}
     if len(complete) < 2:
         first, second = comparison.arms
         raise SystemExit(f"{paths}: need at least two seeds with runs of both {first} and {second}, found {runs}.")
     return dict(sorted(complete.items()))
+
+
+def arm_values(metrics: dict, config: dict, metric: str, comparison: Comparison, file: Path) -> dict[str, float]:
+    """The arm a run belongs to and its test metric; for the weight average, both candidates the run scored."""
+    if comparison.setting != WITHIN_RUN:
+        return {config[comparison.setting]: metrics["test"][metric]}
+    average = metrics.get("weight_average")
+    if average is None or average["metric"] != metric:
+        raise SystemExit(
+            f"{file}: no weight average scored by {metric} (a run with --ema-decay and --metric {metric})."
+        )
+    return {arm: average["scores"][arm]["test"] for arm in comparison.arms}
 
 
 def mean_and_spread(values: list[float]) -> str:
@@ -129,8 +154,9 @@ def main() -> None:
         "--compare",
         choices=COMPARISONS,
         default="mode",
-        help="what the two runs of a seed differ in: mode (encrypted against fold, the default) or patch_embedding "
-        "(mlp against linear)",
+        help="what the two arms of a seed differ in: mode (encrypted against fold runs, the default), "
+        "patch_embedding (mlp against linear runs) or weight_average (the average against the best checkpoint, "
+        "within each --ema-decay run)",
     )
     args = parser.parse_args()
     comparison = COMPARISONS[args.compare]

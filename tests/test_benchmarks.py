@@ -105,13 +105,31 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
 
 
 def _fake_run(
-    folder: Path, mode: str, seed: int, accuracy: float, epochs: float = 30.0, patch_embedding: str | None = None
+    folder: Path,
+    mode: str,
+    seed: int,
+    accuracy: float,
+    epochs: float = 30.0,
+    patch_embedding: str | None = None,
+    average: float | None = None,
 ) -> None:
+    """A metrics.json; with `average`, of an --ema-decay run whose weight average scored that on test."""
     (folder / "model").mkdir(parents=True)
     config = {"mode": mode, "seed": seed, "epochs": epochs, "output_dir": str(folder)}
     if patch_embedding is not None:  # runs recorded before the setting existed lack it
         config["patch_embedding"] = patch_embedding
     metrics = {"mode": mode, "config": config, "test": {"accuracy": accuracy}}
+    if average is not None:
+        scores = {
+            "best_checkpoint": {"validation": 0.9, "test": accuracy},
+            "weight_average": {"validation": 0.8, "test": average},
+        }
+        metrics["weight_average"] = {
+            "decay": 0.999,
+            "metric": "accuracy",
+            "scores": scores,
+            "chosen": "best_checkpoint",
+        }
     (folder / "model" / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -193,3 +211,21 @@ def test_seed_table_compares_patch_embeddings_by_seed(tmp_path: Path):
     assert refused.returncode != 0 and "differ in ['mode']" in refused.stderr
     wrong_arm = _seed_table(tmp_path / "mlp", check=False)  # by mode, MLP runs alone have no fold partner
     assert wrong_arm.returncode != 0 and "with runs of both encrypted and fold" in wrong_arm.stderr
+
+
+def test_seed_table_compares_the_weight_average_with_the_best_checkpoint_within_each_run(tmp_path: Path):
+    for seed, (best, average) in {1: (0.84, 0.85), 2: (0.83, 0.83), 3: (0.82, 0.84)}.items():
+        _fake_run(tmp_path / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, best, average=average)
+    result = _seed_table("--compare", "weight_average", tmp_path).stdout
+    assert (
+        "| seed | weight average accuracy | best checkpoint accuracy | weight average - best checkpoint (points) |"
+        in result
+    )
+    rows = [line for line in result.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[3].strip(" |") for row in rows] == ["+1.00", "+0.00", "+2.00"]
+    assert "90 % confidence interval of weight average - best checkpoint: [" in result
+    _fake_run(tmp_path / "plain-run", "encrypted", 4, 0.8)
+    refused = _seed_table("--compare", "weight_average", tmp_path, check=False)
+    assert refused.returncode != 0 and "no weight average scored by accuracy" in refused.stderr
+    by_f1 = _seed_table("--compare", "weight_average", "--metric", "f1", tmp_path / "seed-1", check=False)
+    assert by_f1.returncode != 0 and "no weight average scored by f1" in by_f1.stderr
