@@ -35,6 +35,7 @@ def test_two_processes_train_one_model_together(tmp_path):
         "--batch-size", "4",
         "--max-steps", "2",
         "--attack-max-images", "8",
+        "--ema-decay", "0.9",  # a callback on every process, its file written once
         "--output-dir", str(output_dir),
         "--key-file", str(key_file),
     ]  # fmt: skip
@@ -54,3 +55,5 @@ def test_two_processes_train_one_model_together(tmp_path):
     # One key for both processes: the main process created it, the other one waited and read it.
     assert metrics["key_id"] == json.loads((output_dir / "model" / "config.json").read_text())["key_id"]
     assert done.stderr.count("Created a new key") == 1
+    assert metrics["weight_average"]["chosen"] in metrics["weight_average"]["scores"]
+    assert (output_dir / "checkpoint-2" / "weight_average.safetensors").is_file()
