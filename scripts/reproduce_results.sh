@@ -117,9 +117,14 @@ if stage ablation; then
     done
     wait
   done
+  # the weight average (--ema-decay) against the best checkpoint, within each run: the seeds stage's pairs with it
+  for seed in ${EMA_SEEDS:-16 17 18}; do
+    vit_pair "brain-tumor-mri-ema/seed-$seed/vit" "${brain[@]}" --epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
+      "${teach[@]}" "${distil[@]}" --seed "$seed" --ema-decay 0.999
+  done
 fi
 
-for folder in brain-tumor-mri lc25000 pneumoniamnist geometry ablation extra brain-tumor-mri-mlp; do
+for folder in brain-tumor-mri lc25000 pneumoniamnist geometry ablation extra brain-tumor-mri-mlp brain-tumor-mri-ema; do
   if [ -d "$OUT/$folder" ]; then
     echo "## $folder"
     $PY scripts/results_table.py "$OUT/$folder" --figures docs/results
@@ -133,6 +138,14 @@ if [ -d "$OUT/brain-tumor-mri-mlp" ] && [ -d "$OUT/brain-tumor-mri-seeds" ]; the
   echo "## brain-tumor-mri-mlp against brain-tumor-mri-seeds"
   $PY scripts/seed_table.py --compare patch_embedding "$OUT/brain-tumor-mri-mlp" \
     $(for d in "$OUT"/brain-tumor-mri-mlp/seed-*; do echo "$OUT/brain-tumor-mri-seeds/${d##*/}/vit-encrypted"; done)
+fi
+if [ -d "$OUT/brain-tumor-mri-ema" ]; then
+  for mode in encrypted fold; do
+    echo "## brain-tumor-mri-ema, $mode: the weight average against the best checkpoint"
+    $PY scripts/seed_table.py --compare weight_average "$OUT"/brain-tumor-mri-ema/seed-*/vit-$mode
+  done
+  echo "## brain-tumor-mri-ema: encrypted against plain"
+  $PY scripts/seed_table.py "$OUT/brain-tumor-mri-ema"
 fi
 if [ -d "$OUT/lc25000-seeds" ]; then  # with the seed-0 pair of the same recipe
   echo "## lc25000-seeds"
