@@ -1,9 +1,9 @@
 """An exponential moving average (EMA) of the weights during training, as timm's `ModelEma` and DeiT's `--model-ema`.
 
-Averaging keeps the key absorbable: the key acts on the parameters as one fixed signed permutation (with
-mean = std = 0.5; an affine map otherwise), and weighted averages whose weights sum to 1 commute with such maps. So the
-average of an `encrypted` run's keyed weights is the keyed form of the average of the plain run's weights, and a
-`fold` run's average folds like any plain model.
+Averaging keeps the key absorbable: folding the key in is one fixed linear map of the parameters (a signed
+permutation with mean = std = 0.5; with other normalisations the bias also gains a linear function of the weights),
+and weighted averages commute with linear maps. So the average of an `encrypted` run's keyed weights is the keyed form
+of the average of the plain run's weights, and a `fold` run's average folds like any plain model.
 """
 
 from __future__ import annotations
