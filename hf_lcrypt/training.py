@@ -244,8 +244,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--dropout", "dropout of preset ViTs (keep 0 for encrypted training to track plain training)", type=float)
     add(
         "--ema-decay",
-        "keep an exponential moving average of the weights with this decay (e.g. 0.999; default: off); at the end "
-        "the better of it and the best checkpoint on validation is the final model (docs/training.md)",
+        "keep an exponential moving average of the weights with this decay (e.g. 0.999; default: off); it becomes "
+        "the final model, scored next to the best checkpoint (docs/training.md)",
         type=float,
     )
     add(
@@ -656,17 +656,17 @@ def check_fold(
 
 
 def check_choice_metric(metric: str, id2label: dict[int, str]) -> None:
-    """Fail before training, not after it, when `choose_weight_average` could not score by `metric`."""
+    """Fail before training, not after it, when `score_weight_average` could not score by `metric`."""
     n = len(id2label)
     known = compute_classification_metrics(np.eye(n), np.arange(n), id2label)
     if metric.removeprefix("eval_") not in known:
         raise ValueError(
-            f"--ema-decay keeps the better of the best checkpoint and the weight average by --metric, which must then "
-            f"be a classification score where higher is better, one of {sorted(known)}; got {metric!r}."
+            f"--ema-decay compares the weight average with the best checkpoint by --metric, which must then be a "
+            f"classification score, one of {sorted(known)}; got {metric!r}."
         )
 
 
-def choose_weight_average(
+def score_weight_average(
     model: PreTrainedModel,
     averager: WeightAverage,
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -674,9 +674,9 @@ def choose_weight_average(
     id2label: dict[int, str],
     metric: str,
 ) -> dict[str, Any]:
-    """Score the best checkpoint (the model as training left it) and the weight average on each split, and leave in
-    `model` the one that is better on validation (the checkpoint on a tie). Test scores of both are reported, for
-    comparison only: the choice never sees the test split."""
+    """Score the best checkpoint (the model as training left it) and the weight average on each split, then leave the
+    average in `model`: asked for, it is the final model. The scores are for comparison, and the test ones are the fair
+    ones: the checkpoint was picked for its validation score, the best of many, which flatters it on validation."""
     candidates = {
         "best_checkpoint": {name: value.clone() for name, value in averaged_entries(model).items()},
         "weight_average": averager.average,
@@ -689,10 +689,8 @@ def choose_weight_average(
             split: compute_classification_metrics(predict(model, images).numpy(), labels.numpy(), id2label)[score]
             for split, (images, labels) in splits.items()
         }
-    chosen = max(candidates, key=lambda name: scores[name]["validation"])  # the first one on a tie
-    model.load_state_dict(candidates[chosen], strict=False)
-    logger.info("Weight average (decay %s): %s %s; keeping the %s", averager.decay, metric, scores, chosen)
-    return {"decay": averager.decay, "metric": metric, "scores": scores, "chosen": chosen}
+    logger.info("Weight average (decay %s) against the best checkpoint, %s: %s", averager.decay, metric, scores)
+    return {"decay": averager.decay, "metric": metric, "scores": scores}
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
@@ -845,7 +843,7 @@ def run(config: TrainConfig) -> TrainResult:
             "test": (test_images, test_labels),
         }
         encrypt = cipher.encrypt if on_ciphertext else (lambda images: images)
-        weight_average = choose_weight_average(
+        weight_average = score_weight_average(
             trained,
             averager,
             splits,

@@ -118,7 +118,7 @@ if stage ablation; then
     wait
   done
   # the weight average (--ema-decay) against the best checkpoint, within each run: the seeds stage's pairs with it
-  for seed in ${EMA_SEEDS:-16 17 18}; do
+  for seed in ${EMA_SEEDS:-16 17}; do
     vit_pair "brain-tumor-mri-ema/seed-$seed/vit" "${brain[@]}" --epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
       "${teach[@]}" "${distil[@]}" --seed "$seed" --ema-decay 0.999
   done

@@ -118,13 +118,13 @@ def tta_row(model_dir: Path, root: Path) -> str | None:
 
 
 def weight_average_row(model_dir: Path, root: Path) -> str | None:
-    """A run's `--ema-decay` scores: the best checkpoint and the weight average on validation (which chose) and test;
-    None without --ema-decay."""
+    """A run's `--ema-decay` scores: the best checkpoint and the weight average (the final model) on validation and
+    test; None without --ema-decay."""
     average = json.loads((model_dir / "metrics.json").read_text()).get("weight_average")
     if average is None:
         return None
     scores = average["scores"]
-    cells = [str(model_dir.parent.relative_to(root)), str(average["decay"]), average["chosen"].replace("_", " ")]
+    cells = [str(model_dir.parent.relative_to(root)), str(average["decay"])]
     values = [
         f"{scores[c][split]:.3f}" for split in ("validation", "test") for c in ("best_checkpoint", "weight_average")
     ]
@@ -158,8 +158,7 @@ def main() -> None:
         [tta_row(model_dir, root) for model_dir, root in runs],
     )
     print_table(
-        "run | --ema-decay | kept | validation, best checkpoint | validation, average | test, best checkpoint | "
-        "test, average",
+        "run | --ema-decay | validation, best checkpoint | validation, average | test, best checkpoint | test, average",
         [weight_average_row(model_dir, root) for model_dir, root in runs],
     )
     print("\nCommands (`--key-file` left out: each dataset's runs share one local key file):\n")

@@ -58,7 +58,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         *(f"brain-tumor-mri-seeds/seed-{seed}/vit-{mode}" for seed in range(1, 16) for mode in ("encrypted", "fold")),
         *(f"lc25000-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
         *(f"brain-tumor-mri-mlp/seed-{seed}/vit-encrypted" for seed in range(4, 10)),
-        *(f"brain-tumor-mri-ema/seed-{seed}/vit-{mode}" for seed in (16, 17, 18) for mode in ("encrypted", "fold")),
+        *(f"brain-tumor-mri-ema/seed-{seed}/vit-{mode}" for seed in (16, 17) for mode in ("encrypted", "fold")),
     }  # fmt: skip
     recipe = configs["brain-tumor-mri/vit-encrypted"]
     assert (recipe.mode, recipe.model, recipe.epochs, recipe.distillation, recipe.tta) == (
@@ -101,7 +101,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         linear, mlp = (configs[f"brain-tumor-mri{arm}/seed-{seed}/vit-encrypted"] for arm in ("-seeds", "-mlp"))
         assert mlp.patch_embedding == "mlp" and linear.patch_embedding == "linear"
         assert replace(linear, patch_embedding="mlp", output_dir=mlp.output_dir) == mlp
-    for seed, mode in itertools.product((16, 17, 18), ("encrypted", "fold")):  # the seed table's pairs, with an EMA
+    for seed, mode in itertools.product((16, 17), ("encrypted", "fold")):  # the seed table's pairs, with an EMA
         seeded, ema = (
             configs[f"brain-tumor-mri-seeds/seed-1/vit-{mode}"],
             configs[f"brain-tumor-mri-ema/seed-{seed}/vit-{mode}"],
@@ -135,7 +135,6 @@ def _fake_run(
             "decay": 0.999,
             "metric": "accuracy",
             "scores": scores,
-            "chosen": "best_checkpoint",
         }
     (folder / "model" / "metrics.json").write_text(json.dumps(metrics))
 
