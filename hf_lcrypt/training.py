@@ -655,7 +655,7 @@ def check_fold(
     return check
 
 
-def check_choice_metric(metric: str, id2label: dict[int, str]) -> None:
+def check_score_metric(metric: str, id2label: dict[int, str]) -> None:
     """Fail before training, not after it, when `score_weight_average` could not score by `metric`."""
     n = len(id2label)
     known = compute_classification_metrics(np.eye(n), np.arange(n), id2label)
@@ -731,7 +731,7 @@ def run(config: TrainConfig) -> TrainResult:
     logger.info("Data %s: %s; duplicates: %s", config.data, {s: len(d) for s, d in dataset.items()}, duplicates)
     id2label, label2id = label_maps(dataset)
     if config.ema_decay is not None:
-        check_choice_metric(config.metric, id2label)
+        check_score_metric(config.metric, id2label)
 
     set_seed(secret_init_seed(key, config.seed))
     setup = build_setup(config, id2label, label2id)
