@@ -787,7 +787,7 @@ def run(config: TrainConfig) -> TrainResult:
         prepare_model=fold if config.mode == "fold" else None,
     )
     callbacks: list[TrainerCallback] = [attack_callback]
-    averager = WeightAverage(config.ema_decay, resumed_from) if config.ema_decay else None
+    averager = WeightAverage(config.ema_decay, resumed_from) if config.ema_decay is not None else None
     if averager is not None:
         callbacks.append(averager)
     if config.early_stopping_patience:

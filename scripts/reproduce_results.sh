@@ -144,8 +144,6 @@ if [ -d "$OUT/brain-tumor-mri-ema" ]; then
     echo "## brain-tumor-mri-ema, $mode: the weight average against the best checkpoint"
     $PY scripts/seed_table.py --compare weight_average "$OUT"/brain-tumor-mri-ema/seed-*/vit-$mode
   done
-  echo "## brain-tumor-mri-ema: encrypted against plain"
-  $PY scripts/seed_table.py "$OUT/brain-tumor-mri-ema"
 fi
 if [ -d "$OUT/lc25000-seeds" ]; then  # with the seed-0 pair of the same recipe
   echo "## lc25000-seeds"
