@@ -117,14 +117,15 @@ def _fake_run(
     seed: int,
     accuracy: float,
     epochs: float = 30.0,
-    patch_embedding: str | None = None,
     average: float | None = None,
+    **settings: object,
 ) -> None:
-    """A metrics.json; with `average`, of an --ema-decay run whose weight average scored that on test."""
+    """A metrics.json recording `settings` too (runs recorded before a setting existed lack it); with `average`, of
+    an --ema-decay run whose weight average scored that on test."""
     (folder / "model").mkdir(parents=True)
-    config = {"mode": mode, "seed": seed, "epochs": epochs, "output_dir": str(folder)}
-    if patch_embedding is not None:  # runs recorded before the setting existed lack it
-        config["patch_embedding"] = patch_embedding
+    config = {"mode": mode, "seed": seed, "epochs": epochs, "output_dir": str(folder), **settings}
+    if average is not None:
+        config["ema_decay"] = 0.999
     metrics = {"mode": mode, "config": config, "test": {"accuracy": accuracy}}
     if average is not None:
         scores = {
@@ -198,6 +199,16 @@ def test_seed_table_refuses_mixed_recipes_and_repeated_seeds(tmp_path: Path):
     _fake_run(tmp_path / "again" / "vit-fold", "fold", 1, 0.9)
     result = _seed_table(tmp_path / "seed-1", tmp_path / "again", check=False)
     assert result.returncode != 0 and "a second fold run with seed 1" in result.stderr
+
+
+def test_seed_table_pairs_runs_recorded_before_a_setting_existed_with_runs_at_its_default(tmp_path: Path):
+    for seed in (1, 2):  # the encrypted runs predate --ema-decay and --patch-embedding
+        _fake_run(tmp_path / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, 0.9)
+        _fake_run(tmp_path / f"seed-{seed}" / "vit-fold", "fold", seed, 0.9, ema_decay=None, patch_embedding="linear")
+    assert "| 1 | 0.900 | 0.900 | +0.00 |" in _seed_table(tmp_path).stdout
+    _fake_run(tmp_path / "seed-3" / "vit-encrypted", "encrypted", 3, 0.9, ema_decay=0.999)
+    result = _seed_table(tmp_path, check=False)
+    assert result.returncode != 0 and "differ in ['ema_decay']" in result.stderr
 
 
 def test_seed_table_compares_patch_embeddings_by_seed(tmp_path: Path):
