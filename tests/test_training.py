@@ -247,11 +247,14 @@ def test_resume_continues_from_the_last_checkpoint(root, encrypted, test_images)
     assert torch.allclose(folder_logits(interrupted / "checkpoint-6", test_images, KEY), expected, atol=1e-5, rtol=0)
 
 
-def test_weight_average_is_checkpointed_resumed_and_becomes_the_final_model(root, test_images):
-    """An EMA run: each checkpoint holds the average; a resumed run reaches the full run's average; the final model is
+def test_weight_average_is_checkpointed_resumed_and_becomes_the_final_model(root, encrypted, test_images):
+    """An EMA run: training is the same run's without the average, bit for bit (so its best checkpoint scores as
+    that run's); each checkpoint holds the average; a resumed run reaches the full run's average; the final model is
     the average at the last step, and the saved folder predicts as scored."""
     folder = root / "ema" / "run"
     full = run(settings(root, "ema/run", mode="encrypted", ema_decay=0.5))
+    trained, without = (load_file(f / "checkpoint-6" / "model.safetensors") for f in (folder, root / "encrypted"))
+    assert trained.keys() == without.keys() and all(torch.equal(trained[n], v) for n, v in without.items())
     report = full.metrics["weight_average"]
     assert report["decay"] == 0.5 and report["metric"] == "accuracy"
     scores = report["scores"]
