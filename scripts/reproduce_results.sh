@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 23 hours on 2 CPU cores.
+# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 24 hours on 2 CPU cores.
 # Stages (STAGES="teachers vits seeds medmnist geometry ablation" by default; pick some to rerun only those):
 #   teachers  the key holder's CNN on plain images (the plain CNN rows, and the ViTs' teachers)
 #   vits      the keyed ViT, `encrypted` and `fold` (= plain ViT, then folded), distilled from the teacher
-#   seeds     the brain MRI pair again with other seeds (SEEDS, default 1 to 15), 30 epochs, and the 200-epoch LC25000 pair
+#   seeds     the brain MRI pair again with other seeds (SEEDS, default 1 to 19), 30 epochs, and the 200-epoch LC25000 pair
 #             (LC_SEEDS="1 2 3"): encrypted vs plain over seeds
 #   medmnist  PneumoniaMNIST sanity rows (official splits, 28x28)
 #   geometry  64/8 against the seed paper's 200/25 and ViT's usual 224/16, on a brain MRI subset
 #   ablation  10-epoch variants of the ViT recipe on brain MRI, the larger `tiny` preset for 25 epochs, the ViT at 128/16,
-#             and the seeds stage's encrypted runs with an MLP patch embedding (MLP_SEEDS, default 4 to 9)
+#             and the seeds stage's encrypted runs with an MLP patch embedding (MLP_SEEDS, default 4 to 9),
+#             and the seeds stage's pairs with a weight average (EMA_SEEDS, default 16 and 17)
+# A seed list set empty runs none of its runs: STAGES=seeds SEEDS="18 19" LC_SEEDS= runs two brain MRI pairs only.
 # The small models run one per core (OMP_NUM_THREADS=1, two at a time): faster in total than one run on two threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,11 +66,11 @@ if stage vits; then
 fi
 
 if stage seeds; then  # one held-out test split for all (--split-seed stays 0), the seed-0 teacher
-  for seed in ${SEEDS:-$(seq 1 15)}; do
+  for seed in ${SEEDS-$(seq 1 19)}; do
     vit_pair "brain-tumor-mri-seeds/seed-$seed/vit" "${brain[@]}" --epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
       --teacher "$brain_teacher/model" "${distil[@]}" --seed "$seed"
   done
-  for seed in ${LC_SEEDS:-1 2 3}; do  # the 200-epoch LC25000 pair again (2 hours a pair)
+  for seed in ${LC_SEEDS-1 2 3}; do  # the 200-epoch LC25000 pair again (2 hours a pair)
     vit_pair "lc25000-seeds/seed-$seed/vit" "${lc[@]}" --epochs 200 "${at128[@]}" "${distil[@]}" \
       --teacher "$lc_teacher/model" --seed "$seed"
   done
@@ -108,7 +110,7 @@ if stage ablation; then
   THREADS=2 train "${brain[@]}" --model micro --mode encrypted --epochs 120 "${at128[@]}" "${teach[@]}" "${distil[@]}" \
     --output-dir "$OUT/extra/vit128-encrypted"
   # the MLP patch embedding against the linear one: the seeds stage's encrypted runs with it, two seeds at a time
-  mlp_seeds=(${MLP_SEEDS:-4 5 6 7 8 9})
+  mlp_seeds=(${MLP_SEEDS-4 5 6 7 8 9})
   for ((i = 0; i < ${#mlp_seeds[@]}; i += 2)); do
     for seed in "${mlp_seeds[@]:i:2}"; do
       train "${brain[@]}" --model micro --patch-embedding mlp --mode encrypted --epochs "${SEED_EPOCHS:-30}" \
@@ -118,7 +120,7 @@ if stage ablation; then
     wait
   done
   # the weight average (--ema-decay) against the best checkpoint, within each run: the seeds stage's pairs with it
-  for seed in ${EMA_SEEDS:-16 17}; do
+  for seed in ${EMA_SEEDS-16 17}; do
     vit_pair "brain-tumor-mri-ema/seed-$seed/vit" "${brain[@]}" --epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
       "${teach[@]}" "${distil[@]}" --seed "$seed" --ema-decay 0.999
   done
