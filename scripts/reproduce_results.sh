@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 24 hours on 2 CPU cores.
+# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 25 hours on 2 CPU cores.
 # Stages (STAGES="teachers vits seeds medmnist geometry ablation" by default; pick some to rerun only those):
 #   teachers  the key holder's CNN on plain images (the plain CNN rows, and the ViTs' teachers)
 #   vits      the keyed ViT, `encrypted` and `fold` (= plain ViT, then folded), distilled from the teacher
