@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every run behind docs/results.md, with its exact settings and seed; then the tables. About 25 hours on 2 CPU cores.
-# Stages (STAGES="teachers vits seeds medmnist geometry ablation" by default; pick some to rerun only those):
+# Stages (STAGES="teachers vits seeds medmnist geometry ablation figures" by default; pick some to rerun only those):
 #   teachers  the key holder's CNN on plain images (the plain CNN rows, and the ViTs' teachers)
 #   vits      the keyed ViT, `encrypted` and `fold` (= plain ViT, then folded), distilled from the teacher
 #   seeds     the brain MRI pair again with other seeds (SEEDS, default 1 to 19), 30 epochs, and the 200-epoch LC25000 pair
@@ -10,6 +10,9 @@
 #   ablation  10-epoch variants of the ViT recipe on brain MRI, the larger `tiny` preset for 25 epochs, the ViT at 128/16,
 #             and the seeds stage's encrypted runs with an MLP patch embedding (MLP_SEEDS, default 4 to 9),
 #             and the seeds stage's pairs with a weight average (EMA_SEEDS, default 16 and 17)
+#   figures   the tables' figures (confusion matrices, robustness curves) of every run in $OUT into docs/results;
+#             the tables are printed after any stage, the figures written only with this one, so that a partial
+#             rerun leaves the committed figures alone
 # A seed list set empty runs none of its runs: STAGES=seeds SEEDS="18 19" LC_SEEDS= runs two brain MRI pairs only.
 # The small models run one per core (OMP_NUM_THREADS=1, two at a time): faster in total than one run on two threads.
 set -euo pipefail
@@ -18,7 +21,7 @@ OUT=${OUT:-outputs/results}
 DATA=${DATA_ROOT:-../shared/data}
 PY=${PY:-.venv/bin/python}
 SEED=${SEED:-0}
-STAGES=${STAGES:-teachers vits seeds medmnist geometry ablation}
+STAGES=${STAGES:-teachers vits seeds medmnist geometry ablation figures}
 common=(--batch-size 32 --lr 1e-3 --seed "$SEED" --attack-max-images 128 --logging-steps 50)
 at64=(--image-size 64 --block-size 8)
 at128=(--image-size 128 --block-size 16)  # the same 64 blocks as 64/8, so about the ViT's cost, at 4 times the pixels
@@ -126,10 +129,12 @@ if stage ablation; then
   done
 fi
 
+figures=()
+if stage figures; then figures=(--figures docs/results); fi
 for folder in brain-tumor-mri lc25000 pneumoniamnist geometry ablation extra brain-tumor-mri-mlp brain-tumor-mri-ema; do
   if [ -d "$OUT/$folder" ]; then
     echo "## $folder"
-    $PY scripts/results_table.py "$OUT/$folder" --figures docs/results
+    $PY scripts/results_table.py "$OUT/$folder" "${figures[@]}"
   fi
 done
 if [ -d "$OUT/brain-tumor-mri-seeds" ]; then

@@ -110,13 +110,24 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
     tiny = configs["extra/tiny-encrypted"]
     assert (tiny.model, tiny.epochs, tiny.attack_max_images, tiny.teacher is not None) == ("tiny", 25, 128, True)
 
-    record.unlink()  # one stage, some seeds, and an empty seed list runs none
-    env = {**env, "STAGES": "seeds", "SEEDS": "18 19", "LC_SEEDS": ""}
-    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "reproduce_results.sh")], env=env, check=True, timeout=60)
-    commands = [parse_config(line.split()[1:]) for line in record.read_text().splitlines()]
-    outputs = {Path(c.output_dir).relative_to(tmp_path / "out").as_posix() for c in commands}
-    assert outputs == {f"brain-tumor-mri-seeds/seed-{s}/vit-{mode}" for s in (18, 19) for mode in ("encrypted", "fold")}
-    assert len(commands) == 4
+    # One stage, some seeds, and an empty seed list runs none; the tables of the runs in OUT print, their figures
+    # reach docs/results only with the figures stage, so that a partial rerun leaves the committed ones alone.
+    runs = tmp_path / "out" / "brain-tumor-mri"
+    runs.mkdir(parents=True)
+    for stages, figures in (("seeds", []), ("figures", ["--figures", "docs/results"])):
+        record.unlink(missing_ok=True)
+        run_env = {**env, "STAGES": stages, "SEEDS": "18 19", "LC_SEEDS": ""}
+        subprocess.run(
+            ["bash", str(REPO_ROOT / "scripts" / "reproduce_results.sh")], env=run_env, check=True, timeout=60
+        )
+        lines = [line.split() for line in record.read_text().splitlines()]
+        assert [line for line in lines if line[0] != "scripts/train.py"] == [
+            ["scripts/results_table.py", str(runs), *figures]
+        ]
+        commands = [parse_config(argv) for script, *argv in lines if script == "scripts/train.py"]
+        outputs = {Path(c.output_dir).relative_to(tmp_path / "out").as_posix() for c in commands}
+        expected = {f"brain-tumor-mri-seeds/seed-{s}/vit-{mode}" for s in (18, 19) for mode in ("encrypted", "fold")}
+        assert (outputs, len(commands)) == ((expected, 4) if stages == "seeds" else (set(), 0))
 
 
 def _fake_run(
