@@ -20,9 +20,16 @@ patch embedding (MLP against linear):
 best checkpoint, both scored on test), one run per seed, so one mode at a time:
 
     python scripts/seed_table.py --compare weight_average runs/seed-*/vit-encrypted
+
+`--recorded CSV` adds pairs whose run folders are gone, as counts of correct test images per mode (columns seed,
+encrypted_correct, plain_correct, test_images; others are kept as notes), to the pairs found in the folders, if any.
+docs/results.md's seed table is kept that way, each session's rows added as its runs finish:
+
+    python scripts/seed_table.py --recorded docs/results/brain-tumor-mri-seed-pairs.csv
 """
 
 import argparse
+import csv
 import json
 import statistics
 from pathlib import Path
@@ -56,12 +63,15 @@ COMPARISONS = {
 # Settings added after earlier runs were recorded, at the value those runs had (their defaults in TrainConfig, not
 # imported: that would load torch and transformers for a table).
 _ADDED_SETTINGS = {"patch_embedding": "linear", "ema_decay": None}
+# A recorded pair: correct test images per mode (so that the accuracies are exact); the CSV records no settings, so
+# that its rows are of the folders' recipe is the writer's word.
+RECORDED_COLUMNS = ("seed", "encrypted_correct", "plain_correct", "test_images")
 
 
 def load_accuracies(
-    paths: list[Path], metric: str = "accuracy", comparison: Comparison = COMPARISONS["mode"]
+    paths: list[Path], metric: str = "accuracy", comparison: Comparison = COMPARISONS["mode"], at_least: int = 2
 ) -> dict[int, dict[str, float]]:
-    """seed -> arm -> test metric, for every seed that has a finished run of each arm."""
+    """seed -> arm -> test metric, for every seed that has a finished run of each arm (at least `at_least` seeds)."""
     per_run = ("seed", "output_dir", comparison.setting)  # the settings a pair or a seed may differ in
     runs: dict[int, dict[str, float]] = {}
     recipe, recipe_file = None, None
@@ -80,10 +90,49 @@ def load_accuracies(
                 raise SystemExit(f"{file}: a second {arm} run with seed {seed}; pass only one of them.")
             runs.setdefault(seed, {})[arm] = value
     complete = {seed: arms for seed, arms in runs.items() if set(comparison.arms) <= set(arms)}
-    if len(complete) < 2:
+    if len(complete) < at_least:
         first, second = comparison.arms
-        raise SystemExit(f"{paths}: need at least two seeds with runs of both {first} and {second}, found {runs}.")
+        raise SystemExit(
+            f"{paths}: need at least {at_least} seeds with runs of both {first} and {second}, found {runs}."
+        )
     return dict(sorted(complete.items()))
+
+
+def load_recorded(file: Path) -> dict[int, dict[str, float]]:
+    """seed -> mode -> test accuracy from a CSV of recorded pairs, one row per seed."""
+    if not file.is_file():
+        raise SystemExit(f"{file}: no such file; --recorded takes a CSV with columns {', '.join(RECORDED_COLUMNS)}.")
+    with file.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = [column for column in RECORDED_COLUMNS if rows and column not in rows[0]]
+    if not rows or missing:
+        raise SystemExit(
+            f"{file}: needs a header with {', '.join(RECORDED_COLUMNS)} and a row per seed; missing {missing}."
+        )
+    runs: dict[int, dict[str, float]] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            seed, encrypted, plain, images = (int(row[column]) for column in RECORDED_COLUMNS)
+        except (TypeError, ValueError):
+            raise SystemExit(f"{file}, line {line}: {RECORDED_COLUMNS} must be whole numbers, got {row}.") from None
+        if not (0 <= encrypted <= images and 0 <= plain <= images and images > 0):
+            raise SystemExit(f"{file}, line {line}: correct counts must lie between 0 and test_images, got {row}.")
+        if seed in runs:
+            raise SystemExit(f"{file}, line {line}: seed {seed} recorded twice; keep one row per seed.")
+        runs[seed] = {"encrypted": encrypted / images, "fold": plain / images}
+    return runs
+
+
+def merge_recorded(
+    runs: dict[int, dict[str, float]], recorded: dict[int, dict[str, float]], file: Path
+) -> dict[int, dict[str, float]]:
+    """The pairs of the run folders and of the CSV, a seed in both refused (which of the two would count?)."""
+    both = sorted(runs.keys() & recorded.keys())
+    if both:
+        raise SystemExit(f"seeds {both} are both in {file} and in the run folders: pass each seed once.")
+    if len(runs) + len(recorded) < 2:
+        raise SystemExit(f"{file} and the run folders hold {len(runs) + len(recorded)} pair; need at least two.")
+    return dict(sorted({**runs, **recorded}.items()))
 
 
 def arm_values(metrics: dict, config: dict, metric: str, comparison: Comparison, file: Path) -> dict[str, float]:
@@ -148,7 +197,14 @@ def table(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", type=Path, nargs="+", help="run folders, or folders holding them, of one recipe")
+    parser.add_argument("paths", type=Path, nargs="*", help="run folders, or folders holding them, of one recipe")
+    parser.add_argument(
+        "--recorded",
+        type=Path,
+        metavar="CSV",
+        help="pairs recorded as correct test images per mode (seed, encrypted_correct, plain_correct, test_images), "
+        "added to those of the run folders; with --compare mode and --metric accuracy only",
+    )
     parser.add_argument("--metric", default="accuracy", help="test metric from metrics.json (default: accuracy)")
     parser.add_argument("--margin", type=float, default=0.5, help="equivalence margin in points (default: 0.5)")
     parser.add_argument(
@@ -161,7 +217,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     comparison = COMPARISONS[args.compare]
-    runs = load_accuracies(args.paths, args.metric, comparison)
+    if args.recorded is None:
+        if not args.paths:
+            parser.error("give run folders, --recorded CSV, or both")
+        runs = load_accuracies(args.paths, args.metric, comparison)
+    elif args.compare != "mode" or args.metric != "accuracy":
+        parser.error("--recorded holds encrypted and plain accuracies: use it with --compare mode --metric accuracy")
+    else:
+        found = load_accuracies(args.paths, args.metric, comparison, at_least=0) if args.paths else {}
+        runs = merge_recorded(found, load_recorded(args.recorded), args.recorded)
     print(table(runs, args.metric, comparison))
     print()
     first, second = comparison.arms

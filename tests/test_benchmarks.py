@@ -265,3 +265,55 @@ def test_seed_table_compares_the_weight_average_with_the_best_checkpoint_within_
     assert refused.returncode != 0 and "no weight average scored by accuracy" in refused.stderr
     by_f1 = _seed_table("--compare", "weight_average", "--metric", "f1", tmp_path / "seed-1", check=False)
     assert by_f1.returncode != 0 and "no weight average scored by f1" in by_f1.stderr
+
+
+def _pairs_csv(path: Path, *rows: str, header: str = "seed,encrypted_correct,plain_correct,test_images,note") -> Path:
+    path.write_text("\n".join((header, *rows)) + "\n")
+    return path
+
+
+def test_seed_table_adds_recorded_pairs_to_the_run_folders(tmp_path: Path):
+    recorded = _pairs_csv(tmp_path / "pairs.csv", "1,95,94,100,teacher A", "2,93,94,100,teacher A")
+    _fake_run(tmp_path / "runs" / "seed-3" / "vit-encrypted", "encrypted", 3, 0.96)
+    _fake_run(tmp_path / "runs" / "seed-3" / "vit-fold", "fold", 3, 0.94)
+    result = _seed_table("--recorded", recorded, tmp_path / "runs").stdout
+    rows = [line for line in result.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows == ["| 1 | 0.950 | 0.940 | +1.00 |", "| 2 | 0.930 | 0.940 | -1.00 |", "| 3 | 0.960 | 0.940 | +2.00 |"]
+    assert "encrypted - plain: [-1.91, +3.24] points." in result  # as the same three pairs all from run folders
+    alone = _seed_table("--recorded", recorded).stdout
+    assert "| mean ± std (s.e.), 2 seeds | 94.00 ± 1.41 (s.e. 1.00) | 94.00 ± 0.00 (s.e. 0.00) |" in alone
+
+
+def test_seed_table_refuses_recorded_pairs_it_cannot_count_once(tmp_path: Path):
+    _fake_run(tmp_path / "runs" / "seed-2" / "vit-encrypted", "encrypted", 2, 0.96)
+    _fake_run(tmp_path / "runs" / "seed-2" / "vit-fold", "fold", 2, 0.94)
+    cases = {
+        "seeds [2] are both in": _pairs_csv(tmp_path / "twice.csv", "1,95,94,100,", "2,93,94,100,"),
+        "seed 1 recorded twice": _pairs_csv(tmp_path / "repeated.csv", "1,95,94,100,", "1,93,94,100,"),
+        "must lie between 0 and test_images": _pairs_csv(tmp_path / "over.csv", "1,101,94,100,"),
+        "must be whole numbers": _pairs_csv(tmp_path / "fraction.csv", "1,0.95,94,100,"),
+        "missing ['plain_correct']": _pairs_csv(
+            tmp_path / "column.csv", "1,95,100", header="seed,encrypted_correct,test_images"
+        ),
+        "no such file": tmp_path / "absent.csv",
+    }
+    for message, recorded in cases.items():
+        result = _seed_table("--recorded", recorded, tmp_path / "runs", check=False)
+        assert result.returncode != 0 and message in result.stderr, (message, result.stderr)
+    one = _seed_table("--recorded", _pairs_csv(tmp_path / "one.csv", "1,95,94,100,"), check=False)
+    assert one.returncode != 0 and "hold 1 pair; need at least two" in one.stderr
+    by_f1 = _seed_table("--recorded", tmp_path / "one.csv", "--metric", "f1", check=False)
+    assert by_f1.returncode != 0 and "use it with --compare mode --metric accuracy" in by_f1.stderr
+    nothing = _seed_table(check=False)
+    assert nothing.returncode != 0 and "give run folders, --recorded CSV, or both" in nothing.stderr
+
+
+def test_results_seed_table_is_the_recorded_pairs():
+    """docs/results.md's brain MRI seed table, and the interval it quotes, are what the committed CSV prints."""
+    recorded = REPO_ROOT / "docs" / "results" / "brain-tumor-mri-seed-pairs.csv"
+    result = _seed_table("--recorded", recorded).stdout
+    docs = (REPO_ROOT / "docs" / "results.md").read_text()
+    table = [line for line in result.splitlines() if line.startswith("|")]
+    assert len(table) > 20 and all(line in docs.splitlines() for line in table), table
+    low, high = map(float, re.search(r"\[([-+.\d]+), ([-+.\d]+)\] points", result).groups())
+    assert f"{low:+.2f} to {high:+.2f} points" in docs
