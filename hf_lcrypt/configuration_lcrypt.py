@@ -77,4 +77,13 @@ class LCryptViTConfig(ViTConfig):
             )
 
 
+def architecture_settings(config: ViTConfig) -> dict:
+    """A config's settings without what saving adds (model type, architectures, auto_map, version), to build the
+    config of another ViT class, plain or keyed, from them."""
+    settings = config.to_dict()
+    for field in ("model_type", "architectures", "auto_map", "transformers_version"):
+        settings.pop(field, None)
+    return settings
+
+
 __all__ = ["LCryptViTConfig"]

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, ViTConfig, ViTForImageClassification
 
 from .attacks import RecoveredTransform, _sq_distances, progress, ssim
 from .cipher import BlockCipher
-from .configuration_lcrypt import LCryptViTConfig
+from .configuration_lcrypt import LCryptViTConfig, architecture_settings
 from .folding import apply_fold, fold_map
 from .keys import LCryptKey
 from .modeling_lcrypt import LCryptViTForImageClassification
@@ -95,9 +95,8 @@ def unfold(
 ) -> ViTForImageClassification | LCryptViTForImageClassification:
     """The plain ViT a keyed model is equivalent to (normalised with its folded mean/std): what the key holder folded,
     or would have folded, and the worst case for an attacker who knows that checkpoint."""
-    settings = keyed.config.to_dict()
-    for field in ("model_type", "architectures", "auto_map", "transformers_version", "key_id"):
-        settings.pop(field, None)
+    settings = architecture_settings(keyed.config)
+    settings.pop("key_id")
     if keyed.config.patch_embedding_mlp_size is None:
         for field in ("block_size", "cipher_steps", "folded_image_mean", "folded_image_std"):
             settings.pop(field)

@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.models.vit.modeling_vit import ViTPatchEmbeddings
 
 from .cipher import ALL_STEPS, BlockCipher
-from .configuration_lcrypt import LCryptViTConfig
+from .configuration_lcrypt import LCryptViTConfig, architecture_settings
 from .folding import apply_fold, fold_map
 from .keys import LCryptKey
 
@@ -152,13 +152,10 @@ class LCryptViTForImageClassification(ViTForImageClassification):
                 "weights, and a wrong value silently breaks the equivalence (e.g. (0.5, 0.5, 0.5) for ViT checkpoints "
                 "from google/, IMAGENET_DEFAULT_MEAN/STD for most others)."
             )
-        plain_config = plain.config.to_dict()
-        for field in ("model_type", "transformers_version", "architectures", "auto_map"):
-            plain_config.pop(field, None)
         channels = plain.config.num_channels
         config = LCryptViTConfig.from_dict(
             {
-                **plain_config,
+                **architecture_settings(plain.config),
                 "cipher_steps": list(steps),
                 "folded_image_mean": list(keyed_image_mean if keyed_image_mean is not None else image_mean)[:channels],
                 "folded_image_std": list(keyed_image_std if keyed_image_std is not None else image_std)[:channels],
