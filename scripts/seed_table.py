@@ -23,14 +23,20 @@ best checkpoint, both scored on test), one run per seed, so one mode at a time:
 
 `--recorded CSV` adds pairs whose run folders are gone, as counts of correct test images per mode (columns seed,
 encrypted_correct, plain_correct, test_images; others are kept as notes), to the pairs found in the folders, if any.
-docs/results.md's seed table is kept that way, each session's rows added as its runs finish:
+docs/results.md's seed table is kept that way, each session's rows added as its runs finish by `--record CSV`,
+which appends the run folders' pairs to the CSV (with the teacher's test accuracy where its metrics.json is readable)
+and prints the table of all the pairs it then holds:
 
+    python scripts/seed_table.py outputs/results/brain-tumor-mri-seeds \
+        --record docs/results/brain-tumor-mri-seed-pairs.csv
     python scripts/seed_table.py --recorded docs/results/brain-tumor-mri-seed-pairs.csv
 """
 
 import argparse
 import csv
+import io
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import NamedTuple
@@ -123,6 +129,60 @@ def load_recorded(file: Path) -> dict[int, dict[str, float]]:
     return runs
 
 
+def record_pairs(paths: list[Path], file: Path) -> None:
+    """Append the run folders' pairs to the CSV of recorded pairs (created if missing) as correct test images per
+    mode, so that the table outlives the folders; written whole or not at all, a seed already there refused."""
+    accuracies = load_accuracies(paths, at_least=1)
+    sizes = load_accuracies(paths, "num_images", at_least=1)
+    recorded = load_recorded(file) if file.exists() else {}
+    if again := sorted(accuracies.keys() & recorded.keys()):
+        raise SystemExit(f"seeds {again} are already in {file}: record each seed once (drop its row to replace it).")
+    if file.exists():
+        with file.open(newline="") as handle:
+            header = next(csv.reader(handle))
+        text = file.read_text()
+        text += "" if text.endswith("\n") else "\n"
+    else:
+        header = [*RECORDED_COLUMNS, "teacher_test_accuracy"]
+        text = ",".join(header) + "\n"
+    teacher = teacher_accuracy(paths)
+    rows = io.StringIO()
+    writer = csv.DictWriter(rows, header, restval="", extrasaction="ignore", lineterminator="\n")
+    for seed, arms in accuracies.items():
+        images = sizes[seed]["encrypted"]
+        if sizes[seed]["fold"] != images:
+            raise SystemExit(
+                f"seed {seed}: the encrypted and fold runs were tested on {images} and "
+                f"{sizes[seed]['fold']} images; a pair must share its test split."
+            )
+        correct = {mode: round(accuracy * images) for mode, accuracy in arms.items()}
+        if any(abs(correct[mode] / images - arms[mode]) > 1e-9 for mode in arms):
+            raise SystemExit(f"seed {seed}: test accuracies {arms} are not whole counts of {images} images.")
+        writer.writerow(
+            {
+                "seed": seed,
+                "encrypted_correct": correct["encrypted"],
+                "plain_correct": correct["fold"],
+                "test_images": images,
+                "teacher_test_accuracy": teacher,
+            }
+        )
+    partial = file.with_name(f".{file.name}.partial")
+    partial.write_text(text + rows.getvalue())
+    os.replace(partial, file)
+    print(f"Recorded seeds {sorted(accuracies)} in {file}.")
+
+
+def teacher_accuracy(paths: list[Path]) -> str:
+    """The test accuracy of the runs' teacher (one per recipe), from its metrics.json; empty if none is readable."""
+    first = min(file for path in paths for file in path.glob("**/model/metrics.json"))
+    teacher = json.loads(first.read_text())["config"].get("teacher")
+    metrics = Path(teacher) / "metrics.json" if teacher else None
+    if metrics is None or not metrics.is_file():
+        return ""
+    return f"{json.loads(metrics.read_text())['test']['accuracy']:.3f}"
+
+
 def merge_recorded(
     runs: dict[int, dict[str, float]], recorded: dict[int, dict[str, float]], file: Path
 ) -> dict[int, dict[str, float]]:
@@ -138,6 +198,8 @@ def merge_recorded(
 def arm_values(metrics: dict, config: dict, metric: str, comparison: Comparison, file: Path) -> dict[str, float]:
     """The arm a run belongs to and its test metric; for the weight average, both candidates the run scored."""
     if comparison.setting != WITHIN_RUN:
+        if metric not in metrics["test"]:
+            raise SystemExit(f"{file}: no test {metric} recorded (it has {sorted(metrics['test'])}).")
         return {config[comparison.setting]: metrics["test"][metric]}
     average = metrics.get("weight_average")
     if average is None or average["metric"] != metric:
@@ -205,6 +267,13 @@ def main() -> None:
         help="pairs recorded as correct test images per mode (seed, encrypted_correct, plain_correct, test_images), "
         "added to those of the run folders; with --compare mode and --metric accuracy only",
     )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        metavar="CSV",
+        help="append the run folders' pairs to this CSV of recorded pairs (created if missing), then print the table "
+        "of all its pairs; with --compare mode and --metric accuracy only",
+    )
     parser.add_argument("--metric", default="accuracy", help="test metric from metrics.json (default: accuracy)")
     parser.add_argument("--margin", type=float, default=0.5, help="equivalence margin in points (default: 0.5)")
     parser.add_argument(
@@ -217,12 +286,26 @@ def main() -> None:
     )
     args = parser.parse_args()
     comparison = COMPARISONS[args.compare]
-    if args.recorded is None:
+    recorded = args.recorded or args.record
+    if args.recorded and args.record:
+        parser.error("--record CSV already prints the table of CSV's pairs: pass --recorded or --record, not both")
+    if recorded is None:
         if not args.paths:
             parser.error("give run folders, --recorded CSV, or both")
         runs = load_accuracies(args.paths, args.metric, comparison)
     elif args.compare != "mode" or args.metric != "accuracy":
-        parser.error("--recorded holds encrypted and plain accuracies: use it with --compare mode --metric accuracy")
+        parser.error(
+            "--recorded and --record hold encrypted and plain accuracies: "
+            "use them with --compare mode --metric accuracy"
+        )
+    elif args.record:
+        if not args.paths:
+            parser.error("--record CSV appends the pairs of run folders: give the run folders too")
+        record_pairs(args.paths, args.record)
+        runs = load_recorded(args.record)
+        if len(runs) < 2:
+            print(f"{args.record} holds one pair so far; a table needs at least two.")
+            return
     else:
         found = load_accuracies(args.paths, args.metric, comparison, at_least=0) if args.paths else {}
         runs = merge_recorded(found, load_recorded(args.recorded), args.recorded)

@@ -137,6 +137,7 @@ def _fake_run(
     accuracy: float,
     epochs: float = 30.0,
     average: float | None = None,
+    images: int = 100,
     **settings: object,
 ) -> None:
     """A metrics.json recording `settings` too (runs recorded before a setting existed lack it); with `average`, of
@@ -145,7 +146,7 @@ def _fake_run(
     config = {"mode": mode, "seed": seed, "epochs": epochs, "output_dir": str(folder), **settings}
     if average is not None:
         config["ema_decay"] = 0.999
-    metrics = {"mode": mode, "config": config, "test": {"accuracy": accuracy}}
+    metrics = {"mode": mode, "config": config, "test": {"accuracy": accuracy, "num_images": images}}
     if average is not None:
         scores = {
             "best_checkpoint": {"validation": 0.9, "test": accuracy},
@@ -303,9 +304,54 @@ def test_seed_table_refuses_recorded_pairs_it_cannot_count_once(tmp_path: Path):
     one = _seed_table("--recorded", _pairs_csv(tmp_path / "one.csv", "1,95,94,100,"), check=False)
     assert one.returncode != 0 and "hold 1 pair; need at least two" in one.stderr
     by_f1 = _seed_table("--recorded", tmp_path / "one.csv", "--metric", "f1", check=False)
-    assert by_f1.returncode != 0 and "use it with --compare mode --metric accuracy" in by_f1.stderr
+    assert by_f1.returncode != 0 and "use them with --compare mode --metric accuracy" in by_f1.stderr
     nothing = _seed_table(check=False)
     assert nothing.returncode != 0 and "give run folders, --recorded CSV, or both" in nothing.stderr
+
+
+def test_seed_table_records_the_run_folders_pairs_as_counts(tmp_path: Path):
+    """--record appends each seed's pair to the CSV as correct test images, with the teacher's test accuracy, and
+    prints the table of all its pairs; refused appends leave the file as it was."""
+    teacher = tmp_path / "teacher" / "model"
+    teacher.mkdir(parents=True)
+    (teacher / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.97124}}))
+    for seed, (encrypted, plain) in {1: (0.95, 0.94), 2: (0.93, 0.94)}.items():
+        for mode, accuracy in (("encrypted", encrypted), ("fold", plain)):
+            _fake_run(tmp_path / "runs" / f"seed-{seed}" / f"vit-{mode}", mode, seed, accuracy, teacher=str(teacher))
+    pairs = tmp_path / "pairs.csv"
+    result = _seed_table(tmp_path / "runs", "--record", pairs).stdout
+    header = "seed,encrypted_correct,plain_correct,test_images,teacher_test_accuracy\n"
+    assert pairs.read_text() == header + "1,95,94,100,0.971\n2,93,94,100,0.971\n"
+    assert "Recorded seeds [1, 2]" in result and "| 2 | 0.930 | 0.940 | -1.00 |" in result
+    assert result.split("\n", 1)[1] == _seed_table("--recorded", pairs).stdout  # the table of the CSV alone
+
+    again = _seed_table(tmp_path / "runs", "--record", pairs, check=False)
+    assert again.returncode != 0 and "seeds [1, 2] are already in" in again.stderr
+    assert pairs.read_text() == header + "1,95,94,100,0.971\n2,93,94,100,0.971\n"
+
+    kept = _pairs_csv(tmp_path / "kept.csv", "1,95,94,100,teacher A")
+    kept.write_text(kept.read_text().rstrip("\n"))  # no final newline, a column of notes, no teacher column
+    _fake_run(tmp_path / "more" / "seed-3" / "vit-encrypted", "encrypted", 3, 0.96)
+    _fake_run(tmp_path / "more" / "seed-3" / "vit-fold", "fold", 3, 0.94)
+    assert "| 3 | 0.960 | 0.940 | +2.00 |" in _seed_table(tmp_path / "more", "--record", kept).stdout
+    assert kept.read_text().splitlines()[1:] == ["1,95,94,100,teacher A", "3,96,94,100,"]
+
+    first = _seed_table(tmp_path / "more", "--record", tmp_path / "new.csv").stdout
+    assert "holds one pair so far" in first and (tmp_path / "new.csv").read_text().endswith("\n3,96,94,100,\n")
+
+    _fake_run(tmp_path / "odd" / "seed-4" / "vit-encrypted", "encrypted", 4, 0.955)
+    _fake_run(tmp_path / "odd" / "seed-4" / "vit-fold", "fold", 4, 0.94)
+    _fake_run(tmp_path / "split" / "seed-5" / "vit-encrypted", "encrypted", 5, 0.95, images=200)
+    _fake_run(tmp_path / "split" / "seed-5" / "vit-fold", "fold", 5, 0.94)
+    before = kept.read_text()
+    for folder, message in {"odd": "are not whole counts of 100 images", "split": "must share its test split"}.items():
+        refused = _seed_table(tmp_path / folder, "--record", kept, check=False)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+    assert kept.read_text() == before and not list(tmp_path.glob(".*.partial"))
+    alone = _seed_table("--record", kept, check=False)
+    assert alone.returncode != 0 and "give the run folders too" in alone.stderr
+    both = _seed_table(tmp_path / "more", "--record", kept, "--recorded", kept, check=False)
+    assert both.returncode != 0 and "not both" in both.stderr
 
 
 def test_results_seed_table_is_the_recorded_pairs():
