@@ -72,6 +72,7 @@ _ADDED_SETTINGS = {"patch_embedding": "linear", "ema_decay": None}
 # A recorded pair: correct test images per mode (so that the accuracies are exact); the CSV records no settings, so
 # that its rows are of the folders' recipe is the writer's word.
 RECORDED_COLUMNS = ("seed", "encrypted_correct", "plain_correct", "test_images")
+TEACHER_COLUMN = "teacher_test_accuracy"  # a note --record fills in where the CSV has the column
 
 
 def load_accuracies(
@@ -137,13 +138,12 @@ def record_pairs(paths: list[Path], file: Path) -> None:
     recorded = load_recorded(file) if file.exists() else {}
     if again := sorted(accuracies.keys() & recorded.keys()):
         raise SystemExit(f"seeds {again} are already in {file}: record each seed once (drop its row to replace it).")
-    if file.exists():
-        with file.open(newline="") as handle:
-            header = next(csv.reader(handle))
+    if file.exists():  # kept as it is, its own columns too; load_recorded checked the header
         text = file.read_text()
+        header = next(csv.reader(io.StringIO(text)))
         text += "" if text.endswith("\n") else "\n"
     else:
-        header = [*RECORDED_COLUMNS, "teacher_test_accuracy"]
+        header = [*RECORDED_COLUMNS, TEACHER_COLUMN]
         text = ",".join(header) + "\n"
     teacher = teacher_accuracy(paths)
     rows = io.StringIO()
@@ -164,7 +164,7 @@ def record_pairs(paths: list[Path], file: Path) -> None:
                 "encrypted_correct": correct["encrypted"],
                 "plain_correct": correct["fold"],
                 "test_images": images,
-                "teacher_test_accuracy": teacher,
+                TEACHER_COLUMN: teacher,
             }
         )
     partial = file.with_name(f".{file.name}.partial")
