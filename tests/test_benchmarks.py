@@ -55,7 +55,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         "geometry/vit-64-8", "geometry/vit-200-25", "geometry/vit-224-16",
         "ablation/base", "ablation/ls01", "ablation/distill-hard", "ablation/distill-soft", "ablation/mixup02",
         "extra/tiny-encrypted", "extra/vit128-encrypted",
-        *(f"brain-tumor-mri-seeds/seed-{seed}/vit-{mode}" for seed in range(1, 26) for mode in ("encrypted", "fold")),
+        *(f"brain-tumor-mri-seeds/seed-{seed}/vit-{mode}" for seed in range(1, 29) for mode in ("encrypted", "fold")),
         *(f"lc25000-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
         *(f"brain-tumor-mri-mlp/seed-{seed}/vit-encrypted" for seed in range(4, 10)),
         *(f"brain-tumor-mri-ema/seed-{seed}/vit-{mode}" for seed in (16, 17) for mode in ("encrypted", "fold")),
@@ -89,8 +89,8 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
     assert configs["ablation/base"].attack_max_images == 64  # a stage's own flags override the common ones
     for name, config in configs.items():  # histology has no up or down; MRI has
         assert config.augment_orientation == name.startswith("lc25000"), name
-    seeds = [configs[f"brain-tumor-mri-seeds/seed-{seed}/vit-encrypted"] for seed in range(1, 26)]
-    assert [c.seed for c in seeds] == list(range(1, 26)) and {c.split_seed for c in seeds} == {0}
+    seeds = [configs[f"brain-tumor-mri-seeds/seed-{seed}/vit-encrypted"] for seed in range(1, 29)]
+    assert [c.seed for c in seeds] == list(range(1, 29)) and {c.split_seed for c in seeds} == {0}
     assert all(c.teacher == recipe.teacher for c in seeds)
     # The seed table pairs these with the seed-0 run: one recipe but the seed.
     for mode, seed in itertools.product(("encrypted", "fold"), (1, 2, 3)):
