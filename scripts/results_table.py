@@ -43,12 +43,20 @@ def attack_value(report: dict, name: str) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def seconds_per_epoch(metrics: dict) -> str:
+    """Training seconds per epoch; a resumed run timed only the steps after its checkpoint, so only those count."""
+    training, seconds = metrics["training"], metrics["timings"]["train_seconds"]
+    epochs, steps = training["epoch"] or 1, training["global_step"] or 1
+    resumed = training.get("resumed_from")
+    trained = steps - int(resumed.removeprefix("checkpoint-")) if resumed else steps
+    return f"{seconds / (epochs * trained / steps):.0f}" if trained else "-"
+
+
 def row(model_dir: Path, root: Path) -> str:
     metrics = json.loads((model_dir / "metrics.json").read_text())
     report_path = model_dir / "attack_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     test, spec = metrics["test"], metrics["model"]
-    epochs = metrics["training"]["epoch"] or 1
     fold = metrics.get("fold_check") or {}
     fold_text = f"{fold['identical_predictions']}/{fold['num_images']} identical" if fold else "-"
     cells = [
@@ -60,7 +68,7 @@ def row(model_dir: Path, root: Path) -> str:
         f"{test['accuracy']:.3f}",
         f"{test['f1']:.3f}",
         f"{test['roc_auc']:.3f}",
-        f"{metrics['timings']['train_seconds'] / epochs:.0f}",
+        seconds_per_epoch(metrics),
         f"{images_per_second(model_dir, spec['image_size']):.0f}",
         attack_value(report, "wrong_key"),
         attack_value(report, "plain"),
@@ -103,8 +111,10 @@ def details(model_dir: Path, root: Path, figures: Path | None) -> tuple[str, str
             if (model_dir / source).is_file():
                 shutil.copyfile(model_dir / source, figures / f"{slug}-{suffix}.png")
     per_class = ", ".join(f"{c} {f1:.3f}" for c, f1 in metrics["per_class_f1"].items())
-    seconds = metrics["timings"]["train_seconds"]
-    return f"| {name} | {per_class} | {seconds / 60:.1f} min |", f"- `{name}`: `{command(metrics)}`"
+    time = f"{metrics['timings']['train_seconds'] / 60:.1f} min"
+    if resumed := metrics["training"].get("resumed_from"):
+        time += f" after resuming from {resumed}"
+    return f"| {name} | {per_class} | {time} |", f"- `{name}`: `{command(metrics)}`"
 
 
 def tta_row(model_dir: Path, root: Path) -> str | None:

@@ -245,6 +245,15 @@ def test_resume_continues_from_the_last_checkpoint(root, encrypted, test_images)
     assert [entry["step"] for entry in evaluations(result.log_history)] == [2, 4, 6]
     expected = folder_logits(root / "encrypted" / "checkpoint-6", test_images, KEY)
     assert torch.allclose(folder_logits(interrupted / "checkpoint-6", test_images, KEY), expected, atol=1e-5, rtol=0)
+    # The run timed only steps 5 and 6, a third of its epochs: the table's s/epoch and training time say so.
+    metrics_file = interrupted / "model" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["timings"]["train_seconds"] = 600.0
+    metrics_file.write_text(json.dumps(metrics))
+    table = results_table(root)
+    cells = next(line for line in table.splitlines() if line.startswith("| resumed | encrypted |")).split(" | ")
+    assert cells[8] == f"{600 / (metrics['training']['epoch'] / 3):.0f}"
+    assert "| 10.0 min after resuming from checkpoint-4 |" in table
 
 
 def test_weight_average_is_checkpointed_resumed_and_becomes_the_final_model(root, encrypted, test_images):
