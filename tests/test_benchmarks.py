@@ -54,7 +54,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         "pneumoniamnist/vit-encrypted", "pneumoniamnist/vit-fold",
         "geometry/vit-64-8", "geometry/vit-200-25", "geometry/vit-224-16",
         "ablation/base", "ablation/ls01", "ablation/distill-hard", "ablation/distill-soft", "ablation/mixup02",
-        "extra/tiny-encrypted", "extra/vit128-encrypted", "extra/vit-240ep-encrypted",
+        "extra/tiny-encrypted", "extra/vit128-encrypted", "extra/vit-240ep-encrypted", "extra/vit-240ep-fold",
         *(f"brain-tumor-mri-seeds/seed-{seed}/vit-{mode}" for seed in range(1, 29) for mode in ("encrypted", "fold")),
         *(f"lc25000-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
         *(f"brain-tumor-mri-mlp/seed-{seed}/vit-encrypted" for seed in range(4, 10)),
@@ -69,8 +69,9 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
     assert (wide.mode, wide.image_size, wide.block_size, wide.epochs, wide.teacher) == (
         "encrypted", 128, 16, 120, recipe.teacher,
     )  # fmt: skip
-    longer = configs["extra/vit-240ep-encrypted"]  # the recipe but for its schedule
-    assert replace(recipe, epochs=240, output_dir=longer.output_dir) == longer
+    for mode in ("encrypted", "fold"):  # the recipe but for its schedule
+        longer = configs[f"extra/vit-240ep-{mode}"]
+        assert replace(configs[f"brain-tumor-mri/vit-{mode}"], epochs=240, output_dir=longer.output_dir) == longer
     lc = configs["lc25000/vit128-encrypted"]
     assert (lc.image_size, lc.block_size, lc.teacher) == (
         128,
