@@ -55,6 +55,7 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
         "geometry/vit-64-8", "geometry/vit-200-25", "geometry/vit-224-16",
         "ablation/base", "ablation/ls01", "ablation/distill-hard", "ablation/distill-soft", "ablation/mixup02",
         "extra/tiny-encrypted", "extra/vit128-encrypted", "extra/vit-240ep-encrypted", "extra/vit-240ep-fold",
+        "extra/vit-ema-encrypted",
         *(f"brain-tumor-mri-seeds/seed-{seed}/vit-{mode}" for seed in range(1, 29) for mode in ("encrypted", "fold")),
         *(f"lc25000-seeds/seed-{seed}/vit-{mode}" for seed in (1, 2, 3) for mode in ("encrypted", "fold")),
         *(f"brain-tumor-mri-mlp/seed-{seed}/vit-encrypted" for seed in range(4, 10)),
@@ -72,6 +73,8 @@ def test_reproduce_results_runs_valid_training_commands(tmp_path: Path):
     for mode in ("encrypted", "fold"):  # the recipe but for its schedule
         longer = configs[f"extra/vit-240ep-{mode}"]
         assert replace(configs[f"brain-tumor-mri/vit-{mode}"], epochs=240, output_dir=longer.output_dir) == longer
+    averaged = configs["extra/vit-ema-encrypted"]  # the recipe with a weight average
+    assert replace(recipe, ema_decay=0.999, output_dir=averaged.output_dir) == averaged
     lc = configs["lc25000/vit128-encrypted"]
     assert (lc.image_size, lc.block_size, lc.teacher) == (
         128,
