@@ -36,8 +36,22 @@ Array = torch.Tensor | np.ndarray
 # On CPU, numpy's take gathers faster than torch's index_select (measured on 64x3x224x224: about 3x for uint8, 1.5x
 # for float32), and it releases the GIL, so a large batch is split across threads. Below this size per thread, the
 # hand-off costs more than it saves.
-_NUMPY_DTYPES = {torch.uint8: np.uint8, torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+_NUMPY_DTYPES = {
+    torch.uint8: np.uint8,
+    torch.int16: np.int16,  # 16-bit images, reinterpreted (see BlockCipher._apply)
+    torch.float16: np.float16,
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+}
 _MIN_BYTES_PER_THREAD = 1 << 20
+# The flat gather needs an int64 index per value (8x a uint8 image, and several times that to build it). Images with
+# more values than this are transformed block by block instead, in chunks, with only small key-sized indices: a
+# 12000x12000 RGB image then peaks at a few times its own size (docs/reliability.md).
+_BLOCKWISE_MIN_VALUES = 1 << 22
+_BLOCKWISE_CHUNK_BYTES = 32 << 20
+# The integer dtypes flip as XOR with all bits set: 255 ^ x = 255 - x for bytes; for 16-bit images, viewed as
+# int16, -1 (0xFFFF) ^ x has the bits of 65535 - x.
+_XOR_ALL = {torch.uint8: 255, torch.int16: -1}
 _pools: dict[int, ThreadPoolExecutor] = {}  # by number of threads, which follows torch.get_num_threads()
 
 
@@ -54,8 +68,9 @@ os.register_at_fork(after_in_child=_pools.clear)
 def _flip(values: Array, flip: Array | None) -> None:
     """The negative-positive step in place, for numpy arrays and torch tensors alike.
 
-    `flip` is the operand from `BlockCipher._device_plan`: for uint8 the byte to XOR (255 flips: 255 ^ x = 255 - x),
-    for floats a stacked (sign, offset) pair (x * -1 + 1 = 1 - x, exactly the rounding of 1 - x; x * 1 + 0 = x).
+    `flip` is the operand from `BlockCipher._device_plan`: for integers the bits to XOR (255 for bytes: 255 ^ x =
+    255 - x; all 16 bits for 16-bit images), for floats a stacked (sign, offset) pair (x * -1 + 1 = 1 - x, exactly
+    the rounding of 1 - x; x * 1 + 0 = x).
     """
     if flip is None:
         return
@@ -68,7 +83,7 @@ def _flip(values: Array, flip: Array | None) -> None:
 
 def _transform(src: torch.Tensor, index: torch.Tensor, flip: torch.Tensor | None, dst: torch.Tensor) -> None:
     """dst[b, l] = flip_l(src[b, index[l]]) for 2-D src and dst: the whole cipher, once its plan is known."""
-    if src.device.type != "cpu" or src.dtype not in _NUMPY_DTYPES or src.requires_grad:
+    if not _numpy_ok(src):
         torch.index_select(src, 1, index, out=dst)
         _flip(dst, flip)
         return
@@ -88,6 +103,11 @@ def _transform(src: torch.Tensor, index: torch.Tensor, flip: torch.Tensor | None
     # Several chunks per thread, so that a thread slowed down by another process holds the others up less.
     bounds = np.linspace(0, s.shape[0], min(s.shape[0], 4 * workers) + 1).astype(int)
     list(_pool(workers).map(run, bounds[:-1], bounds[1:]))  # list() re-raises a worker's exception here
+
+
+def _numpy_ok(t: torch.Tensor) -> bool:
+    """Whether numpy can work on `t` directly (the CPU fast paths)."""
+    return t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES and not t.requires_grad
 
 
 def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -136,7 +156,8 @@ class BlockCipher:
         steps: which of `ALL_STEPS` to apply, in any order of naming (they always run in the order listed there).
 
     Tensors are (C,H,W) or (B,C,H,W); numpy arrays are (H,W,C) or (B,H,W,C). uint8 values are 0..255 and flip as
-    255 - x; float values must lie in [0,1] and flip as 1 - x.
+    255 - x; uint16 values (16-bit images) are 0..65535 and flip as 65535 - x; float values must lie in [0,1] and
+    flip as 1 - x. Integer images round-trip bit-exactly.
     """
 
     def __init__(
@@ -155,6 +176,9 @@ class BlockCipher:
         unknown = sorted(set(steps) - set(ALL_STEPS))
         if unknown:
             raise ValueError(f"Unknown cipher step(s) {unknown}; choose from {list(ALL_STEPS)}.")
+        repeated = sorted({step for step in steps if steps.count(step) > 1})
+        if repeated:
+            raise ValueError(f"Cipher step(s) {repeated} named more than once; name each step at most once.")
         self.steps = tuple(s for s in ALL_STEPS if s in steps)
         if min(self.height, self.width) < 1:
             raise ValueError(f"The image size must be positive, got {self.height}x{self.width}.")
@@ -228,7 +252,7 @@ class BlockCipher:
     def _device_plan(
         self, layout: str, inverse: bool, device: torch.device, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Index and flip operand on `device`: an XOR byte for uint8, a (sign, offset) pair stacked for floats."""
+        """Index and flip operand on `device`: XOR bits for integers, a (sign, offset) pair stacked for floats."""
         cache_key = (layout, inverse, str(device), dtype)
         cached = self._device_cache.get(cache_key)
         if cached is not None:
@@ -237,8 +261,8 @@ class BlockCipher:
         index = torch.from_numpy(plan.index).to(device)
         flip = None
         if plan.flip.any():
-            if dtype == torch.uint8:
-                flip = torch.from_numpy(plan.flip.astype(np.uint8) * 255).to(device)
+            if dtype in _XOR_ALL:
+                flip = torch.from_numpy(plan.flip * _XOR_ALL[dtype]).to(device=device, dtype=dtype)
             else:
                 sign = torch.from_numpy(np.where(plan.flip, -1.0, 1.0)).to(device=device, dtype=dtype)
                 offset = torch.from_numpy(plan.flip.astype(np.float64)).to(device=device, dtype=dtype)
@@ -267,21 +291,67 @@ class BlockCipher:
                 f"{type(x).__name__}; convert PIL images with numpy.asarray(image)."
             )
         self._check(tensor, layout)
-        flat = tensor.reshape(-1, self.channels * self.height * self.width)
-        index, flip = self._device_plan(layout, inverse, tensor.device, tensor.dtype)
         target = None if out is None else self._check_out(out, tensor)
+        # 16-bit images work on the same bits viewed as int16, which every backend gathers and XORs.
+        work = tensor.view(torch.int16) if tensor.dtype == torch.uint16 else tensor
+        target_work = target.view(torch.int16) if target is not None and target.dtype == torch.uint16 else target
+        flat = work.reshape(-1, self.channels * self.height * self.width)
         # A gather cannot write over its own input, so an overlapping `out` gets the result by a final copy.
-        direct = target is not None and not _overlap(target, tensor)
-        result = target.view(flat.shape) if direct else _empty(flat.shape, flat)
+        direct = target_work is not None and not _overlap(target_work, work)
+        result = target_work.view(flat.shape) if direct else _empty(flat.shape, flat)
 
-        _transform(flat, index, flip, result)
+        if flat.shape[1] >= _BLOCKWISE_MIN_VALUES and _numpy_ok(flat):
+            self._transform_blockwise(flat.numpy(), result.numpy(), layout, inverse)
+        else:
+            index, flip = self._device_plan(layout, inverse, flat.device, flat.dtype)
+            _transform(flat, index, flip, result)
 
-        if target is None:
-            result = result.view(tensor.shape)
+        if target_work is None:
+            result = result.view(tensor.shape).view(tensor.dtype)
             return result.numpy() if isinstance(x, np.ndarray) else result
         if not direct:
-            target.view(flat.shape).copy_(result)
+            target_work.view(flat.shape).copy_(result)
         return out
+
+    def _transform_blockwise(self, src: np.ndarray, dst: np.ndarray, layout: str, inverse: bool) -> None:
+        """The same transform as the flat gather, a chunk of blocks at a time with key-sized indices only.
+
+        Encryption: encrypted block n, value k = flip_k(plain block block_perm[n], value pixel_perm[k]), values in
+        (c, row, col) order. Decryption gathers with the inverse permutations and the flips moved to plain positions.
+        """
+        (gh, gw), m, c, batch = self.grid, self.block_size, self.channels, src.shape[0]
+        block_perm, pixel_perm, flip = self.block_perm, self.pixel_perm, self.flip_mask
+        if inverse:
+            block_perm, pixel_perm = np.argsort(block_perm), np.argsort(pixel_perm)
+            flip = flip[pixel_perm]
+        # Two index arrays apart in a subscript put their axis first: a gathered chunk starts with K, its blocks.
+        if layout == "hwc":  # (B, gh, M, gw, M, C); a gathered chunk is (K, B, M, M, C)
+            src6, dst6 = src.reshape(batch, gh, m, gw, m, c), dst.reshape(batch, gh, m, gw, m, c)
+            to_chw, from_chw = (0, 1, 4, 2, 3), (0, 1, 3, 4, 2)
+        else:  # (B, C, gh, M, gw, M); a gathered chunk is (K, B, C, M, M)
+            src6, dst6 = src.reshape(batch, c, gh, m, gw, m), dst.reshape(batch, c, gh, m, gw, m)
+            to_chw = from_chw = (0, 1, 2, 3, 4)
+        flip_any = flip.any()
+        integer = np.issubdtype(src.dtype, np.integer)
+        xor = np.where(flip, ~np.zeros((), src.dtype), 0).astype(src.dtype) if integer else None
+        chunk = max(1, _BLOCKWISE_CHUNK_BYTES // max(1, batch * self.block_dim * src.itemsize))
+        for lo in range(0, self.num_blocks, chunk):
+            hi = min(lo + chunk, self.num_blocks)
+            rows, cols = np.divmod(block_perm[lo:hi], gw)
+            gathered = src6[:, rows, :, cols] if layout == "hwc" else src6[:, :, rows, :, cols]
+            values = np.ascontiguousarray(gathered.transpose(to_chw)).reshape(hi - lo, batch, self.block_dim)
+            values = np.take(values, pixel_perm, axis=2)
+            if flip_any:
+                if integer:
+                    values ^= xor
+                else:
+                    np.subtract(values.dtype.type(1), values, out=values, where=flip)
+            values = values.reshape(hi - lo, batch, c, m, m).transpose(from_chw)
+            rows, cols = np.divmod(np.arange(lo, hi), gw)
+            if layout == "hwc":
+                dst6[:, rows, :, cols] = values
+            else:
+                dst6[:, :, rows, :, cols] = values
 
     @staticmethod
     def _check_out(out: Array, tensor: torch.Tensor) -> torch.Tensor:
@@ -317,10 +387,13 @@ class BlockCipher:
                 f"The image is {h}x{w} but this cipher was built for {self.height}x{self.width}; resize the image or "
                 "build a BlockCipher for this geometry."
             )
-        if x.dtype == torch.uint8:
+        if x.dtype in (torch.uint8, torch.uint16):
             return
         if not x.is_floating_point():
-            raise ValueError(f"Unsupported dtype {x.dtype}: use uint8 (0..255) or a float dtype with values in [0,1].")
+            raise ValueError(
+                f"Unsupported dtype {x.dtype}: use uint8 (0..255), uint16 (0..65535, 16-bit images) or a float dtype "
+                "with values in [0,1]."
+            )
         if x.numel() == 0:
             return
         lo, hi = torch.aminmax(x)

@@ -10,18 +10,26 @@ traceback. The secret key is never printed or logged: only its public key id is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from . import __version__
 from .cipher import ALL_STEPS, BlockCipher
-from .image_io import LOSSY_SUFFIXES, image_shape, plan_jobs, read_rgb, write_png
-from .keys import KEY_ENV_VAR, LCryptKey
+from .image_io import LOSSY_SUFFIXES, READ_ERRORS, ImageInfo, Job, inspect_image, plan_jobs, read_pixels, write_png
+from .keys import KEY_ENV_VAR, MIN_PASSPHRASE_CHARS, LCryptKey
+from .png_metadata import cipher_params, mismatches
+
+# Measured by scripts/benchmark_memory.py (docs/reliability.md).
+MEMORY_BOUND = "peak about 5x the decoded size of the largest image (1.7 GB for a 12000x12000 RGB image)."
+DOCS_URL = "https://github.com/hf-lcrypt/hf-lcrypt/blob/main/docs"  # [project.urls] Homepage; a wheel has no docs/
 
 EPILOG = f"""\
 examples:
@@ -33,7 +41,8 @@ examples:
   hf-lcrypt encrypt --key-file secret.key --block-size 16 --steps block_scramble,pixel_shuffle scans/ out/
 
 The key file can also be named by the {KEY_ENV_VAR} environment variable. Run `hf-lcrypt COMMAND --help` for the
-options of a command, and see docs/key-spec.md for what the cipher does.
+options of a command. What the cipher does: {DOCS_URL}/key-spec.md
+What each bad input gets (errors, --resume, --skip-errors, 16-bit images): {DOCS_URL}/reliability.md
 """
 
 
@@ -47,14 +56,27 @@ def wrap(text: str) -> str:
 
 
 def add_key_file_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
-    """`--key-file K`, required unless the environment variable names a key file."""
+    """`--key-file K`, needed unless the environment variable names a key file (`main` checks that one is given)."""
     parser.add_argument(
         "--key-file",
         metavar="K",
         default=os.environ.get(KEY_ENV_VAR),
-        required=KEY_ENV_VAR not in os.environ,
-        help=f"{help_text} (default: ${KEY_ENV_VAR})",
+        help=f"{help_text}; needed unless ${KEY_ENV_VAR} names one",
     )
+    parser.set_defaults(needs_key_file=True)
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Print the library's warnings (world-readable key file, ciphertexts without parameters) as one plain line."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"hf-lcrypt {command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
 
 
 def positive_int(text: str) -> int:
@@ -79,13 +101,31 @@ def add_keygen(sub: argparse._SubParsersAction) -> None:
         help="derive the key from a passphrase (scrypt) instead of drawing a random one; the phrase is asked for "
         "on the terminal, or read from the first line of standard input when that is not a terminal",
     )
+    parser.add_argument(
+        "--allow-short-passphrase",
+        action="store_true",
+        help=f"accept a passphrase under {MIN_PASSPHRASE_CHARS} characters (refused otherwise: anyone can try short "
+        "phrases quickly)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing key file")
     parser.set_defaults(handler=run_keygen)
 
 
 def run_keygen(args: argparse.Namespace) -> int:
-    key = LCryptKey.from_passphrase(read_passphrase()) if args.passphrase else LCryptKey.generate()
-    key.save(args.path, overwrite=args.force)
+    path = Path(args.path)
+    if path.is_dir():
+        raise CLIError(f"{path} is a folder; name the key file to create, e.g. {path / 'secret.key'}.")
+    if path.exists() and not args.force:
+        raise CLIError(
+            f"{path} exists; refusing to overwrite a key (pass --force to replace it: images encrypted with the old "
+            "key then cannot be decrypted without a backup of it)."
+        )
+    with one_line_warnings("keygen"):
+        if args.passphrase:
+            key = LCryptKey.from_passphrase(read_passphrase(), allow_short=args.allow_short_passphrase)
+        else:
+            key = LCryptKey.generate()
+    key.save(path, overwrite=args.force)
     print(f"hf-lcrypt keygen: wrote {args.path} (mode 0600); keep it secret and backed up.", file=sys.stderr)
     print(key.key_id)
     return 0
@@ -127,7 +167,24 @@ def cipher_options() -> argparse.ArgumentParser:
         help=f"comma-separated cipher steps, from {','.join(ALL_STEPS)} (default: all); decrypt needs the same "
         "steps as encrypt",
     )
-    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+    parser.add_argument(
+        "--to-8bit",
+        action="store_true",
+        help="read 16-bit greyscale PNGs as 8-bit RGB, windowed linearly from each image's darkest to its brightest "
+        "value (default: keep all 16 bits, as a 16-bit greyscale PNG)",
+    )
+    runs = parser.add_mutually_exclusive_group()
+    runs.add_argument("--force", action="store_true", help="overwrite existing output files")
+    runs.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep existing outputs that are complete and match these options, redo the rest (e.g. after Ctrl-C)",
+    )
+    parser.add_argument(
+        "--skip-errors",
+        action="store_true",
+        help="go on past unreadable images and list them at the end (exit status 1 if any failed)",
+    )
     return parser
 
 
@@ -142,8 +199,11 @@ def add_encrypt_decrypt(sub: argparse._SubParsersAction) -> None:
             parents=[common],
             help=summary.lower(),
             description=wrap(
-                f"{summary}. Images are read as RGB; outputs are lossless PNGs (JPEG would destroy the ciphertext, "
-                "see docs/lossless.md), each written completely or not at all."
+                f"{summary}. 8-bit images are read as RGB, 16-bit greyscale PNGs keep their 16 bits; outputs are "
+                f"lossless PNGs (JPEG would destroy the ciphertext: {DOCS_URL}/lossless.md), each written completely "
+                "or not at all, and every input is checked before the first is written. Each ciphertext carries its "
+                "public parameters (key_id, geometry, steps; never the key), so decrypting with another key, block "
+                f"size or steps is refused. Memory: {MEMORY_BOUND}"
             ),
             epilog=EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -167,47 +227,157 @@ def steps(text: str) -> tuple[str, ...]:
     unknown = [name for name in names if name not in ALL_STEPS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(ALL_STEPS)}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"step(s) {', '.join(repeated)} named twice; name each step once")
     return names
 
 
 def run_cipher(args: argparse.Namespace) -> int:
-    key = LCryptKey.load(args.key_file)
-    size = args.image_size
-    resize = None if args.inverse else size
-    jobs = plan_jobs(args.src, args.dst, overwrite=args.force)
-    if args.inverse:
-        lossy = [job.source for job in jobs if job.source.suffix.lower() in LOSSY_SUFFIXES]
-        if lossy:
+    action = "decrypt" if args.inverse else "encrypt"
+    with one_line_warnings(action):
+        return CipherRun(args).run()
+
+
+class CipherRun:
+    """One `encrypt`/`decrypt` over files: everything is checked before the first output is written, then each image
+    is read, transformed and written atomically; --skip-errors and --resume decide what a bad or done file does."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.action = "decrypt" if args.inverse else "encrypt"
+        self.key = LCryptKey.load(args.key_file)
+        self.resize = None if args.inverse else args.image_size
+        self.jobs = plan_jobs(args.src, args.dst, overwrite=args.force, resume=args.resume)
+        self.failures: list[tuple[Job, str]] = []
+        self.ciphers: dict[tuple[int, int, int], BlockCipher] = {}
+        self.infos: dict[Job, ImageInfo] = {}
+
+    def run(self) -> int:
+        args = self.args
+        if args.inverse:
+            lossy = [job.source for job in self.jobs if job.source.suffix.lower() in LOSSY_SUFFIXES]
+            if lossy:
+                warnings.warn(
+                    f"{len(lossy)} input(s), e.g. {lossy[0]}, are JPEG: a re-compressed ciphertext cannot be decrypted "
+                    f"exactly ({DOCS_URL}/lossless.md).",
+                    stacklevel=1,
+                )
+        todo = [job for job in self.jobs if self.check(job)]
+        unmarked = [job.source for job in todo if self.infos[job].params is None]
+        if args.inverse and unmarked:
+            warnings.warn(
+                f"{len(unmarked)} input(s), e.g. {unmarked[0]}, carry no hf-lcrypt parameters (encrypted by an older "
+                "version or by hand): a wrong key, block size or steps cannot be detected there and would give noise.",
+                stacklevel=1,
+            )
+        done = [job for job in todo if args.resume and self.is_done(job)]
+        todo = [job for job in todo if job not in done]
+        written = 0
+        try:
+            for job in tqdm(todo, desc=self.action, unit="img", file=sys.stderr):
+                if self.transform(job):
+                    written += 1
+        except KeyboardInterrupt:
             print(
-                f"hf-lcrypt: warning: {len(lossy)} input(s), e.g. {lossy[0]}, are JPEG: a re-compressed ciphertext "
-                "cannot be decrypted exactly (see docs/lossless.md).",
+                f"hf-lcrypt {self.action}: interrupted; {written} of {len(todo)} image(s) written, each complete (no "
+                "partial files). Run the same command with --resume to do the rest.",
                 file=sys.stderr,
             )
-    # Every image must fit a cipher before the first output is written, so that a bad size stops nothing half-way.
-    ciphers: dict[tuple[int, int], BlockCipher] = {}
-    for job in jobs:
-        shape = resize or image_shape(job.source)
-        if size is not None and shape != size:
-            raise CLIError(
-                f"{job.source} is {shape[0]}x{shape[1]}, not the --image-size {size[0]}x{size[1]}; a resized "
-                "ciphertext cannot be decrypted."
-            )
-        if shape not in ciphers:
-            if shape[0] % args.block_size or shape[1] % args.block_size:
-                hint = "pick multiples" if size else f"pass --image-size with multiples of {args.block_size}"
-                raise CLIError(
-                    f"{job.source} would be {shape[0]}x{shape[1]}, which the block size {args.block_size} does not "
-                    f"divide; {hint} (e.g. --image-size {max(1, round(shape[0] / args.block_size)) * args.block_size})."
-                )
-            ciphers[shape] = BlockCipher(key, shape, args.block_size, 3, args.steps)
+            return 130
+        kept = f" ({len(done)} complete output(s) kept)" if done else ""
+        print(f"{self.action}ed {written} image(s) with key {self.key.key_id} into {args.dst}{kept}", file=sys.stderr)
+        if self.failures:
+            print(f"hf-lcrypt {self.action}: {len(self.failures)} image(s) failed and were skipped:", file=sys.stderr)
+            for job, message in self.failures:
+                print(f"  {job.source}: {message}", file=sys.stderr)
+            return 1
+        return 0
 
-    action = "decrypt" if args.inverse else "encrypt"
-    for job in tqdm(jobs, desc=action, unit="img", file=sys.stderr):
-        pixels = read_rgb(job.source, resize)
-        cipher = ciphers[pixels.shape[:2]]
-        write_png(cipher.decrypt(pixels) if args.inverse else cipher.encrypt(pixels), job.target, args.force)
-    print(f"{action}ed {len(jobs)} image(s) with key {key.key_id} into {args.dst}", file=sys.stderr)
-    return 0
+    def fail(self, job: Job, message: str) -> bool:
+        """With --skip-errors, note the failure and go on (False); otherwise stop with the file's name."""
+        if not self.args.skip_errors:
+            raise CLIError(f"{job.source}: {message}" if str(job.source) not in message else message)
+        self.failures.append((job, message))
+        return False
+
+    def check(self, job: Job) -> bool:
+        """Whether `job` can run: readable, of a size the block size divides, and (decrypt) made with these options."""
+        args, size = self.args, self.args.image_size
+        try:
+            info = inspect_image(job.source)
+        except READ_ERRORS as err:
+            return self.fail(job, f"cannot be read ({err}); fix or remove it, or pass --skip-errors")
+        self.infos[job] = info
+        shape = self.resize or (info.height, info.width)
+        if size is not None and shape != size:
+            return self.fail(
+                job,
+                f"is {shape[0]}x{shape[1]}, not the --image-size {size[0]}x{size[1]}; a resized ciphertext cannot be "
+                "decrypted.",
+            )
+        if shape[0] % args.block_size or shape[1] % args.block_size:
+            hint = "pick multiples" if size else f"pass --image-size with multiples of {args.block_size}"
+            return self.fail(
+                job,
+                f"would be {shape[0]}x{shape[1]}, which the block size {args.block_size} does not divide; {hint} "
+                f"(e.g. --image-size {max(1, round(shape[0] / args.block_size)) * args.block_size}).",
+            )
+        if args.inverse and info.params is not None:
+            expected = cipher_params(self.cipher(shape, self.channels(info)).describe(), info.bits)
+            differ = mismatches(info.params, expected)
+            if differ:
+                found = info.params
+                return self.fail(
+                    job,
+                    f"was encrypted with {', '.join(differ)}; decrypting it so would give noise. Use the key file "
+                    f"with key_id {found.get('key_id')} and --block-size {found.get('block_size')} --steps "
+                    f"{','.join(found.get('steps', []))}.",
+                )
+        return True
+
+    def channels(self, info: ImageInfo) -> int:
+        return 1 if info.bits == 16 and not self.args.to_8bit else 3
+
+    def cipher(self, shape: tuple[int, int], channels: int) -> BlockCipher:
+        if (*shape, channels) not in self.ciphers:
+            self.ciphers[(*shape, channels)] = BlockCipher(
+                self.key, shape, self.args.block_size, channels, self.args.steps
+            )
+        return self.ciphers[(*shape, channels)]
+
+    def is_done(self, job: Job) -> bool:
+        """--resume: an existing output counts as done if it reads to the end and matches (encrypt: its parameters)."""
+        if not job.target.exists():
+            return False
+        try:
+            info = inspect_image(job.target)
+        except READ_ERRORS:
+            return False
+        source = self.infos[job]
+        shape = self.resize or (source.height, source.width)
+        if (info.height, info.width) != shape:
+            return False
+        if self.args.inverse:
+            return info.params is None and info.bits == (8 if self.args.to_8bit else source.bits)
+        expected = cipher_params(
+            self.cipher(shape, self.channels(source)).describe(), 16 if self.channels(source) == 1 else 8
+        )
+        return info.params is not None and not mismatches(info.params, expected)
+
+    def transform(self, job: Job) -> bool:
+        try:
+            pixels = read_pixels(job.source, self.resize, keep_16_bit=not self.args.to_8bit)
+        except READ_ERRORS as err:
+            return self.fail(job, f"cannot be read ({err}); fix or remove it, or pass --skip-errors")
+        cipher = self.cipher(pixels.shape[:2], pixels.shape[2])
+        bits = pixels.dtype.itemsize * 8
+        if self.args.inverse:
+            write_png(cipher.decrypt(pixels), job.target, overwrite=True if self.args.resume else self.args.force)
+        else:
+            params = cipher_params(cipher.describe(), bits)
+            write_png(cipher.encrypt(pixels), job.target, self.args.force or self.args.resume, params)
+        return True
 
 
 # -- commands implemented by the library's modules ---------------------------------------------------------------------
@@ -295,12 +465,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 on success, 1 for a user-fixable error, 2 for bad usage)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "needs_key_file", False) and not args.key_file:
+        parser.error(f"{args.command} needs a key: pass --key-file K, or set {KEY_ENV_VAR} to the key file's path")
     try:
         return args.handler(args)
     except (CLIError, ValueError, OSError) as err:
         print(f"hf-lcrypt {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"hf-lcrypt {args.command}: interrupted.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Folder-to-folder image I/O for the command line: find images, plan outputs, read RGB, write PNGs atomically.
+"""Folder-to-folder image I/O for the command line: find images, plan outputs, read pixels, write PNGs atomically.
 
 Ciphertexts must be stored losslessly (docs/lossless.md), so every output is a PNG, and an output file either is
-complete or does not exist: it is written under a temporary name and renamed into place.
+complete or does not exist: it is written under a temporary name and renamed into place. 8-bit images are read as
+RGB; 16-bit greyscale PNGs (medical scans) keep their 16 bits as one channel, never saturated to 8.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
+
+from . import png_metadata
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg"})
+# What reading a damaged or unsupported image raises (Pillow uses all of these).
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 # The library's image processor and dataset encryption resize bilinearly; the CLI does the same.
 RESAMPLE = Image.Resampling.BILINEAR
 
@@ -26,11 +31,14 @@ class Job:
     target: Path
 
 
-def plan_jobs(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> list[Job]:
+def plan_jobs(
+    src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False, resume: bool = False
+) -> list[Job]:
     """Pair every image under `src` (a file, or a folder searched recursively) with a PNG path under `dst`.
 
     Everything that could make a run stop half-way is checked here, before any output is written: no images,
-    `dst` inside `src`, two inputs with the same output name, outputs that exist (unless `overwrite`).
+    `dst` inside `src`, two inputs with the same output name, outputs that exist (unless `overwrite`, or `resume`,
+    which leaves it to the caller to verify and skip them).
     """
     src, dst = Path(src), Path(dst)
     if src.is_file():
@@ -59,39 +67,91 @@ def plan_jobs(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = 
         if job.target in seen:
             raise ValueError(f"{seen[job.target]} and {job.source} would both be written to {job.target}.")
         seen[job.target] = job.source
-    if not overwrite:
+    if not (overwrite or resume):
         existing = [job.target for job in jobs if job.target.exists()]
         if existing:
             more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-            raise FileExistsError(f"{existing[0]}{more} already exist(s); pass --force to overwrite.")
+            raise FileExistsError(
+                f"{existing[0]}{more} already exist(s); pass --resume to keep the complete ones and do the rest, or "
+                "--force to overwrite."
+            )
     return jobs
 
 
-def image_shape(path: Path) -> tuple[int, int]:
-    """(H, W) from the file header, without decoding the pixels."""
-    with Image.open(path) as image:
-        return image.height, image.width
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says: size, bits per sample (8 or 16), and the hf-lcrypt parameters if it has them."""
+
+    height: int
+    width: int
+    bits: int
+    params: dict | None
 
 
-def read_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 pixels; resized to `size` = (H, W) when given. Palette, grey and RGBA all become RGB."""
+def _is_16_bit(image: Image.Image) -> bool:
+    return image.mode.startswith("I;16") or any(";16" in str(tile.args) for tile in image.tile)
+
+
+def inspect_image(path: Path, check_data: bool = True) -> ImageInfo:
+    """Read the header (and, for PNGs with `check_data`, check every chunk's CRC to the end of the file, which finds
+    truncated and corrupt files before anything is written). 16-bit colour PNGs are refused: Pillow would read only
+    their top 8 bits."""
     with Image.open(path) as image:
+        bits = 16 if _is_16_bit(image) else 8
+        if bits == 16 and not image.mode.startswith("I;16"):
+            raise ValueError(
+                f"{path} is a 16-bit colour PNG ({image.tile[0].args}), which hf-lcrypt cannot read at full depth. "
+                "Convert it to 16-bit greyscale or to 8 bits first (e.g. ImageMagick: magick IN -depth 8 OUT.png)."
+            )
+        info = ImageInfo(image.height, image.width, bits, png_metadata.decode(image.info, path))
+        if check_data and image.format == "PNG":
+            image.verify()
+    return info
+
+
+def to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """16-bit samples to uint8 by linear min-max windowing over the image: its darkest value becomes 0, its brightest
+    255 (a constant image becomes 0). The windowing `hf-lcrypt encrypt --to-8bit` applies."""
+    values = pixels.astype(np.float64)
+    lo, hi = float(values.min(initial=0)), float(values.max(initial=0))
+    scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    return np.rint(scaled).astype(np.uint8)
+
+
+def read_pixels(path: Path, size: tuple[int, int] | None = None, keep_16_bit: bool = True) -> np.ndarray:
+    """(H, W, 3) uint8 for 8-bit images (palette, grey and RGBA all become RGB); (H, W, 1) uint16 for 16-bit greyscale
+    PNGs, or their `to_8bit` windowing as RGB unless `keep_16_bit`. Resized bilinearly to `size` = (H, W) if given."""
+    with Image.open(path) as image:
+        if _is_16_bit(image):
+            grey = np.asarray(image, dtype=np.uint16)
+            if size is not None and grey.shape != size:
+                resized = Image.fromarray(grey.astype(np.float32), "F").resize((size[1], size[0]), RESAMPLE)
+                grey = np.clip(np.rint(np.asarray(resized)), 0, 65535).astype(np.uint16)
+            if keep_16_bit:
+                return grey[:, :, None]
+            return np.repeat(to_8bit(grey)[:, :, None], 3, axis=2)
         rgb = image.convert("RGB")
     if size is not None and rgb.size != (size[1], size[0]):
         rgb = rgb.resize((size[1], size[0]), RESAMPLE)
     return np.asarray(rgb)
 
 
-def write_png(pixels: np.ndarray, path: Path, overwrite: bool = False) -> None:
-    """Write an (H, W, 3) uint8 image as PNG: complete under its final name, or not there at all."""
+def write_png(pixels: np.ndarray, path: Path, overwrite: bool = False, params: dict | None = None) -> None:
+    """Write an (H, W, 3) uint8 or (H, W, 1) uint16 image as PNG, with the hf-lcrypt parameters chunk if `params`:
+    complete under its final name, or not there at all."""
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} already exists; pass --force to overwrite.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(pixels[:, :, 0] if pixels.dtype == np.uint16 else pixels)
+    pnginfo = None
+    if params is not None:
+        pnginfo = PngImagePlugin.PngInfo()
+        pnginfo.add_text(png_metadata.CHUNK_KEY, png_metadata.encode(params))
     # A hidden sibling (same file system, so the rename is atomic), created with the usual umask-based mode.
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as f:
-            Image.fromarray(pixels).save(f, format="PNG")
+            image.save(f, format="PNG", pnginfo=pnginfo)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import stat
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +32,9 @@ PURPOSE_NEGATIVE_POSITIVE = "negative-positive"
 PURPOSE_BLOCK_SCRAMBLE = "block-scramble"
 
 KEY_ENV_VAR = "HF_LCRYPT_KEY_FILE"
+
+# Anyone can run the (public-salt) scrypt derivation on guesses, so a short phrase is a weak key.
+MIN_PASSPHRASE_CHARS = 12
 
 
 def _field(value: bytes) -> bytes:
@@ -77,14 +82,26 @@ class LCryptKey:
         return cls(raw)
 
     @classmethod
-    def from_passphrase(cls, passphrase: str) -> LCryptKey:
+    def from_passphrase(cls, passphrase: str, allow_short: bool = False) -> LCryptKey:
         """Derive a key from a passphrase with scrypt (N=2**15, r=8, p=1, fixed public salt; see the spec).
 
         The fixed salt makes the same phrase give the same key everywhere; choose a long phrase, since anyone can
-        run the same derivation on guesses.
+        run the same derivation on guesses. Phrases under `MIN_PASSPHRASE_CHARS` characters are refused unless
+        `allow_short` (then with a warning).
         """
         if not passphrase:
             raise ValueError("The passphrase is empty; choose a long phrase or use LCryptKey.generate().")
+        if len(passphrase) < MIN_PASSPHRASE_CHARS:
+            message = (
+                f"The passphrase has {len(passphrase)} characters, under the minimum of {MIN_PASSPHRASE_CHARS}: "
+                "anyone can try short phrases quickly, since the derivation is public."
+            )
+            if not allow_short:
+                raise ValueError(
+                    f"{message} Choose a longer phrase (several words), use a random key, or accept the risk with "
+                    "allow_short=True (--allow-short-passphrase on the command line)."
+                )
+            warnings.warn(message, UserWarning, stacklevel=2)
         raw = hashlib.scrypt(
             passphrase.encode("utf-8"),
             salt=SCRYPT_SALT,
@@ -98,14 +115,45 @@ class LCryptKey:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LCryptKey:
-        """Read a key file written by `save` (64 hex characters, surrounding white space ignored)."""
+        """Read a key file written by `save` (64 hex characters, surrounding white space ignored).
+
+        A file that other users can read is accepted with a warning: the key is only as secret as the file.
+        """
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"{path} is a folder, not a key file; name the key file itself, e.g. {path}/secret.key."
+            )
         if not path.is_file():
-            raise FileNotFoundError(f"No key file at {path}; create one with `hf-lcrypt keygen {path}`.")
+            raise FileNotFoundError(
+                f"No key file at {path}; check the path, or create one with `hf-lcrypt keygen {path}`."
+            )
+        raw = path.read_bytes()
         try:
-            return cls.from_hex(path.read_text())
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            hint = (
+                f" It holds {len(raw)} bytes: if they are a raw binary key, write them as hex with "
+                f"`python -c \"import sys; print(open(sys.argv[1], 'rb').read().hex())\" {path} > {path}.hex`."
+                if len(raw) == KEY_BYTES
+                else ""
+            )
+            raise ValueError(
+                f"{path} is not an hf-lcrypt key file: it is binary, and a key file is {KEY_BYTES * 2} hexadecimal "
+                f"characters.{hint}"
+            ) from None
+        try:
+            key = cls.from_hex(text)
         except ValueError as err:
             raise ValueError(f"{path} is not an hf-lcrypt key file: {err}") from None
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            warnings.warn(
+                f"The key file {path} is open to other users (mode {mode:04o}); restrict it with `chmod 600 {path}`.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return key
 
     @classmethod
     def coerce(cls, key: LCryptKey | str | os.PathLike | bytes) -> LCryptKey:
@@ -114,9 +162,14 @@ class LCryptKey:
             return key
         if isinstance(key, bytes | bytearray):
             return cls(bytes(key))
-        if isinstance(key, os.PathLike) or (isinstance(key, str) and Path(key).is_file()):
+        if isinstance(key, os.PathLike) or (isinstance(key, str) and Path(key).exists()):
             return cls.load(key)
         if isinstance(key, str):
+            if not re.fullmatch(r"\s*[0-9a-fA-F]*\s*", key):  # not meant as hex: a key file path that is not there
+                raise FileNotFoundError(
+                    f"No key file at {key} (and it is not a {KEY_BYTES * 2}-character hex key); check the path, or "
+                    f"create a key file with `hf-lcrypt keygen {key}`."
+                )
             return cls.from_hex(key)
         raise TypeError(f"Cannot make a key from {type(key).__name__}: pass an LCryptKey, a hex string or a key file.")
 
@@ -130,11 +183,16 @@ class LCryptKey:
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the key as hex to a new file readable by its owner only (mode 0600)."""
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; name the key file to create, e.g. {path}/secret.key.")
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
         try:
             fd = os.open(path, flags, stat.S_IRUSR | stat.S_IWUSR)
         except FileExistsError:
-            raise FileExistsError(f"{path} exists; refusing to overwrite a key (pass overwrite=True).") from None
+            raise FileExistsError(
+                f"{path} exists; refusing to overwrite a key (pass overwrite=True). Images encrypted with the old key "
+                "need it to be decrypted."
+            ) from None
         # Tighten the mode before writing: overwriting keeps an existing file's (possibly wider) mode until then.
         os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
         with os.fdopen(fd, "w") as f:
