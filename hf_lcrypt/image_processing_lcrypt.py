@@ -5,6 +5,7 @@ any augmentation. The key is supplied at run time and never written to `preproce
 """
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,34 @@ from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_S
 from transformers.processing_utils import ImagesKwargs
 
 from .cipher import ALL_STEPS, BlockCipher
-from .keys import KEY_ENV_VAR, LCryptKey
+from .keys import KEY_ENV_VAR, SPEC_VERSION, LCryptKey
+from .png_metadata import decode, mismatches
+
+# PIL modes with more than 8 bits per sample: converting them to RGB saturates them at 255.
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _deep_image(image: Any) -> str | None:
+    """What makes `image` deeper than 8 bits (a 16-bit PIL mode, integers above 255), or None."""
+    if isinstance(image, Image.Image):
+        return f"has PIL mode {image.mode}" if image.mode in _DEEP_MODES else None
+    if isinstance(image, torch.Tensor):
+        integer = not image.is_floating_point() and image.dtype not in (torch.uint8, torch.bool)
+        empty = image.numel() == 0
+    elif isinstance(image, np.ndarray):
+        integer, empty = image.dtype.kind in "iu" and image.dtype != np.uint8, image.size == 0
+    else:
+        return None
+    if integer and not empty and int(image.max()) > 255:
+        return f"has dtype {image.dtype} with values up to {int(image.max())}"
+    return None
+
+
+def _flatten(images: Any) -> list[Any]:
+    """The individual images of a single image, a list or a nested list (as the processor accepts them)."""
+    if isinstance(images, list | tuple):
+        return [image for item in images for image in _flatten(item)]
+    return [images]
 
 
 class LCryptImageProcessorKwargs(ImagesKwargs, total=False):
@@ -82,9 +110,13 @@ class LCryptImageProcessor(PilBackend):
         if self._key is None and os.environ.get(KEY_ENV_VAR):
             self.set_key(os.environ[KEY_ENV_VAR])
         if self._key is None:
+            model = f" for the model's key (key_id {self.key_id})" if self.key_id else ""
             raise ValueError(
-                "No key: pass key=... to the processor (or to from_pretrained), or set the environment variable "
-                f"{KEY_ENV_VAR} to the path of a key file."
+                f"No key{model}: this processor encrypts images, so it needs the secret key file. Supply it in one "
+                f"of these ways: set the environment variable {KEY_ENV_VAR}=/path/to/secret.key before processing; "
+                "or load the processor with it, AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True, "
+                "key='/path/to/secret.key'), and pass that to pipeline('image-classification', model=model_dir, "
+                "trust_remote_code=True, image_processor=processor); or call processor(images, key=...)."
             )
         return self._key
 
@@ -133,10 +165,81 @@ class LCryptImageProcessor(PilBackend):
 
     # -- processing -------------------------------------------------------------------------------------------
     def preprocess(self, images, *args, key: Any = None, **kwargs) -> BatchFeature:
-        """Process images; `key=` overrides the processor's key for this call (and is then kept)."""
+        """Process images; `key=` overrides the processor's key for this call (and is then kept).
+
+        Before anything else, the inputs are checked for what would otherwise give silent garbage: images of more
+        than 8 bits (refused), floats already in [0, 1] about to be rescaled again (warned), and, for images that
+        are already encrypted (`do_encrypt=False`), PNGs whose hf-lcrypt parameters do not match (refused).
+        """
         if key is not None:
             self.set_key(key)
+        flat = _flatten(images)
+        self._check_depth(flat)
+        if kwargs.get("do_rescale", self.do_rescale):
+            self._warn_if_rescaled(flat)
+        if not kwargs.get("do_encrypt", self.do_encrypt):
+            self._check_encrypted(flat)
         return super().preprocess(images, *args, **kwargs)
+
+    @staticmethod
+    def _check_depth(images: list[Any]) -> None:
+        for i, image in enumerate(images):
+            detail = _deep_image(image)
+            if detail:
+                raise ValueError(
+                    f"Image {i} {detail}: more than 8 bits per sample, which converting to 8-bit RGB would saturate "
+                    "at 255. Convert it first with a windowing you choose, e.g. to_8bit(array) from the hf-lcrypt "
+                    "package's image_io module (linear from darkest to brightest value), or pass floats in [0, 1] "
+                    "with do_rescale=False."
+                )
+
+    @staticmethod
+    def _warn_if_rescaled(images: list[Any]) -> None:
+        for image in images:
+            floats = (isinstance(image, np.ndarray) and image.dtype.kind == "f") or (
+                isinstance(image, torch.Tensor) and image.is_floating_point()
+            )
+            if floats and len(image.reshape(-1)) and image.min() >= 0 and image.max() <= 1:
+                warnings.warn(
+                    "The images are floats already in [0, 1], and do_rescale=True would divide them by 255 again "
+                    "(near-black images, poor predictions). Pass do_rescale=False for such inputs.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                return
+
+    def _check_encrypted(self, images: list[Any]) -> None:
+        """Already encrypted PNGs carry their public parameters: they must be this processor's."""
+        expected = {
+            "spec": SPEC_VERSION,
+            "block_size": self.block_size,
+            "steps": [step for step in ALL_STEPS if step in self.cipher_steps],
+            "image_size": [self.size.height, self.size.width],
+        }
+        if self.key_id is not None:
+            expected["key_id"] = self.key_id
+        unmarked = 0
+        for i, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                continue
+            params = decode(image.info, f"Image {i}")
+            if params is None:
+                unmarked += image.format == "PNG"
+                continue
+            differ = mismatches(params, expected)
+            if differ:
+                raise ValueError(
+                    f"Image {i} was encrypted with {', '.join(differ)}; this processor (do_encrypt=False) is for "
+                    "another key or geometry, and the model would see noise. Use the processor saved with the model "
+                    "of that key_id, or encrypt the original images with this one."
+                )
+        if unmarked:
+            warnings.warn(
+                f"{unmarked} PNG image(s) carry no hf-lcrypt parameters, so do_encrypt=False cannot check that they "
+                "were encrypted with this model's key, block size and steps.",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _preprocess(
         self,
@@ -166,8 +269,12 @@ class LCryptImageProcessor(PilBackend):
             raise ValueError(f"Images have different sizes {sorted(shapes)}; keep do_resize=True to batch them.")
         batch = torch.from_numpy(np.stack(images))  # (B, C, H, W)
         channels, height, width = batch.shape[1:]
+        extra = {}
         if do_encrypt:
             cipher = self.cipher(height, width, channels)
+            # The keyed model's forward compares this with its config's key_id (a processor of another key would
+            # otherwise give chance-level predictions without a word).
+            extra["lcrypt_key_id"] = cipher.key_id
             if batch.dtype == torch.uint8 and do_rescale and np.isclose(rescale_factor, 1 / 255):
                 batch = cipher.encrypt(batch)  # the uint8 flip 255 - x equals the float flip 1 - x after rescaling
             else:
@@ -186,7 +293,7 @@ class LCryptImageProcessor(PilBackend):
             pixel_values = pixel_values.numpy()
             if return_tensors is None:
                 pixel_values = list(pixel_values)
-        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+        return BatchFeature(data={"pixel_values": pixel_values, **extra}, tensor_type=return_tensors)
 
     # -- viewable images for the key holder -------------------------------------------------------------------
     def encrypt_images(self, images, key: Any = None) -> list[Image.Image]:

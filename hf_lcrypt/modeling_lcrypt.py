@@ -41,6 +41,20 @@ def _check_no_interpolation(interpolate_pos_encoding: bool | None) -> None:
         )
 
 
+def _check_key_id(config: LCryptViTConfig, lcrypt_key_id: str | Sequence[str] | None) -> None:
+    """Refuse inputs that `LCryptImageProcessor` encrypted with another key than the one folded into the model."""
+    if lcrypt_key_id is None or config.key_id is None:
+        return
+    found = {lcrypt_key_id} if isinstance(lcrypt_key_id, str) else set(lcrypt_key_id)
+    if found != {config.key_id}:
+        raise ValueError(
+            f"These pixel_values were encrypted by a processor for key_id {', '.join(sorted(found))}, but this model "
+            f"is folded with key_id {config.key_id}: its predictions would be at chance level. Use the processor "
+            "saved with this model (AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True, key=...)) "
+            "or LCryptImageProcessor.for_model(model, key=...) with this model's key."
+        )
+
+
 class LCryptMLPPatchEmbeddings(ViTPatchEmbeddings):
     """Patch embedding as a two-layer MLP applied to each flattened patch (more capacity before the first attention
     layer). `projection` (patch size kernel and stride) is the only layer that sees pixels, and it sees a whole
@@ -75,9 +89,12 @@ class LCryptViTModel(ViTModel):
         bool_masked_pos: torch.BoolTensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
+        lcrypt_key_id: str | Sequence[str] | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
+        """`lcrypt_key_id` is what `LCryptImageProcessor` adds to its output: the key_id it encrypted with."""
         _check_no_interpolation(interpolate_pos_encoding)
+        _check_key_id(self.config, lcrypt_key_id)
         return super().forward(pixel_values, bool_masked_pos=bool_masked_pos, attention_mask=attention_mask, **kwargs)
 
 
@@ -103,9 +120,12 @@ class LCryptViTForImageClassification(ViTForImageClassification):
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
+        lcrypt_key_id: str | Sequence[str] | None = None,
         **kwargs,
     ) -> ImageClassifierOutput:
+        """`lcrypt_key_id` is what `LCryptImageProcessor` adds to its output: the key_id it encrypted with."""
         _check_no_interpolation(interpolate_pos_encoding)
+        _check_key_id(self.config, lcrypt_key_id)
         return super().forward(pixel_values, labels=labels, attention_mask=attention_mask, **kwargs)
 
     # -- key folding ------------------------------------------------------------------------------------------
