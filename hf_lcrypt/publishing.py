@@ -483,26 +483,30 @@ def check_no_secrets(folder: str | os.PathLike, key: LCryptKey) -> None:
 
 
 # -- model folder -------------------------------------------------------------------------------------------------
-def _prepare_folder(folder: Path) -> None:
+def _check_new_folder(folder: Path) -> None:
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FileExistsError(f"{folder} exists and is not an empty folder; choose a new or empty output folder.")
-    folder.mkdir(parents=True, exist_ok=True)
 
 
 @contextlib.contextmanager
 def _staging(dry_run_dir: str | os.PathLike | None) -> Iterator[Path]:
-    """The dry-run folder (kept, removed again if a check fails) or a temporary one (always removed)."""
+    """A temporary folder to build and check the repository in. For a dry run it is a hidden sibling of the dry-run
+    folder, moved into place only when every check passed, so a failure leaves nothing behind and a retry can start
+    over; otherwise it is removed afterwards."""
     if dry_run_dir is None:
         with tempfile.TemporaryDirectory(prefix="hf-lcrypt-publish-") as tmp:
             yield Path(tmp) / "repo"
         return
     folder = Path(dry_run_dir)
-    _prepare_folder(folder)
+    _check_new_folder(folder)  # before any work
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     try:
-        yield folder
-    except SecretLeakError:
-        shutil.rmtree(folder)  # a copy of the secret must not stay behind
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # also a copy of the secret, if a check found one
         raise
+    staging.replace(folder)  # also over an empty folder of that name
 
 
 def stage_model_folder(model_dir: str | os.PathLike, folder: str | os.PathLike) -> tuple[list[str], list[str]]:
@@ -662,7 +666,11 @@ def publish_model(
         check_no_secrets(folder, key)
         diff = check_remote_load(folder, key)
         result = PublishResult(
-            folder=folder, repo_id=repo_id, files=sorted(files), skipped=skipped, max_logit_diff=diff
+            folder=Path(dry_run_dir or folder),
+            repo_id=repo_id,
+            files=sorted(files),
+            skipped=skipped,
+            max_logit_diff=diff,
         )
         if folded:
             warnings.warn(
@@ -740,7 +748,7 @@ def push_encrypted_dataset(
         check_no_secrets(folder, cipher.key)
         _check_dataset_reload(folder, dataset)
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        result = PublishResult(folder=folder, repo_id=repo_id, files=files)
+        result = PublishResult(folder=Path(dry_run_dir or folder), repo_id=repo_id, files=files)
         if dry_run_dir is None:
             result.url = _upload(
                 folder, repo_id, "dataset", private, f"Upload encrypted dataset (key_id {cipher.key_id})"

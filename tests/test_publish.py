@@ -65,6 +65,7 @@ EXPECTED_FILES = {
     "metrics.json",
     "model.safetensors",
     "modeling_lcrypt.py",
+    "png_metadata.py",
     "preprocessor_config.json",
     "robustness_noise.png",
 }
