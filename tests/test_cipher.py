@@ -39,6 +39,8 @@ def random_image(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch
     generator = torch.Generator().manual_seed(seed)
     if dtype == torch.uint8:
         return torch.randint(0, 256, shape, dtype=dtype, generator=generator)
+    if dtype == torch.uint16:
+        return torch.randint(0, 65536, shape, dtype=torch.int32, generator=generator).to(dtype)
     return torch.rand(shape, dtype=torch.float64, generator=generator).to(dtype)
 
 
@@ -47,7 +49,9 @@ def to_hwc(x: torch.Tensor) -> np.ndarray:
 
 
 def reference_encrypt(cipher: BlockCipher, x: torch.Tensor) -> torch.Tensor:
-    """docs/key-spec.md section 3, block by block: E[n,k] = neg?(P[block_perm[n], pixel_perm[k]])."""
+    """docs/key-spec.md section 3, block by block: E[n,k] = neg?(P[block_perm[n], pixel_perm[k]]).
+
+    16-bit images are passed as int32 (torch has little uint16 arithmetic), and flip as 65535 - x."""
     m, (_, gw) = cipher.block_size, cipher.grid
     images = x.reshape(-1, *x.shape[-3:])
     out = torch.empty_like(images)
@@ -55,14 +59,14 @@ def reference_encrypt(cipher: BlockCipher, x: torch.Tensor) -> torch.Tensor:
         (si, sj), (di, dj) = divmod(src, gw), divmod(n, gw)
         block = images[:, :, si * m : (si + 1) * m, sj * m : (sj + 1) * m].reshape(len(images), -1)
         block = block[:, torch.from_numpy(cipher.pixel_perm)]
-        neg = 255 - block if x.dtype == torch.uint8 else 1 - block
+        neg = 255 - block if x.dtype == torch.uint8 else 65535 - block if x.dtype == torch.int32 else 1 - block
         block = torch.where(torch.from_numpy(cipher.flip_mask), neg, block)
         out[:, :, di * m : (di + 1) * m, dj * m : (dj + 1) * m] = block.reshape(len(images), -1, m, m)
     return out.reshape(x.shape)
 
 
 def assert_roundtrip(original, decrypted):
-    if original.dtype in (torch.uint8, np.uint8):
+    if original.dtype in (torch.uint8, np.uint8, torch.uint16, np.uint16):
         assert (decrypted == original).all()
     else:
         assert np.abs(np.asarray(decrypted, dtype=np.float64) - np.asarray(original, dtype=np.float64)).max() <= 1e-6
@@ -178,6 +182,36 @@ def test_same_key_same_ciphertext_in_a_fresh_process():
     assert out == hashlib.sha256(BlockCipher(KEY, (24, 16), 8).encrypt(x).numpy().tobytes()).hexdigest()
 
 
+@SETTINGS
+@given(case=cases(dtypes=[torch.uint16]))
+def test_16_bit_images_match_the_spec_and_invert_bit_exactly(case):
+    """16-bit samples flip as 65535 - x (medical images keep their depth); the round trip is exact."""
+    cipher, x = case
+    y = cipher.encrypt(x)
+    assert y.dtype == torch.uint16 and torch.equal(y.int(), reference_encrypt(cipher, x.int()))
+    assert_roundtrip(x, cipher.decrypt(y))
+    np.testing.assert_array_equal(cipher.encrypt(to_hwc(x)), to_hwc(y))
+    assert_roundtrip(to_hwc(x), cipher.decrypt(to_hwc(y)))
+
+
+@SETTINGS
+@given(case=cases(dtypes=[*DTYPES, torch.float16, torch.uint16]))
+def test_blockwise_path_for_large_images_matches_the_flat_gather(case):
+    """Large images go block by block, in chunks (docs/reliability.md: memory); the result is identical."""
+    cipher, x = case
+    flat_y, flat_hwc = cipher.encrypt(x), cipher.encrypt(to_hwc(x))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cipher_module, "_BLOCKWISE_MIN_VALUES", 1)
+        patch.setattr(cipher_module, "_BLOCKWISE_CHUNK_BYTES", 1)  # one block per chunk
+        y, hwc = cipher.encrypt(x), cipher.encrypt(to_hwc(x))
+        assert torch.equal(y, flat_y) and np.array_equal(hwc, flat_hwc)
+        assert torch.equal(cipher.decrypt(y), cipher.decrypt(flat_y))
+        assert np.array_equal(cipher.decrypt(hwc), cipher.decrypt(flat_hwc))
+        in_place = x.clone()
+        cipher.encrypt(in_place, out=in_place)
+        assert torch.equal(in_place, flat_y)
+
+
 # -- memory layouts, out= and the batched fast path -----------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_out_buffers(dtype):
@@ -264,7 +298,7 @@ def test_torch_only_dtype_and_grad_tensors_use_the_torch_path():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.uint16])
 def test_cuda_matches_cpu(dtype):
     cipher = BlockCipher(KEY, (32, 48), 8)
     x = random_image((4, 3, 32, 48), dtype, 9)
@@ -282,6 +316,7 @@ def test_cuda_matches_cpu(dtype):
         ({"image_size": (0, 8), "block_size": 4}, "must be positive"),
         ({"image_size": 8, "block_size": 4, "channels": 0}, "channels must be at least 1"),
         ({"image_size": 8, "block_size": 4, "steps": ["shuffle"]}, "Unknown cipher step"),
+        ({"image_size": 8, "block_size": 4, "steps": [PIXEL_SHUFFLE, PIXEL_SHUFFLE]}, "more than once"),
     ],
 )
 def test_bad_geometry(kwargs, match):

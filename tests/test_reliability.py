@@ -1,0 +1,435 @@
+"""Bad input at every door gets a clear error naming the problem and the fix, and nothing is lost or half-written.
+
+One test (or more) per row of docs/reliability.md: 16-bit images, wrong key/block size/steps on decryption, a
+processor of another key, already-rescaled floats, damaged files in folder runs, Ctrl-C and --resume, key files and
+passphrases, publishing dry runs, and the command line's own options.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import IMAGENET_MEAN, IMAGENET_STD, tiny_vit
+from PIL import Image
+
+from hf_lcrypt import BlockCipher, LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, image_io
+from hf_lcrypt.cli import build_parser, main
+from hf_lcrypt.image_io import to_8bit
+from hf_lcrypt.keys import KEY_ENV_VAR, MIN_PASSPHRASE_CHARS
+from hf_lcrypt.png_metadata import CHUNK_KEY
+
+
+def run(capsys, *argv: object) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(KEY_ENV_VAR, raising=False)
+
+
+@pytest.fixture
+def key_file(capsys) -> Path:
+    assert run(capsys, "keygen", "k.key")[0] == 0
+    return Path("k.key")
+
+
+def files(folder: Path) -> list[str]:
+    """Every file under `folder`, hidden temporaries included."""
+    return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
+
+
+def mri_16bit(path: Path, shape: tuple[int, int] = (32, 48), seed: int = 0) -> np.ndarray:
+    """A 12-bit scan stored as a 16-bit greyscale PNG (max 3904, as the issue's MRI)."""
+    pixels = np.random.default_rng(seed).integers(0, 3905, shape, dtype=np.uint16)
+    pixels[0, 0] = 3904
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def rgb_images(root: Path, count: int = 4, shape: tuple[int, int] = (32, 48)) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = root / f"{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def load(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+# -- 16-bit images -----------------------------------------------------------------------------------------------------
+def test_16_bit_greyscale_keeps_its_depth_bit_exactly(capsys, key_file):
+    plain = mri_16bit(Path("scans/mri.png"))
+    common = ["--key-file", key_file, "--block-size", 8]
+    assert run(capsys, "encrypt", *common, "scans", "enc")[0] == 0
+    with Image.open("enc/mri.png") as image:
+        assert image.mode == "I;16"
+        params = json.loads(image.info[CHUNK_KEY])
+        encrypted = np.asarray(image)
+    assert params["bits"] == 16 and params["channels"] == 1 and params["key_id"] == LCryptKey.load(key_file).key_id
+    cipher = BlockCipher(LCryptKey.load(key_file), (32, 48), 8, channels=1)
+    np.testing.assert_array_equal(encrypted, cipher.encrypt(plain[:, :, None])[:, :, 0])
+    assert encrypted.max() > 255  # not saturated: flipped values are 65535 - x
+    assert run(capsys, "decrypt", *common, "enc", "dec")[0] == 0
+    decrypted = load(Path("dec/mri.png"))
+    assert decrypted.dtype == np.uint16
+    np.testing.assert_array_equal(decrypted, plain)
+
+
+def test_16_bit_to_8bit_uses_the_stated_windowing(capsys, key_file):
+    plain = mri_16bit(Path("mri.png"))
+    common = ["--key-file", key_file, "--block-size", 8, "--to-8bit"]
+    assert run(capsys, "encrypt", *common, "mri.png", "enc.png")[0] == 0
+    assert run(capsys, "decrypt", *common, "enc.png", "dec.png")[0] == 0
+    decrypted = load(Path("dec.png"))
+    windowed = np.round((plain - plain.min()) * (255 / (plain.max() - plain.min())))
+    assert decrypted.shape == (32, 48, 3) and decrypted.min() == 0 and decrypted.max() == 255
+    np.testing.assert_array_equal(decrypted[:, :, 0], windowed.astype(np.uint8))
+    np.testing.assert_array_equal(to_8bit(plain), windowed.astype(np.uint8))
+
+
+def test_16_bit_colour_png_is_refused_by_name(capsys, key_file):
+    # Pillow reads a 16-bit RGB PNG as 8-bit RGB; write one by hand to check it is refused, not truncated.
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = np.random.default_rng(0).integers(0, 65536, (16, 16, 3)).astype(">u2")
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+    Path("in").mkdir()
+    Path("in/colour16.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+    rgb_images(Path("in"), 1, (16, 16))
+    rc, _, err = run(capsys, "encrypt", "--key-file", key_file, "--block-size", 8, "in", "out")
+    assert rc == 1 and "in/colour16.png" in err and "16-bit colour" in err and "Traceback" not in err
+    assert not Path("out").exists()  # checked before the first write
+
+
+def test_processor_refuses_16_bit_images_instead_of_saturating():
+    processor = LCryptImageProcessor(image_size=32, block_size=8, key=LCryptKey.generate())
+    deep = np.random.default_rng(0).integers(0, 3905, (32, 32), dtype=np.uint16)
+    deep[0, 0] = 3904
+    for image in (Image.fromarray(deep), deep, torch.from_numpy(deep.astype(np.int32))):
+        with pytest.raises(ValueError, match="more than 8 bits") as err:
+            processor(image, return_tensors="pt")
+        assert "to_8bit" in str(err.value) and "do_rescale=False" in str(err.value)
+    small = deep.clip(0, 255).astype(np.int64)  # integers that fit 8 bits are fine
+    assert processor(np.stack([small] * 3, -1), return_tensors="pt")["pixel_values"].shape == (1, 3, 32, 32)
+
+
+# -- wrong key, block size or steps on decryption ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("key", "key_id"),
+        (["--block-size", 16], "block_size 8 (expected 16)"),
+        (["--steps", "block_scramble"], "steps"),
+    ],
+)
+def test_decrypting_with_other_options_is_refused(capsys, key_file, change, expected):
+    plain = rgb_images(Path("plain"))
+    assert run(capsys, "encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc")[0] == 0
+    argv = ["--key-file", key_file, "--block-size", 8]
+    if change == "key":
+        assert run(capsys, "keygen", "other.key")[0] == 0
+        argv[1] = "other.key"
+    else:
+        argv = [*argv[:2], *change] if change[0] == "--block-size" else [*argv, *change]
+    rc, _, err = run(capsys, "decrypt", *argv, "enc", "dec")
+    key_id = LCryptKey.load(key_file).key_id
+    assert rc == 1 and expected in err and f"key_id {key_id}" in err and "--block-size 8" in err
+    assert "enc/00.png" in err and not Path("dec").exists()
+    assert all(p.exists() for p in plain)
+
+
+def test_ciphertexts_without_parameters_still_decrypt_with_a_warning(capsys, key_file):
+    key = LCryptKey.load(key_file)
+    plain = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(BlockCipher(key, 16, 8).encrypt(plain)).save("old.png")  # no chunk: an older version's output
+    rc, _, err = run(capsys, "decrypt", "--key-file", key_file, "--block-size", 8, "old.png", "dec.png")
+    assert rc == 0 and "warning" in err and "no hf-lcrypt parameters" in err
+    np.testing.assert_array_equal(load(Path("dec.png")), plain)
+
+
+# -- the processor and the model ---------------------------------------------------------------------------------------
+@pytest.fixture
+def keyed_folder(tmp_path, seeded):
+    key = LCryptKey.generate()
+    keyed = LCryptViTForImageClassification.from_plain(
+        tiny_vit(), key, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+    ).eval()
+    folder = tmp_path / "keyed"
+    keyed.save_pretrained(folder)
+    LCryptImageProcessor.for_model(keyed).save_pretrained(folder)  # saved without the key, as published
+    return folder, key, keyed
+
+
+def some_images(count: int = 2) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def test_processor_of_another_key_is_refused_by_the_model(keyed_folder):
+    from transformers import pipeline
+
+    folder, key, keyed = keyed_folder
+    other = LCryptImageProcessor.for_model(keyed.config, key_id=None, key=LCryptKey.generate())
+    with pytest.raises(ValueError, match="key_id") as err, torch.no_grad():
+        keyed(**other(some_images(), return_tensors="pt"))
+    assert other.key_id in str(err.value) and keyed.config.key_id in str(err.value) and "chance" in str(err.value)
+    classifier = pipeline("image-classification", model=str(folder), trust_remote_code=True, image_processor=other)
+    with pytest.raises(ValueError, match="chance"):
+        classifier(some_images(1))
+    right = LCryptImageProcessor.for_model(keyed, key=key)
+    classifier = pipeline("image-classification", model=str(folder), trust_remote_code=True, image_processor=right)
+    assert len(classifier(some_images(3), batch_size=2)) == 3  # batched: one key_id per image, all matching
+
+
+def test_pipeline_without_a_key_says_how_to_supply_it(keyed_folder):
+    from transformers import pipeline
+
+    folder, _, keyed = keyed_folder
+    classifier = pipeline("image-classification", model=str(folder), trust_remote_code=True)
+    with pytest.raises(ValueError) as err:
+        classifier(some_images(1))
+    message = str(err.value)
+    for needle in (KEY_ENV_VAR, "image_processor=processor", "key='/path/to/secret.key'", keyed.config.key_id):
+        assert needle in message
+
+
+def test_encrypted_pngs_of_another_key_or_geometry_are_refused(tmp_path, capsys, key_file):
+    key = LCryptKey.load(key_file)
+    rgb_images(Path("plain"), 1, (32, 32))
+    assert run(capsys, "encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc")[0] == 0
+    with Image.open("enc/00.png") as image:
+        image.load()
+        ours = LCryptImageProcessor(image_size=32, block_size=8, key=key)
+        assert ours(image, do_encrypt=False, return_tensors="pt")["pixel_values"].shape == (1, 3, 32, 32)
+        other_key = LCryptImageProcessor(image_size=32, block_size=8, key=LCryptKey.generate())
+        with pytest.raises(ValueError, match="key_id") as err:
+            other_key(image, do_encrypt=False)
+        assert key.key_id in str(err.value)
+        other_size = LCryptImageProcessor(image_size=64, block_size=8, key=key)
+        with pytest.raises(ValueError, match=r"image_size \[32, 32\] \(expected \[64, 64\]\)"):
+            other_size(image, do_encrypt=False)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save("bare.png")
+    with Image.open("bare.png") as image, pytest.warns(UserWarning, match="no hf-lcrypt parameters"):
+        ours(image, do_encrypt=False)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_floats_already_in_0_1_warn_before_a_second_rescale(kind):
+    processor = LCryptImageProcessor(image_size=32, block_size=8, key=LCryptKey.generate())
+    image = np.random.default_rng(0).random((32, 32, 3), dtype=np.float32)
+    image = torch.from_numpy(image).permute(2, 0, 1) if kind == "torch" else image
+    with pytest.warns(UserWarning, match="do_rescale=False"):
+        processor(image, return_tensors="pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        processor(image, do_rescale=False, return_tensors="pt")
+        processor(np.round(np.asarray(image) * 255), return_tensors="pt")  # 0..255 floats are rescaled, rightly
+
+
+# -- folder runs -------------------------------------------------------------------------------------------------------
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_file_is_named_before_anything_is_written(capsys, key_file):
+    paths = rgb_images(Path("plain"), 5)
+    truncate(paths[2])
+    rc, _, err = run(capsys, "encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc")
+    assert rc == 1 and "plain/02.png" in err and "--skip-errors" in err and "Traceback" not in err
+    assert not Path("enc").exists()
+
+
+def test_skip_errors_goes_on_and_lists_the_failures(capsys, key_file):
+    paths = rgb_images(Path("plain"), 5)
+    truncate(paths[1])
+    paths[3].write_bytes(b"not a png at all")
+    rc, _, err = run(capsys, "encrypt", "--key-file", key_file, "--block-size", 8, "--skip-errors", "plain", "enc")
+    assert rc == 1 and "2 image(s) failed" in err and "plain/01.png" in err and "plain/03.png" in err
+    assert files(Path("enc")) == ["00.png", "02.png", "04.png"]
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(capsys, key_file, monkeypatch):
+    rgb_images(Path("plain"), 5)
+    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc"]
+    real_write = image_io.write_png
+    calls = []
+
+    def interrupted(pixels, path, *rest, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_write(pixels, path, *rest, **kwargs)
+
+    monkeypatch.setattr("hf_lcrypt.cli.write_png", interrupted)
+    rc, _, err = run(capsys, *args)
+    assert rc == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err
+    assert files(Path("enc")) == ["00.png", "01.png"]  # complete files only, no temporaries
+    monkeypatch.setattr("hf_lcrypt.cli.write_png", real_write)
+
+    rc, _, err = run(capsys, *args)  # a plain rerun refuses, and says what to do
+    assert rc == 1 and "--resume" in err and "--force" in err
+    kept = Path("enc/00.png").stat().st_mtime_ns
+    truncate(Path("enc/01.png"))  # a damaged output is redone, not kept
+    rc, _, err = run(capsys, *args, "--resume")
+    assert rc == 0 and "1 complete output(s) kept" in err
+    assert Path("enc/00.png").stat().st_mtime_ns == kept
+    assert files(Path("enc")) == [f"{i:02d}.png" for i in range(5)]
+    assert run(capsys, "decrypt", "--key-file", key_file, "--block-size", 8, "enc", "dec")[0] == 0
+    for i in range(5):
+        np.testing.assert_array_equal(load(Path(f"dec/{i:02d}.png")), load(Path(f"plain/{i:02d}.png")))
+
+
+def test_resume_does_not_keep_outputs_of_other_options(capsys, key_file):
+    rgb_images(Path("plain"), 2)
+    assert run(capsys, "encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc")[0] == 0
+    rc, _, err = run(capsys, "encrypt", "--key-file", key_file, "--block-size", 16, "--resume", "plain", "enc")
+    assert rc == 0 and "kept" not in err
+    with Image.open("enc/00.png") as image:
+        assert json.loads(image.info[CHUNK_KEY])["block_size"] == 16
+
+
+# -- keys and passphrases ----------------------------------------------------------------------------------------------
+def test_a_mistyped_key_path_is_not_reported_as_bad_hex(capsys):
+    with pytest.raises(FileNotFoundError, match="No key file at secret.kye") as err:
+        LCryptKey.coerce("secret.kye")
+    assert "hex digits" not in str(err.value)
+    rgb_images(Path("plain"), 1)
+    rc, _, err = run(capsys, "encrypt", "--key-file", "secret.kye", "--block-size", 8, "plain", "enc")
+    assert rc == 1 and "No key file at secret.kye" in err and "check the path" in err
+
+
+def test_a_folder_as_key_file(capsys):
+    Path("keys").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        LCryptKey.load("keys")
+    rc, _, err = run(capsys, "keygen", "keys")
+    assert rc == 1 and "is a folder" in err and "Errno" not in err and files(Path("keys")) == []
+    rgb_images(Path("plain"), 1)
+    rc, _, err = run(capsys, "encrypt", "--key-file", "keys", "--block-size", 8, "plain", "enc")
+    assert rc == 1 and "is a folder, not a key file" in err
+
+
+def test_a_raw_binary_key_file_gets_a_conversion_hint(capsys):
+    secret = bytes(range(200, 232))
+    Path("raw.key").write_bytes(secret)
+    os.chmod("raw.key", 0o600)
+    with pytest.raises(ValueError, match="binary") as err:
+        LCryptKey.load("raw.key")
+    assert ".hex()" in str(err.value) and secret.hex() not in str(err.value)
+    rgb_images(Path("plain"), 1)
+    rc, _, err = run(capsys, "encrypt", "--key-file", "raw.key", "--block-size", 8, "plain", "enc")
+    assert rc == 1 and "binary" in err and "UnicodeDecodeError" not in err and "codec" not in err
+
+
+def test_keygen_refuses_to_overwrite_in_command_line_words(capsys, key_file):
+    before = key_file.read_text()
+    rc, _, err = run(capsys, "keygen", key_file)
+    assert rc == 1 and "--force" in err and "overwrite=True" not in err
+    assert key_file.read_text() == before
+
+
+def test_a_key_file_open_to_others_warns(capsys, key_file):
+    key_file.chmod(0o644)
+    with pytest.warns(UserWarning, match="chmod 600"):
+        LCryptKey.load(key_file)
+    rgb_images(Path("plain"), 1)
+    rc, _, err = run(capsys, "encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc")
+    assert rc == 0 and "hf-lcrypt encrypt: warning:" in err and "0644" in err
+    key_file.chmod(0o600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LCryptKey.load(key_file)
+
+
+def test_short_passphrases_are_refused_unless_allowed(capsys, monkeypatch):
+    with pytest.raises(ValueError, match=f"minimum of {MIN_PASSPHRASE_CHARS}"):
+        LCryptKey.from_passphrase("a")
+    monkeypatch.setattr("sys.stdin", io.StringIO("a\n"))
+    rc, _, err = run(capsys, "keygen", "--passphrase", "p.key")
+    assert rc == 1 and "--allow-short-passphrase" in err and not Path("p.key").exists()
+    monkeypatch.setattr("sys.stdin", io.StringIO("a\n"))
+    rc, _, err = run(capsys, "keygen", "--passphrase", "--allow-short-passphrase", "p.key")
+    assert rc == 0 and "warning" in err and stat.S_IMODE(Path("p.key").stat().st_mode) == 0o600
+    with pytest.warns(UserWarning, match="minimum"):
+        assert LCryptKey.load("p.key") == LCryptKey.from_passphrase("a", allow_short=True)
+
+
+# -- command line options ----------------------------------------------------------------------------------------------
+def test_repeated_steps_are_refused(capsys, key_file):
+    rgb_images(Path("plain"), 1)
+    with pytest.raises(SystemExit) as exit_:
+        main(["encrypt", "--key-file", str(key_file), "--block-size", "8", "--steps", "pixel_shuffle,pixel_shuffle",
+              "plain", "enc"])  # fmt: skip
+    assert exit_.value.code == 2 and "named twice" in capsys.readouterr().err and not Path("enc").exists()
+    with pytest.raises(ValueError, match="more than once"):
+        BlockCipher(LCryptKey.generate(), 16, 8, steps=["block_scramble", "block_scramble"])
+
+
+def test_key_file_is_optional_in_usage_and_asked_for_when_missing(capsys, key_file, monkeypatch):
+    usage = build_parser()._subparsers._group_actions[0].choices["encrypt"].format_usage()
+    assert "[--key-file K]" in usage
+    rgb_images(Path("plain"), 1)
+    with pytest.raises(SystemExit) as exit_:
+        main(["encrypt", "--block-size", "8", "plain", "enc"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--key-file" in err and KEY_ENV_VAR in err
+    monkeypatch.setenv(KEY_ENV_VAR, str(key_file))
+    assert run(capsys, "encrypt", "--block-size", 8, "plain", "enc")[0] == 0
+
+
+def test_help_points_to_docs_by_url_and_states_the_memory_bound():
+    parser = build_parser()
+    encrypt = parser._subparsers._group_actions[0].choices["encrypt"].format_help()
+    for text in (parser.format_help(), encrypt):
+        assert "https://github.com/hf-lcrypt/hf-lcrypt/blob/main/docs/" in text
+        assert " docs/" not in text.replace("/blob/main/docs/", "")
+    assert "Memory:" in encrypt and "x the decoded size" in encrypt.replace("\n", " ")
+
+
+# -- publishing --------------------------------------------------------------------------------------------------------
+def test_a_failed_dry_run_leaves_nothing_and_the_retry_works(tmp_path, monkeypatch, keyed_folder):
+    from hf_lcrypt import publishing
+
+    folder, key, _ = keyed_folder
+    out = tmp_path / "dry"
+
+    def failing_check(*args, **kwargs):
+        raise RuntimeError("the fresh process failed")
+
+    monkeypatch.setattr(publishing, "check_remote_load", failing_check)
+    with pytest.raises(RuntimeError, match="fresh process"):
+        publishing.publish_model(folder, "someone/model", key, dry_run_dir=out)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".dry")]
+    monkeypatch.setattr(publishing, "check_remote_load", lambda *args, **kwargs: 0.0)
+    result = publishing.publish_model(folder, "someone/model", key, dry_run_dir=out)
+    assert result.folder == out and (out / "README.md").is_file() and (out / "png_metadata.py").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dry")]
