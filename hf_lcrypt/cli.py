@@ -252,6 +252,7 @@ class CipherRun:
         self.failures: list[tuple[Job, str]] = []
         self.ciphers: dict[tuple[int, int, int], BlockCipher] = {}
         self.infos: dict[Job, ImageInfo] = {}
+        self.written = 0
 
     def run(self) -> int:
         args = self.args
@@ -273,20 +274,20 @@ class CipherRun:
             )
         done = [job for job in todo if args.resume and self.is_done(job)]
         todo = [job for job in todo if job not in done]
-        written = 0
         try:
             for job in tqdm(todo, desc=self.action, unit="img", file=sys.stderr):
-                if self.transform(job):
-                    written += 1
+                self.written += self.transform(job)
         except KeyboardInterrupt:
             print(
-                f"hf-lcrypt {self.action}: interrupted; {written} of {len(todo)} image(s) written, each complete (no "
-                "partial files). Run the same command with --resume to do the rest.",
+                f"hf-lcrypt {self.action}: interrupted; {self.written} of {len(todo)} image(s) written, each "
+                "complete (no partial files). Run the same command with --resume to do the rest.",
                 file=sys.stderr,
             )
             return 130
         kept = f" ({len(done)} complete output(s) kept)" if done else ""
-        print(f"{self.action}ed {written} image(s) with key {self.key.key_id} into {args.dst}{kept}", file=sys.stderr)
+        print(
+            f"{self.action}ed {self.written} image(s) with key {self.key.key_id} into {args.dst}{kept}", file=sys.stderr
+        )
         if self.failures:
             print(f"hf-lcrypt {self.action}: {len(self.failures)} image(s) failed and were skipped:", file=sys.stderr)
             for job, message in self.failures:
@@ -295,9 +296,13 @@ class CipherRun:
         return 0
 
     def fail(self, job: Job, message: str) -> bool:
-        """With --skip-errors, note the failure and go on (False); otherwise stop with the file's name."""
+        """With --skip-errors, note the failure and go on (False); otherwise stop with the file's name and the way
+        on (outputs written so far are complete)."""
         if not self.args.skip_errors:
-            raise CLIError(f"{job.source}: {message}" if str(job.source) not in message else message)
+            written = (
+                f"; the {self.written} output(s) written are complete: rerun with --resume" if self.written else ""
+            )
+            raise CLIError(f"{job.source}: {message}{written}. Pass --skip-errors to go on past such files.")
         self.failures.append((job, message))
         return False
 
@@ -307,21 +312,21 @@ class CipherRun:
         try:
             info = inspect_image(job.source)
         except READ_ERRORS as err:
-            return self.fail(job, f"cannot be read ({err}); fix or remove it, or pass --skip-errors")
+            return self.fail(job, f"cannot be read ({err}); fix or remove it")
         self.infos[job] = info
         shape = self.resize or (info.height, info.width)
         if size is not None and shape != size:
             return self.fail(
                 job,
-                f"is {shape[0]}x{shape[1]}, not the --image-size {size[0]}x{size[1]}; a resized ciphertext cannot be "
-                "decrypted.",
+                f"is {shape[0]}x{shape[1]}, not the --image-size {size[0]}x{size[1]} (a resized ciphertext cannot be "
+                "decrypted)",
             )
         if shape[0] % args.block_size or shape[1] % args.block_size:
             hint = "pick multiples" if size else f"pass --image-size with multiples of {args.block_size}"
             return self.fail(
                 job,
-                f"would be {shape[0]}x{shape[1]}, which the block size {args.block_size} does not divide; {hint} "
-                f"(e.g. --image-size {max(1, round(shape[0] / args.block_size)) * args.block_size}).",
+                f"would be {shape[0]}x{shape[1]}, which the block size {args.block_size} does not divide ({hint}, "
+                f"e.g. --image-size {max(1, round(shape[0] / args.block_size)) * args.block_size})",
             )
         if args.inverse and info.params is not None:
             expected = cipher_params(self.cipher(shape, self.channels(info)).describe(), info.bits)
@@ -330,9 +335,9 @@ class CipherRun:
                 found = info.params
                 return self.fail(
                     job,
-                    f"was encrypted with {', '.join(differ)}; decrypting it so would give noise. Use the key file "
-                    f"with key_id {found.get('key_id')} and --block-size {found.get('block_size')} --steps "
-                    f"{','.join(found.get('steps', []))}.",
+                    f"was encrypted with {', '.join(differ)}, so decrypting it with these options would give noise "
+                    f"(use the key file with key_id {found.get('key_id')} and --block-size {found.get('block_size')} "
+                    f"--steps {','.join(found.get('steps', []))})",
                 )
         return True
 
@@ -369,7 +374,7 @@ class CipherRun:
         try:
             pixels = read_pixels(job.source, self.resize, keep_16_bit=not self.args.to_8bit)
         except READ_ERRORS as err:
-            return self.fail(job, f"cannot be read ({err}); fix or remove it, or pass --skip-errors")
+            return self.fail(job, f"cannot be read ({err}); fix or remove it")
         cipher = self.cipher(pixels.shape[:2], pixels.shape[2])
         bits = pixels.dtype.itemsize * 8
         if self.args.inverse:
