@@ -209,7 +209,8 @@ class LCryptImageProcessor(PilBackend):
                 return
 
     def _check_encrypted(self, images: list[Any]) -> None:
-        """Already encrypted PNGs carry their public parameters: they must be this processor's."""
+        """Already encrypted PNGs carry their public parameters: they must be this processor's. PNGs without them
+        get a warning when the processor belongs to a keyed model (has a key_id)."""
         expected = {
             "spec": SPEC_VERSION,
             "block_size": self.block_size,
@@ -233,7 +234,7 @@ class LCryptImageProcessor(PilBackend):
                     "another key or geometry, and the model would see noise. Use the processor saved with the model "
                     "of that key_id, or encrypt the original images with this one."
                 )
-        if unmarked:
+        if unmarked and self.key_id is not None:  # without a key_id, do_encrypt=False is a plain processor
             warnings.warn(
                 f"{unmarked} PNG image(s) carry no hf-lcrypt parameters, so do_encrypt=False cannot check that they "
                 "were encrypted with this model's key, block size and steps.",

@@ -239,6 +239,10 @@ def test_encrypted_pngs_of_another_key_or_geometry_are_refused(tmp_path, capsys,
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save("bare.png")
     with Image.open("bare.png") as image, pytest.warns(UserWarning, match="no hf-lcrypt parameters"):
         ours(image, do_encrypt=False)
+    plain = LCryptImageProcessor(image_size=32, block_size=8, do_encrypt=False)  # no key_id: plain images expected
+    with Image.open("bare.png") as image, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain(image)
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
