@@ -209,8 +209,11 @@ class LCryptImageProcessor(PilBackend):
                 return
 
     def _check_encrypted(self, images: list[Any]) -> None:
-        """Already encrypted PNGs carry their public parameters: they must be this processor's. PNGs without them
-        get a warning when the processor belongs to a keyed model (has a key_id)."""
+        """Already encrypted PNGs carry their public parameters: they must be this processor's.
+
+        Images without them pass silently: do_encrypt=False is also how plain images are only resized (the attack
+        suite, plain training), and nothing tells such a PNG from a ciphertext written without parameters.
+        """
         expected = {
             "spec": SPEC_VERSION,
             "block_size": self.block_size,
@@ -219,13 +222,9 @@ class LCryptImageProcessor(PilBackend):
         }
         if self.key_id is not None:
             expected["key_id"] = self.key_id
-        unmarked = 0
         for i, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                continue
-            params = decode(image.info, f"Image {i}")
+            params = decode(image.info, f"Image {i}") if isinstance(image, Image.Image) else None
             if params is None:
-                unmarked += image.format == "PNG"
                 continue
             differ = mismatches(params, expected)
             if differ:
@@ -234,13 +233,6 @@ class LCryptImageProcessor(PilBackend):
                     "another key or geometry, and the model would see noise. Use the processor saved with the model "
                     "of that key_id, or encrypt the original images with this one."
                 )
-        if unmarked and self.key_id is not None:  # without a key_id, do_encrypt=False is a plain processor
-            warnings.warn(
-                f"{unmarked} PNG image(s) carry no hf-lcrypt parameters, so do_encrypt=False cannot check that they "
-                "were encrypted with this model's key, block size and steps.",
-                UserWarning,
-                stacklevel=4,
-            )
 
     def _preprocess(
         self,
