@@ -267,8 +267,8 @@ class CipherRun:
                     stacklevel=1,
                 )
         todo = [job for job in self.jobs if self.check(job)]
-        unmarked = [job.source for job in todo if self.infos[job].params is None]
-        if args.inverse and unmarked:
+        unmarked = [job.source for job in todo if self.infos[job].params is None] if args.inverse else []
+        if unmarked:
             warnings.warn(
                 f"{len(unmarked)} input(s), e.g. {unmarked[0]}, carry no hf-lcrypt parameters (encrypted by an older "
                 "version or by hand): a wrong key, block size or steps cannot be detected there and would give noise.",
@@ -367,9 +367,8 @@ class CipherRun:
             return False
         if self.args.inverse:
             return info.params is None and info.bits == (8 if self.args.to_8bit else source.bits)
-        expected = cipher_params(
-            self.cipher(shape, self.channels(source)).describe(), 16 if self.channels(source) == 1 else 8
-        )
+        channels = self.channels(source)
+        expected = cipher_params(self.cipher(shape, channels).describe(), 16 if channels == 1 else 8)
         return info.params is not None and not mismatches(info.params, expected)
 
     def transform(self, job: Job) -> bool:
@@ -378,12 +377,12 @@ class CipherRun:
         except READ_ERRORS as err:
             return self.fail(job, f"cannot be read ({err}); fix or remove it")
         cipher = self.cipher(pixels.shape[:2], pixels.shape[2])
-        bits = pixels.dtype.itemsize * 8
+        overwrite = self.args.force or self.args.resume
         if self.args.inverse:
-            write_png(cipher.decrypt(pixels), job.target, overwrite=True if self.args.resume else self.args.force)
+            write_png(cipher.decrypt(pixels), job.target, overwrite)
         else:
-            params = cipher_params(cipher.describe(), bits)
-            write_png(cipher.encrypt(pixels), job.target, self.args.force or self.args.resume, params)
+            params = cipher_params(cipher.describe(), bits=pixels.dtype.itemsize * 8)
+            write_png(cipher.encrypt(pixels), job.target, overwrite, params)
         return True
 
 
