@@ -271,6 +271,22 @@ def test_a_truncated_file_is_named_before_anything_is_written(capsys, key_file):
     assert not Path("enc").exists()
 
 
+def test_a_truncated_jpeg_stops_the_run_by_name_with_complete_outputs(capsys, key_file):
+    """A JPEG's damage shows only when it is decoded: the run stops there, and --resume does the rest once fixed."""
+    rng = np.random.default_rng(0)
+    Path("plain").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(f"plain/{i}.jpg")
+    good = Path("plain/2.jpg").read_bytes()
+    truncate(Path("plain/2.jpg"))
+    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc"]
+    rc, _, err = run(capsys, *args)
+    assert rc == 1 and "plain/2.jpg" in err and "2 output(s) written are complete" in err and "--resume" in err
+    assert files(Path("enc")) == ["0.png", "1.png"]  # no temporary left behind
+    Path("plain/2.jpg").write_bytes(good)
+    assert run(capsys, *args, "--resume")[0] == 0 and files(Path("enc")) == ["0.png", "1.png", "2.png"]
+
+
 def test_skip_errors_goes_on_and_lists_the_failures(capsys, key_file):
     paths = rgb_images(Path("plain"), 5)
     truncate(paths[1])
