@@ -18,17 +18,16 @@ import numpy as np
 import torch
 
 from .keys import (
+    ALL_STEPS,
+    BLOCK_SCRAMBLE,
+    NEGATIVE_POSITIVE,
+    PIXEL_SHUFFLE,
     PURPOSE_BLOCK_SCRAMBLE,
     PURPOSE_NEGATIVE_POSITIVE,
     PURPOSE_PIXEL_SHUFFLE,
     LCryptKey,
     geometry_label,
 )
-
-PIXEL_SHUFFLE = "pixel_shuffle"
-NEGATIVE_POSITIVE = "negative_positive"
-BLOCK_SCRAMBLE = "block_scramble"
-ALL_STEPS = (PIXEL_SHUFFLE, NEGATIVE_POSITIVE, BLOCK_SCRAMBLE)
 
 Array = torch.Tensor | np.ndarray
 

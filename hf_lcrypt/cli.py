@@ -5,6 +5,9 @@ with `set_defaults(handler=...)`; a handler takes the parsed arguments and retur
 command, write both and call the `add_*` function from `build_parser`. Handlers raise `CLIError` (or the
 ValueError/OSError of the library) for problems the user can fix; `main` prints those as one line, without a
 traceback. The secret key is never printed or logged: only its public key id is.
+
+Only argparse lives here; each handler imports the library (torch, transformers) when it runs, so that `--help` and
+`keygen` start fast.
 """
 
 from __future__ import annotations
@@ -12,16 +15,17 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import shlex
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
-
-from tqdm.auto import tqdm
+from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
-from .cipher import ALL_STEPS, BlockCipher
-from .image_io import LOSSY_SUFFIXES, image_shape, plan_jobs, read_rgb, write_png
-from .keys import KEY_ENV_VAR, LCryptKey
+from .attacks import ATTACK_NAMES, CIPHER_ATTACKS
+from .keys import ALL_STEPS, KEY_ENV_VAR
+
+DOCS_URL = "https://github.com/hf-lcrypt/hf-lcrypt/blob/main/docs"
 
 EPILOG = f"""\
 examples:
@@ -33,7 +37,7 @@ examples:
   hf-lcrypt encrypt --key-file secret.key --block-size 16 --steps block_scramble,pixel_shuffle scans/ out/
 
 The key file can also be named by the {KEY_ENV_VAR} environment variable. Run `hf-lcrypt COMMAND --help` for the
-options of a command, and see docs/key-spec.md for what the cipher does.
+options of a command, and see {DOCS_URL}/key-spec.md for what the cipher does.
 """
 
 
@@ -84,6 +88,8 @@ def add_keygen(sub: argparse._SubParsersAction) -> None:
 
 
 def run_keygen(args: argparse.Namespace) -> int:
+    from .keys import LCryptKey
+
     key = LCryptKey.from_passphrase(read_passphrase()) if args.passphrase else LCryptKey.generate()
     key.save(args.path, overwrite=args.force)
     print(f"hf-lcrypt keygen: wrote {args.path} (mode 0600); keep it secret and backed up.", file=sys.stderr)
@@ -143,7 +149,7 @@ def add_encrypt_decrypt(sub: argparse._SubParsersAction) -> None:
             help=summary.lower(),
             description=wrap(
                 f"{summary}. Images are read as RGB; outputs are lossless PNGs (JPEG would destroy the ciphertext, "
-                "see docs/lossless.md), each written completely or not at all."
+                f"see {DOCS_URL}/lossless.md), each written completely or not at all."
             ),
             epilog=EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -171,6 +177,12 @@ def steps(text: str) -> tuple[str, ...]:
 
 
 def run_cipher(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .cipher import BlockCipher
+    from .image_io import LOSSY_SUFFIXES, image_shape, plan_jobs, read_rgb, write_png
+    from .keys import LCryptKey
+
     key = LCryptKey.load(args.key_file)
     size = args.image_size
     resize = None if args.inverse else size
@@ -180,7 +192,7 @@ def run_cipher(args: argparse.Namespace) -> int:
         if lossy:
             print(
                 f"hf-lcrypt: warning: {len(lossy)} input(s), e.g. {lossy[0]}, are JPEG: a re-compressed ciphertext "
-                "cannot be decrypted exactly (see docs/lossless.md).",
+                f"cannot be decrypted exactly (see {DOCS_URL}/lossless.md).",
                 file=sys.stderr,
             )
     # Every image must fit a cipher before the first output is written, so that a bad size stops nothing half-way.
@@ -210,66 +222,182 @@ def run_cipher(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- commands implemented by the library's modules ---------------------------------------------------------------------
-def add_library_command(
-    sub: argparse._SubParsersAction,
-    name: str,
-    summary: str,
-    description: str,
-    add_arguments: Callable[[argparse.ArgumentParser], object],
-    handler: Callable[[argparse.Namespace], int],
-) -> None:
-    """A subcommand whose options and handler live in the module that does the work."""
-    parser = sub.add_parser(name, help=summary, description=wrap(description))
-    add_arguments(parser)
-    parser.set_defaults(handler=handler)
-
-
+# -- publish -----------------------------------------------------------------------------------------------------------
 def add_publish(sub: argparse._SubParsersAction) -> None:
-    from .publishing import add_publish_arguments, run_publish
-
-    add_library_command(
-        sub,
+    parser = sub.add_parser(
         "publish",
-        "check a trained keyed model and upload it to the Hugging Face Hub",
-        "Build the model repository from MODEL_DIR (weights, config, remote code, processor, model card, metrics "
-        "and plots), check it (a fresh process with transformers alone reproduces the logits, the card's "
-        "metadata reads back, no file holds the key) and upload it; with --dry-run, only write and check it.",
-        add_publish_arguments,
-        run_publish,
+        help="check a trained keyed model and upload it to the Hugging Face Hub",
+        description=wrap(
+            "Build the model repository from MODEL_DIR (weights, config, remote code, processor, model card, metrics "
+            "and plots), check it (a fresh process with transformers alone reproduces the logits, the card's "
+            "metadata reads back, no file holds the key) and upload it; with --dry-run, only write and check it."
+        ),
     )
+    parser.add_argument(
+        "model_dir",
+        metavar="MODEL_DIR",
+        type=Path,
+        help="folder of the trained keyed model (config, weights, processor)",
+    )
+    parser.add_argument("--repo-id", required=True, help="Hub repository, e.g. user/keyed-vit")
+    add_key_file_argument(parser, "key the model is folded with, used only for the checks")
+    parser.add_argument(
+        "--dry-run", type=Path, metavar="OUT_DIR", help="write and check the repository here, upload nothing"
+    )
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument(
+        "--folded-from-public",
+        action="store_true",
+        help="the weights are a public checkpoint with a key folded in (the key is then recoverable; warns)",
+    )
+    parser.add_argument("--license", default="apache-2.0", help="licence for the card (default: apache-2.0)")
+    parser.add_argument("--dataset", help="Hub id or name of the training data, for the card")
+    parser.add_argument("--base-model", help="Hub id of the plain model the keyed one was made from, for the card")
+    parser.set_defaults(handler=run_publish)
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .hub.publish import PublicCheckpointWarning, SecretLeakError, publish_model
+    from .keys import LCryptKey
+
+    warnings.simplefilter("always", PublicCheckpointWarning)
+    try:
+        result = publish_model(
+            args.model_dir,
+            args.repo_id,
+            LCryptKey.load(args.key_file),
+            dry_run_dir=args.dry_run,
+            private=args.private,
+            folded_from_public=args.folded_from_public,
+            license=args.license,
+            dataset=args.dataset,
+            base_model=args.base_model,
+        )
+    except (SecretLeakError, RuntimeError) as err:
+        raise CLIError(str(err)) from err
+    print(f"Checked {len(result.files)} files: {', '.join(result.files)}")
+    if result.skipped:
+        print(f"Left out: {', '.join(result.skipped)}")
+    print(f"Fresh-process logits match (max difference {result.max_logit_diff:.2g}); no secret in any file.")
+    print(f"Dry run: the repository is in {result.folder}" if result.url is None else f"Uploaded to {result.url}")
+    return 0
+
+
+# -- train -------------------------------------------------------------------------------------------------------------
+TRAIN_DESCRIPTION = (
+    "Train a classifier on encrypted images (--mode encrypted), or a plain ViT that gets the key folded in afterwards "
+    "(--mode fold), or the unencrypted baseline (--mode plain); evaluate it on the test split and under attacks, and "
+    "write a Hub-ready folder OUTPUT_DIR/model. The same as `python scripts/train.py`."
+)
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
+    # The training options are parsed by the training module when the command runs (`hf-lcrypt train --help` too),
+    # so that building this parser imports nothing heavy.
+    parser = sub.add_parser("train", help="train and evaluate a keyed image classifier", add_help=False)
+    parser.add_argument("arguments", nargs=argparse.REMAINDER)
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
     from .training import add_arguments, run_from_namespace
 
-    add_library_command(
-        sub,
-        "train",
-        "train and evaluate a keyed image classifier",
-        "Train a classifier on encrypted images (--mode encrypted), or a plain ViT that gets the key folded in "
-        "afterwards (--mode fold), or the unencrypted baseline (--mode plain); evaluate it on the test split and "
-        "under attacks, and write a Hub-ready folder OUTPUT_DIR/model. The same as `python scripts/train.py`; see "
-        "docs/training.md.",
-        add_arguments,
-        run_from_namespace,
-    )
+    parser = argparse.ArgumentParser(prog="hf-lcrypt train", description=wrap(TRAIN_DESCRIPTION))
+    return run_from_namespace(add_arguments(parser).parse_args(args.arguments))
 
 
+# -- attack ------------------------------------------------------------------------------------------------------------
 def add_attack(sub: argparse._SubParsersAction) -> None:
-    from .attack_report import add_attack_arguments, run_attack
-
-    add_library_command(
-        sub,
+    parser = sub.add_parser(
         "attack",
-        "run the attack suite on a keyed model (or the cipher alone) and write a report",
-        "Attack a keyed model and its key on images of --data: robustness to corrupted ciphertext, adversarial "
-        "examples (white-box and transferred), int8 weight bit flips (random and searched), key recovery from "
-        "the weights, access control, and the cipher attacks (jigsaw, known plaintext, metrics). Writes "
-        "report.json, report.md and PNG figures into --out; see docs/security.md.",
-        add_attack_arguments,
-        run_attack,
+        help="run the attack suite on a keyed model (or the cipher alone) and write a report",
+        description=wrap(
+            "Attack a keyed model and its key on images of --data: robustness to corrupted ciphertext, adversarial "
+            "examples (white-box and transferred), int8 weight bit flips (random and searched), key recovery from "
+            "the weights, access control, and the cipher attacks (jigsaw, known plaintext, metrics). Writes "
+            f"attack_report.json, attack_report.md and PNG figures into --out; see {DOCS_URL}/security.md."
+        ),
     )
+    parser.add_argument("--data", metavar="DIR", required=True, help="image folder, one sub-folder per class")
+    add_key_file_argument(parser, "the key holder's secret key file")
+    parser.add_argument("--out", metavar="DIR", required=True, help="folder for the report and figures")
+    parser.add_argument(
+        "--model", metavar="DIR", help="keyed model folder (needed by every attack but the cipher ones)"
+    )
+    parser.add_argument(
+        "--plain-model",
+        metavar="DIR",
+        help="plain ViT the attacker knows, for transfer and weight attacks (default: the keyed model unfolded "
+        "with the key, i.e. the checkpoint it was folded from)",
+    )
+    parser.add_argument(
+        "--attacks",
+        metavar="NAME[,NAME...]",
+        type=attack_names,
+        help=f"comma-separated, run in this order: {','.join(ATTACK_NAMES)} (default: all; without --model: "
+        f"{','.join(CIPHER_ATTACKS)})",
+    )
+    parser.add_argument(
+        "--max-images", metavar="N", type=positive_int, default=128, help="images sampled (default 128)"
+    )
+    parser.add_argument("--split", default="test", help="split of --data, carved by content hash (default: test)")
+    parser.add_argument("--image-size", metavar="S|HxW", type=image_size, help="cipher geometry without --model")
+    parser.add_argument("--block-size", metavar="M", type=positive_int, help="block side without --model")
+    parser.add_argument(
+        "--steps", metavar="STEP[,STEP...]", type=steps, default=ALL_STEPS, help="cipher steps without --model"
+    )
+    parser.add_argument("--batch-size", metavar="B", type=positive_int, default=64, help="images per forward pass")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the image sample and the attacks")
+    parser.set_defaults(handler=run_attack)
+
+
+def attack_names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in ATTACK_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACK_NAMES)}"
+        )
+    return names
+
+
+def run_attack(args: argparse.Namespace) -> int:
+    from .attacks.report import load_sample, run_report
+    from .keys import LCryptKey
+
+    key = LCryptKey.load(args.key_file)
+    attacks = args.attacks or (ATTACK_NAMES if args.model else CIPHER_ATTACKS)
+    sample, sources = load_sample(
+        args.data,
+        key,
+        args.model,
+        args.plain_model,
+        args.image_size,
+        args.block_size,
+        args.steps,
+        args.split,
+        args.max_images,
+        args.seed,
+    )
+    sample.batch_size = args.batch_size
+    paths = run_report(sample, attacks, args.out, sources, command=attack_command(args, attacks))
+    print(f"attacked key {key.key_id} with {', '.join(attacks)} on {len(sample.images)} images: {paths['md']}")
+    return 0
+
+
+def attack_command(args: argparse.Namespace, attacks: Sequence[str]) -> str:
+    """The command line that reproduces an attack report (the key file's path only, never its content)."""
+    words = ["hf-lcrypt", "attack", "--data", args.data, "--key-file", args.key_file, "--out", args.out]
+    for flag in ("model", "plain_model", "image_size", "block_size", "split", "max_images", "seed"):
+        value = getattr(args, flag)
+        if value is not None:
+            text = "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            words += [f"--{flag.replace('_', '-')}", text]
+    if args.model is None:
+        words += ["--steps", ",".join(args.steps)]
+    return shlex.join([*words, "--attacks", ",".join(attacks)])
 
 
 # -- entry point -------------------------------------------------------------------------------------------------------

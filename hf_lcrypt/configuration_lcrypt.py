@@ -7,6 +7,22 @@ from transformers import ViTConfig
 
 from .cipher import ALL_STEPS
 
+# Written into every saved config, so that transformers alone (trust_remote_code) finds each Auto class, AutoModel too.
+AUTO_MAP = {
+    "AutoConfig": "configuration_lcrypt.LCryptViTConfig",
+    "AutoModel": "modeling_lcrypt.LCryptViTModel",
+    "AutoModelForImageClassification": "modeling_lcrypt.LCryptViTForImageClassification",
+}
+# The fields a keyed config adds to a ViTConfig.
+CIPHER_FIELDS = (
+    "block_size",
+    "cipher_steps",
+    "folded_image_mean",
+    "folded_image_std",
+    "patch_embedding_mlp_size",
+    "key_id",
+)
+
 
 @strict
 class LCryptViTConfig(ViTConfig):
@@ -46,6 +62,7 @@ class LCryptViTConfig(ViTConfig):
         self.folded_image_mean = [float(v) for v in self.folded_image_mean]
         self.folded_image_std = [float(v) for v in self.folded_image_std]
         super().__post_init__(**kwargs)
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
     def validate_cipher(self):
         patch = self.patch_size if isinstance(self.patch_size, int) else tuple(self.patch_size)

@@ -45,7 +45,7 @@ from transformers import (
 from transformers.image_processing_base import ImageProcessingMixin
 from transformers.trainer_utils import get_last_checkpoint
 
-from .callbacks import (
+from .attacks.suite import (
     AttackEvalCallback,
     AttackSuite,
     load_plain_images,

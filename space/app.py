@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification  # noqa: E402
-from hf_lcrypt.attacks import bit_flips, gaussian_noise  # noqa: E402
+from hf_lcrypt.attacks.corruptions import bit_flips, gaussian_noise  # noqa: E402
 from hf_lcrypt.keys import KEY_ENV_VAR  # noqa: E402
 
 logger = logging.getLogger("hf_lcrypt.space")

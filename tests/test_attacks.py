@@ -8,30 +8,27 @@ import pytest
 import torch
 
 from hf_lcrypt import ALL_STEPS, BlockCipher, LCryptKey
-from hf_lcrypt.attacks import (  # private helpers tested directly: the jigsaw solver's second stage
+from hf_lcrypt.attacks.cipher_attacks import (  # private helpers tested directly: the jigsaw solver's second stage
     _grow,
     _to_blocks,
     adjacent_correlation,
-    bit_flips,
     differential_attack,
     edge_dissimilarity,
     flip_mask_from_ciphertext,
-    gaussian_noise,
     histogram_entropy,
     jigsaw_attack,
     key_sensitivity,
     key_space_log10,
     known_plaintext_attack,
     known_plaintext_experiment,
-    msb_flips,
     npcr_uaci,
-    plot_curves,
-    plot_image_grid,
     psnr,
     repeated_blocks,
     smallest_known_plaintext,
     ssim,
 )
+from hf_lcrypt.attacks.corruptions import bit_flips, gaussian_noise, msb_flips
+from hf_lcrypt.attacks.plots import plot_curves, plot_image_grid
 
 KEY = LCryptKey(bytes(range(32)))
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

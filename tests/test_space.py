@@ -20,7 +20,7 @@ from helpers import IMAGENET_MEAN, IMAGENET_STD, REPO_ROOT, tiny_vit
 from PIL import Image
 
 from hf_lcrypt import BlockCipher, LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
-from hf_lcrypt.publishing import SPACE_MAX_MEGABYTES, SPACE_MAX_MEGAPIXELS
+from hf_lcrypt.hub.publish import SPACE_MAX_MEGABYTES, SPACE_MAX_MEGAPIXELS
 
 pytestmark = pytest.mark.slow  # the app runs in its own process
 
