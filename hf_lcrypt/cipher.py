@@ -108,7 +108,8 @@ def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
     return sa.data_ptr() < sb.data_ptr() + sb.nbytes() and sb.data_ptr() < sa.data_ptr() + sa.nbytes()
 
 
-def _pair(size: int | Iterable[int]) -> tuple[int, int]:
+def size_pair(size: int | Iterable[int]) -> tuple[int, int]:
+    """(height, width) of a size given as one side or as two: the one reading of `image_size` everywhere."""
     if not isinstance(size, Iterable):
         side = operator.index(size)
         return side, side
@@ -147,7 +148,7 @@ class BlockCipher:
         steps: Iterable[str] = ALL_STEPS,
     ):
         self.key = LCryptKey.coerce(key)
-        self.height, self.width = _pair(image_size)
+        self.height, self.width = size_pair(image_size)
         self.block_size = int(block_size)
         self.channels = int(channels)
         steps = tuple(steps)

@@ -5,7 +5,7 @@ import re
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 
-from .cipher import ALL_STEPS
+from .cipher import ALL_STEPS, size_pair
 
 # Written into every saved config, so that transformers alone (trust_remote_code) finds each Auto class, AutoModel too.
 AUTO_MAP = {
@@ -71,7 +71,7 @@ class LCryptViTConfig(ViTConfig):
                 f"block_size ({self.block_size}) must equal patch_size ({patch}): only then is every block one token "
                 "and the key foldable into the patch embedding. Use the same value for both."
             )
-        size = (self.image_size,) * 2 if isinstance(self.image_size, int) else tuple(self.image_size)
+        size = size_pair(self.image_size)
         if any(s % self.block_size for s in size):
             raise ValueError(f"image_size {size} is not a multiple of block_size {self.block_size}; resize the images.")
         unknown = sorted(set(self.cipher_steps) - set(ALL_STEPS))

@@ -31,7 +31,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from datasets.table import embed_table_storage
 from PIL import Image as PILImage
 
-from .cipher import BlockCipher
+from .cipher import BlockCipher, size_pair
 
 logger = logging.getLogger(__name__)
 
@@ -363,6 +363,14 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """datasets' own fingerprint of a dataset (its content and every transform applied), which names its cache files.
+
+    datasets has no public accessor for it (only the private `_fingerprint`); this is the one place that reads it, and
+    tests/test_data.py fails if a release renames it or stops changing it with the content."""
+    return dataset._fingerprint
+
+
 class _Encryptor:
     """The batch function of `encrypt_dataset`: RGB, resize, encrypt, back to PIL.
 
@@ -376,7 +384,7 @@ class _Encryptor:
         self.resample = int(resample)
 
     def fingerprint(self, dataset: Dataset) -> str:
-        spec = json.dumps([_ENCRYPT_TAG, dataset._fingerprint, self.cipher.describe(), self.resample])
+        spec = json.dumps([_ENCRYPT_TAG, dataset_fingerprint(dataset), self.cipher.describe(), self.resample])
         return hashlib.blake2b(spec.encode(), digest_size=16).hexdigest()
 
     def __call__(self, images: list[PILImage.Image]) -> dict[str, list[dict[str, bytes | None]]]:
@@ -412,7 +420,7 @@ def encrypt_dataset(
 
     Augment before this, never after: flips and crops do not commute with block scrambling.
     """
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size or ())
+    size = size_pair(image_size) if image_size else ()
     if size and size != (cipher.height, cipher.width):
         raise ValueError(f"image_size {size} differs from the cipher's {(cipher.height, cipher.width)}.")
     if cipher.channels != 3:
@@ -459,7 +467,9 @@ def save_encrypted(
     data_dir.mkdir(parents=True, exist_ok=True)
     dataset_dict = DatasetDict({"train": dataset}) if isinstance(dataset, Dataset) else dataset
     for split, ds in dataset_dict.items():
-        num_shards = max(1, min(len(ds), math.ceil(ds._estimate_nbytes() / max_shard_size)))
+        # The backing Arrow table's size, pro rata for a subset (a select() keeps the whole table behind an index).
+        nbytes = ds.data.nbytes * len(ds) / max(1, ds.data.num_rows)
+        num_shards = max(1, min(len(ds), math.ceil(nbytes / max_shard_size)))
         for index in range(num_shards):
             shard = ds.shard(num_shards, index, contiguous=True).with_format("arrow")
             shard = shard.map(embed_table_storage, batched=True, keep_in_memory=True, desc=f"Embedding {split} images")

@@ -16,7 +16,7 @@ from transformers.image_processing_base import ImageProcessingMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.vit.modeling_vit import ViTPatchEmbeddings
 
-from .cipher import ALL_STEPS, BlockCipher
+from .cipher import ALL_STEPS, BlockCipher, size_pair
 from .configuration_lcrypt import CIPHER_FIELDS, LCryptViTConfig, architecture_settings
 from .folding import apply_fold, fold_map
 from .keys import LCryptKey
@@ -225,7 +225,7 @@ class LCryptViTForImageClassification(ViTForImageClassification):
         size = self.config.image_size
         return BlockCipher(
             key,
-            image_size=size if isinstance(size, int) else tuple(size),
+            image_size=size_pair(size),
             block_size=self.config.block_size,
             channels=self.config.num_channels,
             steps=self.config.cipher_steps,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..cipher import ALL_STEPS, BLOCK_SCRAMBLE, NEGATIVE_POSITIVE, PIXEL_SHUFFLE, BlockCipher
+from ..cipher import ALL_STEPS, BLOCK_SCRAMBLE, NEGATIVE_POSITIVE, PIXEL_SHUFFLE, BlockCipher, size_pair
 from ..keys import KEY_BYTES, LCryptKey
 
 
@@ -134,7 +134,7 @@ def key_space_log10(
     transforms = (C*M*M)! [pixel shuffle] * 2^(C*M*M) [negative-positive] * N! [block scramble]. An attacker
     searches whichever space is smaller, so the effective key space is the minimum of the two.
     """
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    height, width = size_pair(image_size)
     dim = channels * block_size**2
     blocks = (height // block_size) * (width // block_size)
     steps = set(steps)

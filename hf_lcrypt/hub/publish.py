@@ -44,7 +44,7 @@ from huggingface_hub.repocard import RepoCard
 from PIL import Image
 
 from ..attacks.record import AttackReport
-from ..cipher import BlockCipher
+from ..cipher import BlockCipher, size_pair
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import KEY_ENV_VAR, LCryptKey
 from ..modeling_lcrypt import LCryptViTForImageClassification
@@ -214,7 +214,7 @@ def _template(name: str) -> str:
 
 def _geometry(config: Mapping[str, Any]) -> tuple[int, int]:
     size = config.get("image_size", 224)
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return size_pair(size)
 
 
 # -- cards --------------------------------------------------------------------------------------------------------
