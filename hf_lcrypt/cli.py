@@ -295,9 +295,8 @@ TRAIN_DESCRIPTION = (
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     # The training options are parsed by the training module when the command runs (`hf-lcrypt train --help` too),
-    # so that building this parser imports nothing heavy.
+    # so that building this parser imports nothing heavy: `main` hands it every argument after `train`.
     parser = sub.add_parser("train", help="train and evaluate a keyed image classifier", add_help=False)
-    parser.add_argument("arguments", nargs=argparse.REMAINDER)
     parser.set_defaults(handler=run_train)
 
 
@@ -423,7 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 on success, 1 for a user-fixable error, 2 for bad usage)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.arguments = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.handler(args)
     except (CLIError, ValueError, OSError) as err:

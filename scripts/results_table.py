@@ -19,12 +19,15 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageClassification
 
-import hf_lcrypt  # noqa: F401 - registers the keyed ViT with the Auto classes
+from hf_lcrypt import register_auto_classes
 
 COLUMNS = (
     "run | mode | model | params | image/block | test acc | macro F1 | AUROC | s/epoch | infer img/s | wrong key | "
     "plain input | noise 0.1 | bit flips 1% | fold check"
 )
+
+
+register_auto_classes()  # the run folders' keyed ViTs load through the Auto classes
 
 
 def images_per_second(model_dir: Path, image_size: int, batch: int = 64, repeats: int = 3) -> float:

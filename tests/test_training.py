@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, training
-from hf_lcrypt.cli import build_parser
+from hf_lcrypt.cli import main
 from hf_lcrypt.data import content_hashes, label_maps, load_image_dataset, split_fingerprints
 from hf_lcrypt.evaluation import compute_classification_metrics
 from hf_lcrypt.keys import KEY_ENV_VAR
@@ -40,7 +40,6 @@ from hf_lcrypt.training import (
     load_or_create_key,
     parse_config,
     run,
-    run_from_namespace,
     secret_init_seed,
 )
 
@@ -127,7 +126,9 @@ def results_table(folder: Path) -> str:
     """What scripts/results_table.py prints for the runs under `folder`."""
     script = REPO_ROOT / "scripts" / "results_table.py"
     command = [sys.executable, str(script), str(folder)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
 
 
 def test_a_missing_key_file_is_created_owner_only_and_then_reused(tmp_path):
@@ -360,12 +361,13 @@ def test_yaml_config_then_flags(tmp_path):
         TrainConfig(mode="plaintext")
 
 
-def test_cli_train_subcommand_takes_the_same_settings(tmp_path):
+def test_cli_train_subcommand_takes_the_same_settings(tmp_path, monkeypatch):
     path = tmp_path / "run.yaml"
     path.write_text("epochs: 3\nlr: 1e-3\n")  # YAML reads 1e-3 as a string; the config makes it a float
-    args = build_parser().parse_args(["train", "--config", str(path), "--mode", "fold"])
-    assert args.handler is run_from_namespace
-    config = config_from_namespace(args)
+    seen = []
+    monkeypatch.setattr(training, "run_from_namespace", lambda args: seen.append(config_from_namespace(args)) or 0)
+    assert main(["train", "--config", str(path), "--mode", "fold"]) == 0
+    (config,) = seen
     assert (config.mode, config.epochs, config.lr) == ("fold", 3.0, 1e-3)
 
 
