@@ -97,7 +97,7 @@ def command(metrics: dict) -> str:
             flags += [flag, *map(str, value)] if value else []
         else:
             flags += [flag, str(value)]
-    return "python experiments/train.py " + shlex.join(flags)
+    return "python scripts/train.py " + shlex.join(flags)
 
 
 def details(model_dir: Path, root: Path, figures: Path | None) -> tuple[str, str]:
