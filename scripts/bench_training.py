@@ -5,7 +5,7 @@ batches of the same images, the same augmentation and the same optimiser; the on
 (`LCryptImageProcessor` with and without `do_encrypt`). Rounds of `--steps` training steps alternate between the
 arms so that drift in machine load hits both alike; the median steps/s of each arm are compared.
 
-Target: encrypted / plain >= 0.95. CPU (the docs/results.md figure):
+Target: encrypted / plain >= 0.95. CPU (the README's benchmark figure):
     python scripts/bench_training.py --model tiny --image-size 64 --block-size 8
 GPU check (ViT-S/16 at 224x224):
     python scripts/bench_training.py --model small --image-size 224 --block-size 16 --batch-size 128 --workers 8 --bf16

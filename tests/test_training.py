@@ -123,8 +123,8 @@ def folder_logits(folder: Path, images, key: LCryptKey) -> torch.Tensor:
 
 
 def results_table(folder: Path) -> str:
-    """What scripts/results_table.py prints for the runs under `folder`."""
-    script = REPO_ROOT / "scripts" / "results_table.py"
+    """What experiments/results_table.py prints for the runs under `folder`."""
+    script = REPO_ROOT / "experiments" / "results_table.py"
     command = [sys.executable, str(script), str(folder)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -4,9 +4,9 @@ weight average of runs with `--ema-decay`, and the exact command of every run.
 
 Reads every `<run>/model/metrics.json` (and `attack_report.json`) under the given folders, and measures inference
 throughput of each saved model on this machine, batch 64, in one run. `--figures DIR` copies each run's confusion
-matrix and noise-robustness plot there (as `<folder>-<run>-confusion.png`, `...-noise.png`), for docs/results.md.
+matrix and noise-robustness plot there (as `<folder>-<run>-confusion.png`, `...-noise.png`).
 
-    python scripts/results_table.py outputs/compare
+    python experiments/results_table.py outputs/compare
 """
 
 import argparse
