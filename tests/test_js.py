@@ -28,7 +28,7 @@ def test_node_suite():
 
 
 def test_vendored_hashes_match_their_manifest():
-    """The committed @noble/hashes files are the pinned release (scripts/vendor_noble_hashes.py --check re-downloads)."""
+    """The committed @noble/hashes files are the pinned ones (`scripts/vendor_noble_hashes.py --check` re-downloads)."""
     result = subprocess.run(
         [sys.executable, "scripts/vendor_noble_hashes.py", "--offline"], cwd=REPO_ROOT, capture_output=True, text=True
     )

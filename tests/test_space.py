@@ -1,6 +1,7 @@
 """The Space, run as `python space/app.py` on a tiny keyed model, without any key, and driven through gradio_client."""
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from helpers import IMAGENET_MEAN, IMAGENET_STD, REPO_ROOT, tiny_vit
 from PIL import Image
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
+from hf_lcrypt.cli import main as cli
 
 pytestmark = pytest.mark.slow  # the app runs in its own process
 
@@ -40,6 +42,7 @@ class SpaceApp:
     log: Path
     downloads: Path
     uploads: Path  # where gradio keeps what it received
+    model_dir: Path
 
     def client(self) -> Client:
         return Client(self.url, verbose=False, analytics_enabled=False, download_files=str(self.downloads))
@@ -93,7 +96,9 @@ def launch_space(folder: Path, key: LCryptKey | None = None, env: dict[str, str]
     try:
         url = f"http://127.0.0.1:{port}/"
         _wait_until_up(url, process, log)
-        yield SpaceApp(url, key, keyed.eval(), plain.eval(), log, folder / "downloads", folder / "gradio-tmp")
+        yield SpaceApp(
+            url, key, keyed.eval(), plain.eval(), log, folder / "downloads", folder / "gradio-tmp", folder / "model"
+        )
     finally:
         process.terminate()
         try:
@@ -238,3 +243,39 @@ def test_the_server_never_sees_the_key(space_app, client, tmp_path):
     secret = space_app.key.to_hex().encode()
     for path in space_app.log.parent.rglob("*"):
         assert not path.is_file() or secret not in path.read_bytes(), path
+
+
+def test_cli_classify_encrypts_locally_and_sends_only_ciphertext(space_app, tmp_path, capsys):
+    key_file = space_app.key.save(tmp_path / "holder.key")
+    examples = sorted(EXAMPLE.parent.glob("*.png"))
+    assert cli(["classify", "--url", space_app.url, "--key-file", str(key_file), str(EXAMPLE.parent), "--json"]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in remote] == [str(p) for p in examples]
+    # The same answers as the keyed model run by the key holder, and as the plain model on the plain images.
+    assert cli(["classify", "--model", str(space_app.model_dir), "--key-file", str(key_file), *map(str, examples)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == len(examples)
+    for prediction, line, path in zip(remote, table, examples, strict=True):
+        expected = plain_probabilities(space_app, Image.open(path).convert("RGB"))
+        assert prediction["confidences"] == pytest.approx(expected, abs=1e-4)
+        assert prediction["label"] == max(expected, key=expected.get) == line.split()[1]
+        assert line.startswith(str(path)) and float(line.split()[2]) == pytest.approx(
+            expected[line.split()[1]], abs=1e-3
+        )
+    # The server received each example's ciphertext (as the processor encrypts it) and no plain image.
+    received = [np.asarray(Image.open(p).convert("RGB")) for p in space_app.uploads.rglob("*.png")]
+    for path in examples:
+        _, encrypted = encrypt_example(space_app, path, tmp_path)
+        assert any(np.array_equal(r, encrypted) for r in received)
+        plain = np.asarray(Image.open(path).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
+        assert not any(np.array_equal(r, plain) for r in received)
+
+
+def test_cli_classify_refuses_a_key_the_model_was_not_folded_with(space_app, tmp_path, capsys):
+    other = LCryptKey.generate().save(tmp_path / "other.key")
+    for where in (["--url", space_app.url], ["--model", str(space_app.model_dir)]):
+        assert cli(["classify", *where, "--key-file", str(other), str(EXAMPLE)]) == 1
+        err = capsys.readouterr().err
+        assert f"folded with key_id {space_app.key.key_id}" in err and LCryptKey.load(other).to_hex() not in err
+    assert cli(["classify", "--model", str(space_app.model_dir), "--key-file", str(other), str(tmp_path / "none")]) == 1
+    assert "No image or folder at" in capsys.readouterr().err

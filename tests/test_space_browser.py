@@ -146,7 +146,9 @@ def test_the_page_encrypts_locally_and_sends_only_ciphertext(browser, space, tmp
     (sent,) = uploads["encrypted.png"]
     assert np.array_equal(pixels(sent), np.asarray(expected))
     wrong = LCryptImageProcessor.for_model(space.model, key=space.key.derive(WRONG_KEY_LABEL), key_id=None)
-    assert np.array_equal(pixels(uploads["wrong-key.png"][0]), np.asarray(wrong.encrypt_images([Image.open(EXAMPLE)])[0]))
+    assert np.array_equal(
+        pixels(uploads["wrong-key.png"][0]), np.asarray(wrong.encrypt_images([Image.open(EXAMPLE)])[0])
+    )
     noisy = pixels(uploads["corrupted.png"][1])
     assert np.array_equal(pixels(uploads["corrupted.png"][0]), np.asarray(expected))  # sigma 0, rate 0 at first
     assert np.mean(noisy != np.asarray(expected)) > 0.3

@@ -14,6 +14,7 @@ from PIL import Image
 
 from hf_lcrypt import BlockCipher, LCryptKey
 
+
 def run(job: dict) -> str:
     pixels = np.frombuffer(base64.b64decode(job["pixels"]), dtype=np.uint8)
     if job["op"] == "resize":
