@@ -4,7 +4,7 @@
 // reads; the only requests carry encrypted PNGs (upload), their server-side paths (call) and the event id (result).
 
 import { BlockCipher, LCryptKey } from "./lcrypt.mjs";
-import { resizeBilinear, rgbaToRgb, rgbToRgba } from "./resize.mjs";
+import { decodeImage, resizeBilinear, rgbToRgba } from "./pixels.mjs";
 
 // The "wrong key" is derived from the visitor's key, so that the same inputs always give the same page.
 const WRONG_KEY_LABEL = "hf-lcrypt-space/wrong-key";
@@ -15,28 +15,7 @@ function apiUrl(path) {
   return new URL(path, root.endsWith("/") ? root : `${root}/`).href;
 }
 
-// -- image input --------------------------------------------------------------------------------------------------
-/** The file's pixels as (H, W, 3) RGB, as PIL decodes them: no colour management, no orientation, alpha dropped. */
-async function decode(blob, maxPixels) {
-  let bitmap;
-  try {
-    bitmap = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
-  } catch {
-    throw new Error("That file is not an image this browser can read; choose a PNG or JPEG.");
-  }
-  const { width, height } = bitmap;
-  if (width * height > maxPixels) {
-    throw new Error(`That image is ${width}x${height}; choose one of at most ${maxPixels / 1e6} megapixels.`);
-  }
-  const canvas = document.createElement("canvas");
-  canvas.width = width;
-  canvas.height = height;
-  const context = canvas.getContext("2d", { willReadFrequently: true });
-  context.drawImage(bitmap, 0, 0);
-  bitmap.close();
-  return { rgb: rgbaToRgb(context.getImageData(0, 0, width, height).data), width, height };
-}
-
+// -- pictures ---------------------------------------------------------------------------------------------------------
 function draw(canvas, rgb, width, height) {
   canvas.width = width;
   canvas.height = height;
@@ -148,7 +127,7 @@ function start(root) {
   };
   const setImage = async (blob) => {
     status("Reading the image...");
-    source = await decode(blob, settings.max_pixels);
+    source = await decodeImage(blob, settings.max_pixels);
     const plain = resizeBilinear(source.rgb, source.width, source.height, 3, width, height);
     draw($("plain-view"), plain, width, height);
     status(`Image read (${source.width}x${source.height}), resized to ${width}x${height} here.`);

@@ -1,9 +1,10 @@
-// Pillow's bilinear resize of 8-bit images, exactly: `Image.resize(size, Image.Resampling.BILINEAR)`.
+// Pixels in the browser as the Python processor sees them: decoding as PIL does, and Pillow's bilinear resize of
+// 8-bit images, exactly (`Image.resize(size, Image.Resampling.BILINEAR)`).
 //
 // LCryptImageProcessor resizes with PIL before it encrypts. A canvas's own scaling filters differ from PIL's, so a
 // page that resized with the canvas would send the model slightly different pixels than the Python processor.
 // This port of Pillow's src/libImaging/Resample.c (coefficients in double precision, rounded to 22-bit fixed point,
-// a horizontal pass with 8-bit rounding, then a vertical pass) gives the same bytes; tests/js/resize.test.mjs checks
+// a horizontal pass with 8-bit rounding, then a vertical pass) gives the same bytes; tests/js/pixels.test.mjs checks
 // it against PIL on random images and sizes.
 
 const PRECISION_BITS = 32 - 8 - 2;
@@ -112,4 +113,29 @@ export function rgbToRgba(rgb) {
     rgba[p + 3] = 255;
   }
   return rgba;
+}
+
+/**
+ * An image file's pixels as (H, W, 3) RGB, decoded as PIL decodes it: no colour management (an embedded profile or
+ * gamma is not applied), no premultiplied alpha, and the alpha channel dropped as `convert("RGB")` does.
+ */
+export async function decodeImage(blob, maxPixels = Infinity) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  } catch {
+    throw new Error("That file is not an image this browser can read; choose a PNG or JPEG.");
+  }
+  const { width, height } = bitmap;
+  if (width * height > maxPixels) {
+    bitmap.close();
+    throw new Error(`That image is ${width}x${height}; choose one of at most ${maxPixels / 1e6} megapixels.`);
+  }
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  return { rgb: rgbaToRgb(context.getImageData(0, 0, width, height).data), width, height };
 }

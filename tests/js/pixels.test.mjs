@@ -1,8 +1,8 @@
-// The page's resize (space/static/resize.mjs) against PIL's BILINEAR resize, which LCryptImageProcessor uses.
+// The page's resize (space/static/pixels.mjs) against PIL's BILINEAR resize, which LCryptImageProcessor uses.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { resizeBilinear, rgbaToRgb, rgbToRgba } from "../../space/static/resize.mjs";
+import { resizeBilinear, rgbaToRgb, rgbToRgba } from "../../space/static/pixels.mjs";
 import { assertSameBytes, b64, pythonReference, randomBytes, unb64 } from "./reference.mjs";
 
 test("byte for byte PIL's bilinear resize: shrinking, enlarging, odd ratios and one axis only", () => {
