@@ -1,5 +1,7 @@
 """The Space, run as `python space/app.py` on a tiny keyed model, without any key, and driven through gradio_client."""
 
+import html
+import importlib.util
 import io
 import json
 import os
@@ -279,3 +281,19 @@ def test_cli_classify_refuses_a_key_the_model_was_not_folded_with(space_app, tmp
         assert f"folded with key_id {space_app.key.key_id}" in err and LCryptKey.load(other).to_hex() not in err
     assert cli(["classify", "--model", str(space_app.model_dir), "--key-file", str(other), str(tmp_path / "none")]) == 1
     assert "No image or folder at" in capsys.readouterr().err
+
+
+def test_a_public_demo_key_is_offered_only_for_the_served_model(space_app, tmp_path, monkeypatch, caplog):
+    spec = importlib.util.spec_from_file_location("space_app_module", APP)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    served = app.ServedModel(space_app.model)
+    monkeypatch.setenv("HF_LCRYPT_DEMO_KEY_FILE", str(space_app.key.save(tmp_path / "demo.key")))
+    demo = app.load_demo_key(served)
+    assert demo == space_app.key and space_app.key.to_hex() in app.page_html(served, demo)
+    monkeypatch.setenv("HF_LCRYPT_DEMO_KEY_FILE", str(LCryptKey.generate().save(tmp_path / "other.key")))
+    assert app.load_demo_key(served) is None and "no demo key is offered" in caplog.text
+    monkeypatch.setenv("HF_LCRYPT_DEMO_KEY_FILE", str(tmp_path / "missing.key"))
+    assert app.load_demo_key(served) is None
+    page = app.page_html(served, None)
+    assert '"demo_key": null' in html.unescape(page) and space_app.key.to_hex() not in page
