@@ -141,6 +141,17 @@ def plain_probabilities(app: SpaceApp, image: Image.Image) -> dict[str, float]:
     return {app.plain.config.id2label[i]: float(p) for i, p in enumerate(probs)}
 
 
+def received_images(app: SpaceApp) -> list[np.ndarray]:
+    """Every readable image the server was sent (the bad-input test also sends unreadable ones)."""
+    images = []
+    for path in app.uploads.rglob("*.png"):
+        try:
+            images.append(np.asarray(Image.open(path).convert("RGB")))
+        except (OSError, SyntaxError, ValueError):
+            continue
+    return images
+
+
 def confidences(label: dict) -> dict[str, float]:
     return {c["label"]: c["confidence"] for c in label["confidences"]}
 
@@ -164,7 +175,7 @@ def test_classify_encrypted_equals_the_plain_model(space_app, client, tmp_path):
     assert confidences(label) == pytest.approx(expected, abs=1e-4)
     assert label["label"] == max(expected, key=expected.get)
     # The server received the ciphertext, byte for byte, and nothing else.
-    received = [np.asarray(Image.open(p).convert("RGB")) for p in space_app.uploads.rglob("*.png")]
+    received = received_images(space_app)
     assert any(np.array_equal(r, encrypted) for r in received)
     plain = np.asarray(Image.open(EXAMPLE).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
     assert not any(np.array_equal(r, plain) for r in received)
@@ -265,7 +276,7 @@ def test_cli_classify_encrypts_locally_and_sends_only_ciphertext(space_app, tmp_
             expected[line.split()[1]], abs=1e-3
         )
     # The server received each example's ciphertext (as the processor encrypts it) and no plain image.
-    received = [np.asarray(Image.open(p).convert("RGB")) for p in space_app.uploads.rglob("*.png")]
+    received = received_images(space_app)
     for path in examples:
         _, encrypted = encrypt_example(space_app, path, tmp_path)
         assert any(np.array_equal(r, encrypted) for r in received)
