@@ -34,7 +34,8 @@ CHROMIUM_ARGS = [
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATIC = REPO_ROOT / "space" / "static"
 WRONG_KEY_LABEL = "hf-lcrypt-space/wrong-key"  # as in space/static/page.mjs
-PNG_IN_MULTIPART = re.compile(rb'filename="([^"]+)"\r\nContent-Type: [^\r]*\r\n\r\n(\x89PNG.*?IEND\xaeB`\x82)', re.S)
+PNG = rb"\x89PNG.*?IEND\xaeB`\x82"
+PNG_IN_MULTIPART = re.compile(rb'filename="([^"]+)"\r\nContent-Type: [^\r]*\r\n\r\n(' + PNG + b")", re.S)
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +178,12 @@ def test_the_page_encrypts_locally_and_sends_only_ciphertext(browser, space, tmp
     for what, body in recorder.requests:
         for name, secret in secrets.items():
             assert secret not in body and secret.decode("latin-1") not in what, f"{name} in {what}"
-    for name, sent_files in uploads.items():
-        for data in sent_files:
-            assert not np.array_equal(pixels(data), np.asarray(plain_resized)), f"{name} is the plain image"
+    # Nor any PNG in any request, multipart or not.
+    for what, body in recorder.requests:
+        for data in re.findall(PNG, body, re.S):
+            sent_pixels = pixels(data)
+            assert not np.array_equal(sent_pixels, np.asarray(plain_resized)), f"the plain image in {what}"
+            assert sent_pixels.shape != plain_full.shape, f"a full-size image in {what}"
     assert PASSPHRASE not in page.locator("body").inner_text()
     assert not [e for e in recorder.console_errors if "Failed to load resource" not in e], recorder.console_errors
     page.close()
