@@ -189,20 +189,32 @@ def test_the_page_encrypts_locally_and_sends_only_ciphertext(browser, space, tmp
     page.close()
 
 
-def test_generated_key_downloads_as_a_key_file(browser, space, tmp_path):
+def test_keys_from_a_file_hex_or_the_browser(browser, space, tmp_path):
     recorder = RecordingPage(browser, space.url)
     page = recorder.page
     page.goto(space.url, wait_until="domcontentloaded")
     page.locator("#lcrypt-app[data-ready=true]").wait_for(timeout=60_000)
+    assert page.locator("#demo-key").is_hidden()  # this app ships no public demo key
+    status = page.locator("#key-status")
+    page.locator("#key-file").set_input_files(str(space.key.save(tmp_path / "model.key")))
+    page.wait_for_function("() => /key file/.test(document.querySelector('#key-status').innerText)")
+    assert f"key_id {space.key.key_id}" in status.inner_text() and "expects" not in status.inner_text()
+    other = LCryptKey.generate()
+    page.locator("#key-hex").fill(other.to_hex().upper())
+    page.locator("#use-hex").click()
+    assert f"key_id {other.key_id}" in status.inner_text() and "expects key_id" in status.inner_text()
+    page.locator("#key-hex").fill("not a key")
+    page.locator("#use-hex").click()
+    assert "not all hex digits" in page.locator("#status.error").inner_text()
     page.locator("#generate-key").click()
     with page.expect_download() as download:
         page.locator("#download-key").click()
     path = tmp_path / "generated.key"
     download.value.save_as(path)
     key = LCryptKey.load(path)
-    assert f"key_id {key.key_id}" in page.locator("#key-status").inner_text()
-    assert "expects key_id" in page.locator("#key-status").inner_text()  # not the served model's key
-    assert all(key.to_hex().encode() not in body for _, body in recorder.requests)
+    assert f"key_id {key.key_id}" in status.inner_text() and "expects key_id" in status.inner_text()
+    for secret in (key.to_hex(), space.key.to_hex(), other.to_hex()):
+        assert all(secret.encode() not in body and secret not in what for what, body in recorder.requests)
     page.close()
 
 
