@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification  # noqa: E402
+from hf_lcrypt.cipher import size_pair  # noqa: E402
 from hf_lcrypt.keys import KEY_ENV_VAR  # noqa: E402
 
 logger = logging.getLogger("hf_lcrypt.space")
@@ -58,8 +59,7 @@ class ServedModel:
         # Images arrive encrypted and at the model's size: the processor only rescales and normalises them.
         self.processor = LCryptImageProcessor.for_model(model)
         config = model.config
-        size = config.image_size
-        self.height, self.width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.height, self.width = size_pair(config.image_size)
         self.info = {
             "image_size": [self.height, self.width],
             "block_size": int(config.block_size),
