@@ -241,19 +241,23 @@ def add_publish(sub: argparse._SubParsersAction) -> None:
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    from .training import add_arguments, run_from_namespace
-
-    add_library_command(
-        sub,
+    # Its flags (hf-lcrypt's and every transformers TrainingArguments flag) belong to the HfArgumentParser of
+    # hf_lcrypt.training, which also prints `hf-lcrypt train --help`: this parser passes everything through.
+    parser = sub.add_parser(
         "train",
-        "train and evaluate a keyed image classifier",
-        "Train a classifier on encrypted images (--mode encrypted), or a plain ViT that gets the key folded in "
-        "afterwards (--mode fold), or the unencrypted baseline (--mode plain); evaluate it on the test split and "
-        "under attacks, and write a Hub-ready folder OUTPUT_DIR/model. The same as `python scripts/train.py`; see "
-        "docs/training.md.",
-        add_arguments,
-        run_from_namespace,
+        help="train and evaluate a keyed image classifier (`hf-lcrypt train --help` for its flags)",
+        add_help=False,
+        prefix_chars="+",
     )
+    parser.add_argument("train_args", nargs=argparse.REMAINDER)
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """`hf-lcrypt train [CONFIG] [--flag VALUE ...]`, the same as `python scripts/train.py`."""
+    from .training import main as train_main
+
+    return train_main(args.train_args)
 
 
 def add_attack(sub: argparse._SubParsersAction) -> None:
