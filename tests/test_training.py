@@ -641,8 +641,9 @@ def test_hub_vit_recipe_runs_offline_on_a_local_plain_vit(tmp_path):
     tiny_vit(image_size=32, patch_size=8).save_pretrained(plain_dir)
     ViTImageProcessorPil(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(plain_dir)
     recipe = Path(__file__).parents[1] / "configs" / "vit-base-in21k.yaml"
-    config = build_parser().parse_yaml_file(recipe)
-    assert config[0].from_plain == "google/vit-base-patch16-224-in21k" and config[2].mode == "encrypted"
+    recipe_settings = parse_args([str(recipe), "--use_cpu"])  # it asks for --bf16, for GPUs
+    assert recipe_settings.model.from_plain == "google/vit-base-patch16-224-in21k"
+    assert recipe_settings.cipher.mode == "encrypted" and recipe_settings.training.bf16
     local = ["--from_plain", str(plain_dir), "--data", "default", "--max_per_class", "8", "--max_steps", "2"]
     local += ["--per_device_train_batch_size", "4", "--bf16", "false", "--dataloader_num_workers", "0"]
     local += ["--attack_max_images", "8", "--output_dir", str(tmp_path / "run"), "--key_file", str(tmp_path / "k")]
@@ -711,13 +712,15 @@ def documented_train_commands() -> list[tuple[str, list[str]]]:
         for line in text.splitlines():
             line = line.lstrip("#").strip()
             for marker in ("scripts/train.py", "hf-lcrypt train"):
-                if marker in line and not line.startswith(("`", "-", "|")):
-                    tail = line.split(marker, 1)[1].split("#")[0].split("`")[0]
+                head, found, tail = line.partition(marker)
+                if found and head.count("`") % 2 == 0 and not line.startswith(("-", "|")):  # not inline code
+                    tail = tail.split("#")[0]
                     commands.append((f"{path.name}: {line}", [t for t in shlex.split(tail) if t != "..."]))
     return commands
 
 
-def test_every_documented_command_and_config_parses():
+def test_every_documented_command_and_config_parses(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)  # the commands name configs/... from the repository's root
     commands = documented_train_commands()
     assert len(commands) >= 8
     cpu = [] if torch.cuda.is_available() else ["--use_cpu"]  # configs for GPUs ask for --bf16

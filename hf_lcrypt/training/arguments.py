@@ -34,6 +34,7 @@ def _check_choice(flag: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"--{flag} must be one of {list(choices)}, got {value!r}.")
 
+
 # Flags of hf-lcrypt 0.1 that are now `TrainingArguments` flags or were renamed (CHANGELOG.md). An old name in a
 # command or a config file fails with the new one in the message.
 RENAMED = {
