@@ -35,7 +35,6 @@ from datasets.table import embed_table_storage
 from PIL import Image as PILImage
 
 from .cipher import BlockCipher
-from .distillation import TEACHER_INPUTS
 from .image_processing_lcrypt import LCryptImageProcessor
 
 logger = logging.getLogger(__name__)
@@ -51,6 +50,8 @@ MEDMNIST_CLASS_NAMES = {
 }
 _NPZ_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation", "eval": "validation"}
+# The batch key of the teacher's view of each training image (`ImageTransform` writes it, the distillation reads it).
+TEACHER_INPUTS = "teacher_pixel_values"
 _ENCRYPT_TAG = "hf_lcrypt.encrypt_dataset/1"  # part of the cache fingerprint: bump when the encrypted output changes
 
 

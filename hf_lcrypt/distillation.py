@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForImageClassification, PreTrainedModel, Trainer
 
+from .data import TEACHER_INPUTS
 from .image_processing_lcrypt import LCryptImageProcessor
 from .keys import LCryptKey
 
 logger = logging.getLogger(__name__)
 
 DISTILLATION_TYPES = ("hard", "soft")
-TEACHER_INPUTS = "teacher_pixel_values"
 
 
 def load_teacher(

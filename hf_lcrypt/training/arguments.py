@@ -12,6 +12,7 @@ and flags given with it override it:
 # No `from __future__ import annotations`: HfArgumentParser reads the field types at run time.
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,7 +48,6 @@ RENAMED = {
     "num_proc": "dataloader_num_workers",
     "metric": "metric_for_best_model",
     "resume": "resume_from_checkpoint (a checkpoint folder, or `last`)",
-    "config": "a positional CONFIG file, or --config",
 }
 
 
@@ -338,11 +338,10 @@ def _check_renamed_flags(argv: Sequence[str], parser: HfArgumentParser) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> RunArguments:
     """Defaults, then a config file (first positional argument or `--config FILE`), then the flags."""
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     config_file = argv.pop(0) if argv and not argv[0].startswith("-") else None
+    argv = [part for token in argv for part in (token.split("=", 1) if token.startswith("--config=") else [token])]
     if "--config" in argv:
         position = argv.index("--config")
         if config_file is not None or position + 1 >= len(argv):

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -210,7 +211,11 @@ def print_summary(result: TrainResult) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the settings (a config file and/or flags), run, and print where the results are."""
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except (ValueError, FileNotFoundError) as err:  # a bad flag or file: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.training.process_index == 0:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     result = run(args)
