@@ -286,25 +286,24 @@ def run_publish(args: argparse.Namespace) -> int:
 
 
 # -- train -------------------------------------------------------------------------------------------------------------
-TRAIN_DESCRIPTION = (
-    "Train a classifier on encrypted images (--mode encrypted), or a plain ViT that gets the key folded in afterwards "
-    "(--mode fold), or the unencrypted baseline (--mode plain); evaluate it on the test split and under attacks, and "
-    "write a Hub-ready folder OUTPUT_DIR/model. The same as `python scripts/train.py`."
-)
-
-
 def add_train(sub: argparse._SubParsersAction) -> None:
-    # The training options are parsed by the training module when the command runs (`hf-lcrypt train --help` too),
-    # so that building this parser imports nothing heavy: `main` hands it every argument after `train`.
-    parser = sub.add_parser("train", help="train and evaluate a keyed image classifier", add_help=False)
+    # Its flags (hf-lcrypt's and every transformers TrainingArguments flag) belong to the HfArgumentParser of
+    # hf_lcrypt.training, which also prints `hf-lcrypt train --help`: this parser passes everything through.
+    parser = sub.add_parser(
+        "train",
+        help="train and evaluate a keyed image classifier (`hf-lcrypt train --help` for its flags)",
+        add_help=False,
+        prefix_chars="+",
+    )
+    parser.add_argument("train_args", nargs=argparse.REMAINDER)
     parser.set_defaults(handler=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .training import add_arguments, run_from_namespace
+    """`hf-lcrypt train [CONFIG] [--flag VALUE ...]`, the same as `python scripts/train.py`."""
+    from .training import main as train_main
 
-    parser = argparse.ArgumentParser(prog="hf-lcrypt train", description=wrap(TRAIN_DESCRIPTION))
-    return run_from_namespace(add_arguments(parser).parse_args(args.arguments))
+    return train_main(args.train_args)
 
 
 # -- attack ------------------------------------------------------------------------------------------------------------
@@ -471,12 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 on success, 1 for a user-fixable error, 2 for bad usage)."""
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "train":
-        args.arguments = rest
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except (CLIError, ValueError, OSError) as err:

@@ -9,28 +9,33 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from hf_lcrypt import LCryptKey, LCryptViTForImageClassification
 from hf_lcrypt.data import load_image_dataset
 from hf_lcrypt.presets import MODEL_PRESETS, ModelSpec
-from hf_lcrypt.training import TrainConfig, run
+from hf_lcrypt.training import RunArguments, run
 
 pytestmark = pytest.mark.slow
 
 CNN_PRESETS = ["resnet-small", "convnext-small"]
 
 
-def settings(tmp_path, model: str, mode: str) -> TrainConfig:
-    return TrainConfig(
-        data="default",
-        model=model,
-        mode=mode,
-        image_size=32,
-        block_size=4,
-        max_per_class=8,
-        batch_size=8,
-        max_steps=2,
-        eval_steps=2,
-        augment=False,
-        attack_max_images=16,
-        output_dir=str(tmp_path / f"{model}-{mode}"),
-        key_file=str(tmp_path / "secret.key"),
+def settings(tmp_path, model: str, mode: str) -> RunArguments:
+    return RunArguments.from_dict(
+        {
+            "data": "default",
+            "model": model,
+            "mode": mode,
+            "image_size": 32,
+            "block_size": 4,
+            "max_per_class": 8,
+            "per_device_train_batch_size": 8,
+            "max_steps": 2,
+            "eval_strategy": "steps",
+            "eval_steps": 2,
+            "save_strategy": "steps",
+            "save_steps": 2,
+            "augment": False,
+            "attack_max_images": 16,
+            "output_dir": str(tmp_path / f"{model}-{mode}"),
+            "key_file": str(tmp_path / "secret.key"),
+        }
     )
 
 
