@@ -18,17 +18,16 @@ import numpy as np
 import torch
 
 from .keys import (
+    ALL_STEPS,
+    BLOCK_SCRAMBLE,
+    NEGATIVE_POSITIVE,
+    PIXEL_SHUFFLE,
     PURPOSE_BLOCK_SCRAMBLE,
     PURPOSE_NEGATIVE_POSITIVE,
     PURPOSE_PIXEL_SHUFFLE,
     LCryptKey,
     geometry_label,
 )
-
-PIXEL_SHUFFLE = "pixel_shuffle"
-NEGATIVE_POSITIVE = "negative_positive"
-BLOCK_SCRAMBLE = "block_scramble"
-ALL_STEPS = (PIXEL_SHUFFLE, NEGATIVE_POSITIVE, BLOCK_SCRAMBLE)
 
 Array = torch.Tensor | np.ndarray
 
@@ -129,7 +128,8 @@ def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
     return sa.data_ptr() < sb.data_ptr() + sb.nbytes() and sb.data_ptr() < sa.data_ptr() + sa.nbytes()
 
 
-def _pair(size: int | Iterable[int]) -> tuple[int, int]:
+def size_pair(size: int | Iterable[int]) -> tuple[int, int]:
+    """(height, width) of a size given as one side or as two: the one reading of `image_size` everywhere."""
     if not isinstance(size, Iterable):
         side = operator.index(size)
         return side, side
@@ -169,7 +169,7 @@ class BlockCipher:
         steps: Iterable[str] = ALL_STEPS,
     ):
         self.key = LCryptKey.coerce(key)
-        self.height, self.width = _pair(image_size)
+        self.height, self.width = size_pair(image_size)
         self.block_size = int(block_size)
         self.channels = int(channels)
         steps = tuple(steps)

@@ -5,6 +5,9 @@ with `set_defaults(handler=...)`; a handler takes the parsed arguments and retur
 command, write both and call the `add_*` function from `build_parser`. Handlers raise `CLIError` (or the
 ValueError/OSError of the library) for problems the user can fix; `main` prints those as one line, without a
 traceback. The secret key is never printed or logged: only its public key id is.
+
+Only argparse lives here; each handler imports the library (torch, transformers) when it runs, so that `--help` and
+`keygen` start fast.
 """
 
 from __future__ import annotations
@@ -13,25 +16,22 @@ import argparse
 import contextlib
 import getpass
 import os
+import shlex
 import sys
 import textwrap
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from . import __version__
-from .cipher import ALL_STEPS, BlockCipher
-from .image_io import LOSSY_SUFFIXES, READ_ERRORS, ImageInfo, Job, inspect_image, plan_jobs, read_pixels, write_png
-from .keys import KEY_ENV_VAR, MIN_PASSPHRASE_CHARS, LCryptKey
-from .png_metadata import cipher_params, mismatches
+from .attacks import ATTACK_NAMES, CIPHER_ATTACKS
+from .keys import ALL_STEPS, KEY_ENV_VAR, MIN_PASSPHRASE_CHARS
 
+DOCS_URL = "https://github.com/hf-lcrypt/hf-lcrypt/blob/main/docs"
 # Measured by scripts/benchmark_memory.py (docs/reliability.md).
 MEMORY_BOUND = (
     "about 6x the decoded size of the largest image, plus about 0.4 GB (2.5 GB in all for a 12000x12000 RGB image)."
 )
-DOCS_URL = "https://github.com/hf-lcrypt/hf-lcrypt/blob/main/docs"  # [project.urls] Homepage; a wheel has no docs/
 
 EPILOG = f"""\
 examples:
@@ -114,6 +114,8 @@ def add_keygen(sub: argparse._SubParsersAction) -> None:
 
 
 def run_keygen(args: argparse.Namespace) -> int:
+    from .keys import LCryptKey
+
     path = Path(args.path)
     if path.is_dir():
         raise CLIError(f"{path} is a folder; name the key file to create, e.g. {path / 'secret.key'}.")
@@ -236,216 +238,235 @@ def steps(text: str) -> tuple[str, ...]:
 
 
 def run_cipher(args: argparse.Namespace) -> int:
+    from .folder_run import CipherRun
+
     action = "decrypt" if args.inverse else "encrypt"
     with one_line_warnings(action):
         return CipherRun(args).run()
 
 
-class CipherRun:
-    """One `encrypt`/`decrypt` over files: everything is checked before the first output is written, then each image
-    is read, transformed and written atomically; --skip-errors and --resume decide what a bad or done file does."""
-
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.action = "decrypt" if args.inverse else "encrypt"
-        self.key = LCryptKey.load(args.key_file)
-        self.resize = None if args.inverse else args.image_size
-        self.jobs = plan_jobs(args.src, args.dst, overwrite=args.force, resume=args.resume)
-        self.failures: list[tuple[Job, str]] = []
-        self.ciphers: dict[tuple[int, int, int], BlockCipher] = {}
-        self.infos: dict[Job, ImageInfo] = {}
-        self.written = 0
-
-    def run(self) -> int:
-        args = self.args
-        if args.inverse:
-            lossy = [job.source for job in self.jobs if job.source.suffix.lower() in LOSSY_SUFFIXES]
-            if lossy:
-                warnings.warn(
-                    f"{len(lossy)} input(s), e.g. {lossy[0]}, are JPEG: a re-compressed ciphertext cannot be decrypted "
-                    f"exactly ({DOCS_URL}/lossless.md).",
-                    stacklevel=1,
-                )
-        todo = [job for job in self.jobs if self.check(job)]
-        unmarked = [job.source for job in todo if self.infos[job].params is None] if args.inverse else []
-        if unmarked:
-            warnings.warn(
-                f"{len(unmarked)} input(s), e.g. {unmarked[0]}, carry no hf-lcrypt parameters (encrypted by an older "
-                "version or by hand): a wrong key, block size or steps cannot be detected there and would give noise.",
-                stacklevel=1,
-            )
-        done = [job for job in todo if args.resume and self.is_done(job)]
-        todo = [job for job in todo if job not in done]
-        try:
-            for job in tqdm(todo, desc=self.action, unit="img", file=sys.stderr):
-                self.written += self.transform(job)
-        except KeyboardInterrupt:
-            print(
-                f"hf-lcrypt {self.action}: interrupted; {self.written} of {len(todo)} image(s) written, each "
-                "complete (no partial files). Run the same command with --resume to do the rest.",
-                file=sys.stderr,
-            )
-            return 130
-        kept = f" ({len(done)} complete output(s) kept)" if done else ""
-        print(
-            f"{self.action}ed {self.written} image(s) with key {self.key.key_id} into {args.dst}{kept}", file=sys.stderr
-        )
-        if self.failures:
-            print(f"hf-lcrypt {self.action}: {len(self.failures)} image(s) failed and were skipped:", file=sys.stderr)
-            for job, message in self.failures:
-                print(f"  {job.source}: {message}", file=sys.stderr)
-            return 1
-        return 0
-
-    def fail(self, job: Job, message: str) -> bool:
-        """With --skip-errors, note the failure and go on (False); otherwise stop with the file's name and the way
-        on (outputs written so far are complete)."""
-        if not self.args.skip_errors:
-            written = (
-                f"; the {self.written} output(s) written are complete: rerun with --resume" if self.written else ""
-            )
-            raise CLIError(f"{job.source}: {message}{written}. Pass --skip-errors to go on past such files.")
-        self.failures.append((job, message))
-        return False
-
-    def check(self, job: Job) -> bool:
-        """Whether `job` can run: readable, of a size the block size divides, and (decrypt) made with these options."""
-        args, size = self.args, self.args.image_size
-        try:
-            info = inspect_image(job.source)
-        except READ_ERRORS as err:
-            return self.fail(job, f"cannot be read ({err}); fix or remove it")
-        self.infos[job] = info
-        shape = self.resize or (info.height, info.width)
-        if size is not None and shape != size:
-            return self.fail(
-                job,
-                f"is {shape[0]}x{shape[1]}, not the --image-size {size[0]}x{size[1]} (a resized ciphertext cannot be "
-                "decrypted)",
-            )
-        if shape[0] % args.block_size or shape[1] % args.block_size:
-            hint = "pick multiples" if size else f"pass --image-size with multiples of {args.block_size}"
-            return self.fail(
-                job,
-                f"would be {shape[0]}x{shape[1]}, which the block size {args.block_size} does not divide ({hint}, "
-                f"e.g. --image-size {max(1, round(shape[0] / args.block_size)) * args.block_size})",
-            )
-        if args.inverse and info.params is not None:
-            expected = cipher_params(self.cipher(shape, self.channels(info)).describe(), info.bits)
-            differ = mismatches(info.params, expected)
-            if differ:
-                found = info.params
-                return self.fail(
-                    job,
-                    f"was encrypted with {', '.join(differ)}, so decrypting it with these options would give noise "
-                    f"(use the key file with key_id {found.get('key_id')} and --block-size {found.get('block_size')} "
-                    f"--steps {','.join(found.get('steps', []))})",
-                )
-        return True
-
-    def channels(self, info: ImageInfo) -> int:
-        return 1 if info.bits == 16 and not self.args.to_8bit else 3
-
-    def cipher(self, shape: tuple[int, int], channels: int) -> BlockCipher:
-        if (*shape, channels) not in self.ciphers:
-            self.ciphers[(*shape, channels)] = BlockCipher(
-                self.key, shape, self.args.block_size, channels, self.args.steps
-            )
-        return self.ciphers[(*shape, channels)]
-
-    def is_done(self, job: Job) -> bool:
-        """--resume: an existing output counts as done if it reads to the end and matches (encrypt: its parameters)."""
-        if not job.target.exists():
-            return False
-        try:
-            info = inspect_image(job.target)
-        except READ_ERRORS:
-            return False
-        source = self.infos[job]
-        shape = self.resize or (source.height, source.width)
-        if (info.height, info.width) != shape:
-            return False
-        if self.args.inverse:
-            return info.params is None and info.bits == (8 if self.args.to_8bit else source.bits)
-        channels = self.channels(source)
-        expected = cipher_params(self.cipher(shape, channels).describe(), 16 if channels == 1 else 8)
-        return info.params is not None and not mismatches(info.params, expected)
-
-    def transform(self, job: Job) -> bool:
-        try:
-            pixels = read_pixels(job.source, self.resize, keep_16_bit=not self.args.to_8bit)
-        except READ_ERRORS as err:
-            return self.fail(job, f"cannot be read ({err}); fix or remove it")
-        cipher = self.cipher(pixels.shape[:2], pixels.shape[2])
-        overwrite = self.args.force or self.args.resume
-        if self.args.inverse:
-            write_png(cipher.decrypt(pixels), job.target, overwrite)
-        else:
-            params = cipher_params(cipher.describe(), bits=pixels.dtype.itemsize * 8)
-            write_png(cipher.encrypt(pixels), job.target, overwrite, params)
-        return True
-
-
-# -- commands implemented by the library's modules ---------------------------------------------------------------------
-def add_library_command(
-    sub: argparse._SubParsersAction,
-    name: str,
-    summary: str,
-    description: str,
-    add_arguments: Callable[[argparse.ArgumentParser], object],
-    handler: Callable[[argparse.Namespace], int],
-) -> None:
-    """A subcommand whose options and handler live in the module that does the work."""
-    parser = sub.add_parser(name, help=summary, description=wrap(description))
-    add_arguments(parser)
-    parser.set_defaults(handler=handler)
-
-
+# -- publish -----------------------------------------------------------------------------------------------------------
 def add_publish(sub: argparse._SubParsersAction) -> None:
-    from .publishing import add_publish_arguments, run_publish
-
-    add_library_command(
-        sub,
+    parser = sub.add_parser(
         "publish",
-        "check a trained keyed model and upload it to the Hugging Face Hub",
-        "Build the model repository from MODEL_DIR (weights, config, remote code, processor, model card, metrics "
-        "and plots), check it (a fresh process with transformers alone reproduces the logits, the card's "
-        "metadata reads back, no file holds the key) and upload it; with --dry-run, only write and check it.",
-        add_publish_arguments,
-        run_publish,
+        help="check a trained keyed model and upload it to the Hugging Face Hub",
+        description=wrap(
+            "Build the model repository from MODEL_DIR (weights, config, remote code, processor, model card, metrics "
+            "and plots), check it (a fresh process with transformers alone reproduces the logits, the card's "
+            "metadata reads back, no file holds the key) and upload it; with --dry-run, only write and check it."
+        ),
     )
+    parser.add_argument(
+        "model_dir",
+        metavar="MODEL_DIR",
+        type=Path,
+        help="folder of the trained keyed model (config, weights, processor)",
+    )
+    parser.add_argument("--repo-id", required=True, help="Hub repository, e.g. user/keyed-vit")
+    add_key_file_argument(parser, "key the model is folded with, used only for the checks")
+    parser.add_argument(
+        "--dry-run", type=Path, metavar="OUT_DIR", help="write and check the repository here, upload nothing"
+    )
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument(
+        "--folded-from-public",
+        action="store_true",
+        help="the weights are a public checkpoint with a key folded in (the key is then recoverable; warns)",
+    )
+    parser.add_argument("--license", default="apache-2.0", help="licence for the card (default: apache-2.0)")
+    parser.add_argument("--dataset", help="Hub id or name of the training data, for the card")
+    parser.add_argument("--base-model", help="Hub id of the plain model the keyed one was made from, for the card")
+    parser.set_defaults(handler=run_publish)
 
 
+def run_publish(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .hub.publish import PublicCheckpointWarning, SecretLeakError, publish_model
+    from .keys import LCryptKey
+
+    warnings.simplefilter("always", PublicCheckpointWarning)
+    try:
+        result = publish_model(
+            args.model_dir,
+            args.repo_id,
+            LCryptKey.load(args.key_file),
+            dry_run_dir=args.dry_run,
+            private=args.private,
+            folded_from_public=args.folded_from_public,
+            license=args.license,
+            dataset=args.dataset,
+            base_model=args.base_model,
+        )
+    except (SecretLeakError, RuntimeError) as err:
+        raise CLIError(str(err)) from err
+    print(f"Checked {len(result.files)} files: {', '.join(result.files)}")
+    if result.skipped:
+        print(f"Left out: {', '.join(result.skipped)}")
+    print(f"Fresh-process logits match (max difference {result.max_logit_diff:.2g}); no secret in any file.")
+    print(f"Dry run: the repository is in {result.folder}" if result.url is None else f"Uploaded to {result.url}")
+    return 0
+
+
+# -- train -------------------------------------------------------------------------------------------------------------
 def add_train(sub: argparse._SubParsersAction) -> None:
-    from .training import add_arguments, run_from_namespace
-
-    add_library_command(
-        sub,
+    # Its flags (hf-lcrypt's and every transformers TrainingArguments flag) belong to the HfArgumentParser of
+    # hf_lcrypt.training, which also prints `hf-lcrypt train --help`: this parser passes everything through.
+    parser = sub.add_parser(
         "train",
-        "train and evaluate a keyed image classifier",
-        "Train a classifier on encrypted images (--mode encrypted), or a plain ViT that gets the key folded in "
-        "afterwards (--mode fold), or the unencrypted baseline (--mode plain); evaluate it on the test split and "
-        "under attacks, and write a Hub-ready folder OUTPUT_DIR/model. The same as `python scripts/train.py`; see "
-        "docs/training.md.",
-        add_arguments,
-        run_from_namespace,
+        help="train and evaluate a keyed image classifier (`hf-lcrypt train --help` for its flags)",
+        add_help=False,
+        prefix_chars="+",
     )
+    parser.add_argument("train_args", nargs=argparse.REMAINDER)
+    parser.set_defaults(handler=run_train)
 
 
+def run_train(args: argparse.Namespace) -> int:
+    """`hf-lcrypt train [CONFIG] [--flag VALUE ...]`, the same as `python scripts/train.py`."""
+    from .training import main as train_main
+
+    return train_main(args.train_args)
+
+
+# -- attack ------------------------------------------------------------------------------------------------------------
 def add_attack(sub: argparse._SubParsersAction) -> None:
-    from .attack_report import add_attack_arguments, run_attack
-
-    add_library_command(
-        sub,
+    parser = sub.add_parser(
         "attack",
-        "run the attack suite on a keyed model (or the cipher alone) and write a report",
-        "Attack a keyed model and its key on images of --data: robustness to corrupted ciphertext, adversarial "
-        "examples (white-box and transferred), int8 weight bit flips (random and searched), key recovery from "
-        "the weights, access control, and the cipher attacks (jigsaw, known plaintext, metrics). Writes "
-        "report.json, report.md and PNG figures into --out; see docs/security.md.",
-        add_attack_arguments,
-        run_attack,
+        help="run the attack suite on a keyed model (or the cipher alone) and write a report",
+        description=wrap(
+            "Attack a keyed model and its key on images of --data: robustness to corrupted ciphertext, adversarial "
+            "examples (white-box and transferred), int8 weight bit flips (random and searched), key recovery from "
+            "the weights, access control, and the cipher attacks (jigsaw, known plaintext, metrics). Writes "
+            f"attack_report.json, attack_report.md and PNG figures into --out; see {DOCS_URL}/security.md."
+        ),
     )
+    parser.add_argument("--data", metavar="DIR", required=True, help="image folder, one sub-folder per class")
+    add_key_file_argument(parser, "the key holder's secret key file")
+    parser.add_argument("--out", metavar="DIR", required=True, help="folder for the report and figures")
+    parser.add_argument(
+        "--model", metavar="DIR", help="keyed model folder (needed by every attack but the cipher ones)"
+    )
+    parser.add_argument(
+        "--plain-model",
+        metavar="DIR",
+        help="plain ViT the attacker knows, for transfer and weight attacks (default: the keyed model unfolded "
+        "with the key, i.e. the checkpoint it was folded from)",
+    )
+    parser.add_argument(
+        "--attacks",
+        metavar="NAME[,NAME...]",
+        type=attack_names,
+        help=f"comma-separated, run in this order: {','.join(ATTACK_NAMES)} (default: all; without --model: "
+        f"{','.join(CIPHER_ATTACKS)})",
+    )
+    parser.add_argument(
+        "--max-images", metavar="N", type=positive_int, default=128, help="images sampled (default 128)"
+    )
+    parser.add_argument("--split", default="test", help="split of --data, carved by content hash (default: test)")
+    parser.add_argument("--image-size", metavar="S|HxW", type=image_size, help="cipher geometry without --model")
+    parser.add_argument("--block-size", metavar="M", type=positive_int, help="block side without --model")
+    parser.add_argument(
+        "--steps", metavar="STEP[,STEP...]", type=steps, default=ALL_STEPS, help="cipher steps without --model"
+    )
+    parser.add_argument("--batch-size", metavar="B", type=positive_int, default=64, help="images per forward pass")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the image sample and the attacks")
+    parser.set_defaults(handler=run_attack)
+
+
+def attack_names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in ATTACK_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACK_NAMES)}"
+        )
+    return names
+
+
+def run_attack(args: argparse.Namespace) -> int:
+    from .attacks.report import load_sample, run_report
+    from .keys import LCryptKey
+
+    key = LCryptKey.load(args.key_file)
+    attacks = args.attacks or (ATTACK_NAMES if args.model else CIPHER_ATTACKS)
+    sample, sources = load_sample(
+        args.data,
+        key,
+        args.model,
+        args.plain_model,
+        args.image_size,
+        args.block_size,
+        args.steps,
+        args.split,
+        args.max_images,
+        args.seed,
+    )
+    sample.batch_size = args.batch_size
+    paths = run_report(sample, attacks, args.out, sources, command=attack_command(args, attacks))
+    print(f"attacked key {key.key_id} with {', '.join(attacks)} on {len(sample.images)} images: {paths['md']}")
+    return 0
+
+
+def attack_command(args: argparse.Namespace, attacks: Sequence[str]) -> str:
+    """The command line that reproduces an attack report (the key file's path only, never its content)."""
+    words = ["hf-lcrypt", "attack", "--data", args.data, "--key-file", args.key_file, "--out", args.out]
+    for flag in ("model", "plain_model", "image_size", "block_size", "split", "max_images", "seed"):
+        value = getattr(args, flag)
+        if value is not None:
+            text = "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            words += [f"--{flag.replace('_', '-')}", text]
+    if args.model is None:
+        words += ["--steps", ",".join(args.steps)]
+    return shlex.join([*words, "--attacks", ",".join(attacks)])
+
+
+# -- classify ----------------------------------------------------------------------------------------------------------
+def add_classify(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "classify",
+        help="classify images: encrypted here, sent as ciphertext to a model server (or run locally)",
+        description=wrap(
+            "Classify images with a keyed model while the plain images and the key stay on this machine: each image "
+            "is resized and encrypted here, exactly as the model's processor does, and only the encrypted PNG is "
+            "sent to the app at --url (space/app.py, locally or on the Hub), which returns the classes. With --model "
+            "DIR, the keyed model runs on this machine instead. Prints one line per image, or JSON with --json."
+        ),
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              hf-lcrypt classify --url http://127.0.0.1:7860/ --key-file hospital.key scans/
+              hf-lcrypt classify --url user/space-name --key-file hospital.key scan1.png scan2.jpg --json
+              hf-lcrypt classify --model outputs/run/model --key-file outputs/run.key scans/ --top 3
+            """
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="address of a running hf-lcrypt app (or a Space id): gets ciphertext only")
+    where.add_argument("--model", metavar="DIR", help="a keyed model folder to run on this machine instead")
+    add_key_file_argument(parser, "key file the model is folded with; never sent anywhere")
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, or folders of images")
+    parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    parser.add_argument("--top", type=positive_int, default=1, help="classes per image in the table (default: 1)")
+    parser.set_defaults(handler=run_classify)
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    import json
+
+    from .client import LocalClassifier, RemoteClassifier, expand_images, format_table
+    from .keys import LCryptKey
+
+    key = LCryptKey.load(args.key_file)
+    images = expand_images(args.images)
+    classifier = RemoteClassifier(args.url, key) if args.url else LocalClassifier(args.model, key)
+    predictions = classifier.classify(images, progress=True)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+    else:
+        print(format_table(predictions, args.top))
+    return 0
 
 
 # -- entry point -------------------------------------------------------------------------------------------------------
@@ -466,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_publish(sub)
     add_train(sub)
     add_attack(sub)
+    add_classify(sub)
     return parser
 
 

@@ -5,7 +5,23 @@ import re
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 
-from .cipher import ALL_STEPS
+from .cipher import ALL_STEPS, size_pair
+
+# Written into every saved config, so that transformers alone (trust_remote_code) finds each Auto class, AutoModel too.
+AUTO_MAP = {
+    "AutoConfig": "configuration_lcrypt.LCryptViTConfig",
+    "AutoModel": "modeling_lcrypt.LCryptViTModel",
+    "AutoModelForImageClassification": "modeling_lcrypt.LCryptViTForImageClassification",
+}
+# The fields a keyed config adds to a ViTConfig.
+CIPHER_FIELDS = (
+    "block_size",
+    "cipher_steps",
+    "folded_image_mean",
+    "folded_image_std",
+    "patch_embedding_mlp_size",
+    "key_id",
+)
 
 
 @strict
@@ -46,6 +62,7 @@ class LCryptViTConfig(ViTConfig):
         self.folded_image_mean = [float(v) for v in self.folded_image_mean]
         self.folded_image_std = [float(v) for v in self.folded_image_std]
         super().__post_init__(**kwargs)
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
     def validate_cipher(self):
         patch = self.patch_size if isinstance(self.patch_size, int) else tuple(self.patch_size)
@@ -54,7 +71,7 @@ class LCryptViTConfig(ViTConfig):
                 f"block_size ({self.block_size}) must equal patch_size ({patch}): only then is every block one token "
                 "and the key foldable into the patch embedding. Use the same value for both."
             )
-        size = (self.image_size,) * 2 if isinstance(self.image_size, int) else tuple(self.image_size)
+        size = size_pair(self.image_size)
         if any(s % self.block_size for s in size):
             raise ValueError(f"image_size {size} is not a multiple of block_size {self.block_size}; resize the images.")
         unknown = sorted(set(self.cipher_steps) - set(ALL_STEPS))

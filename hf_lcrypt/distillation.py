@@ -11,6 +11,8 @@ The teacher only ever runs inside the key holder's training job; it is not part 
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +20,19 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForImageClassification, PreTrainedModel, Trainer
 
+from .data import TEACHER_INPUTS
 from .image_processing_lcrypt import LCryptImageProcessor
 from .keys import LCryptKey
 
+logger = logging.getLogger(__name__)
+
 DISTILLATION_TYPES = ("hard", "soft")
-TEACHER_INPUTS = "teacher_pixel_values"
 
 
 def load_teacher(
     path: str | Path, key: LCryptKey, id2label: dict[int, str]
 ) -> tuple[PreTrainedModel, LCryptImageProcessor]:
-    """The teacher model of a finished `scripts/train.py` run (`<output-dir>/model`) and its processor, keyed with
+    """The teacher model of a finished `scripts/train.py` run (`<output_dir>/model`) and its processor, keyed with
     `key` when the teacher was trained on ciphertext.
 
     The teacher must know the student's classes under the same ids, or its labels would teach the wrong classes.
@@ -141,3 +145,35 @@ class DistillationTrainer(Trainer):
             self.label_smoothing,
         )
         return (loss, outputs) if return_outputs else loss
+
+
+def check_teacher_split(
+    teacher_dir: Path, split_seed: int, max_per_class: int | None, fingerprints: dict[str, str]
+) -> None:
+    """Refuse a teacher whose run split the data differently: it would have trained on this run's test images and
+    leak them into the student through its predictions. Its validation and test splits must hold this run's images
+    (`split_fingerprints`, so another path to the same data passes and other data does not); teachers saved before
+    fingerprints are checked by their split settings, teachers without a `metrics.json` not at all."""
+    metrics_file = teacher_dir / "metrics.json"
+    if not metrics_file.is_file():
+        logger.warning("--teacher %s has no metrics.json; cannot check that it used the same data split.", teacher_dir)
+        return
+    teacher_metrics = json.loads(metrics_file.read_text())
+    known = teacher_metrics.get("data", {}).get("split_fingerprints")
+    if known is not None:
+        for split in ("validation", "test"):
+            if known.get(split) != fingerprints[split]:
+                raise ValueError(
+                    f"--teacher {teacher_dir} was trained on other data or another split: its {split} split holds "
+                    f"other images than this run's, so the teacher may have seen this run's test images. Train it "
+                    "on the same data with the same --split_seed and --max_per_class."
+                )
+        return
+    theirs = teacher_metrics.get("config", {})
+    their_seed = theirs.get("split_seed", theirs.get("seed", 0))  # runs before --split-seed split with --seed
+    if (their_seed, theirs.get("max_per_class")) != (split_seed, max_per_class):
+        raise ValueError(
+            f"--teacher {teacher_dir} was trained on the split of --split_seed {their_seed} and --max_per_class "
+            f"{theirs.get('max_per_class')}, this run uses {split_seed} and {max_per_class}: the teacher may have "
+            "seen this run's test images. Use the same --split_seed and --max_per_class."
+        )

@@ -16,7 +16,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, PILImageResampling
 from transformers.processing_utils import ImagesKwargs
 
-from .cipher import ALL_STEPS, BlockCipher
+from .cipher import ALL_STEPS, BlockCipher, size_pair
 from .keys import KEY_ENV_VAR, SPEC_VERSION, LCryptKey
 from .png_metadata import decode, mismatches
 
@@ -83,7 +83,7 @@ class LCryptImageProcessor(PilBackend):
 
     def __init__(self, image_size: int | tuple[int, int] | None = None, key: Any = None, **kwargs):
         if image_size is not None:
-            height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+            height, width = size_pair(image_size)
             kwargs["size"] = {"height": int(height), "width": int(width)}
         super().__init__(**kwargs)
         self._key: LCryptKey | None = None
@@ -136,7 +136,7 @@ class LCryptImageProcessor(PilBackend):
         config = getattr(model_or_config, "config", model_or_config)
         size = config.image_size
         settings = {
-            "image_size": size if isinstance(size, int) else tuple(size),
+            "image_size": size_pair(size),
             "block_size": config.block_size,
             "cipher_steps": list(config.cipher_steps),
             "image_mean": list(config.folded_image_mean),

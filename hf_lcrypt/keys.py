@@ -31,6 +31,13 @@ PURPOSE_PIXEL_SHUFFLE = "pixel-shuffle"
 PURPOSE_NEGATIVE_POSITIVE = "negative-positive"
 PURPOSE_BLOCK_SCRAMBLE = "block-scramble"
 
+# The cipher's steps, in the order they run (docs/key-spec.md); here, not in cipher.py, so that the command line can
+# name them without importing torch.
+PIXEL_SHUFFLE = "pixel_shuffle"
+NEGATIVE_POSITIVE = "negative_positive"
+BLOCK_SCRAMBLE = "block_scramble"
+ALL_STEPS = (PIXEL_SHUFFLE, NEGATIVE_POSITIVE, BLOCK_SCRAMBLE)
+
 KEY_ENV_VAR = "HF_LCRYPT_KEY_FILE"
 
 # Anyone can run the (public-salt) scrypt derivation on guesses, so a short phrase is a weak key.

@@ -4,32 +4,34 @@ The forward pass is exactly `transformers`' ViT, so a keyed model costs nothing 
 happens once, in `from_plain` and `rekey`.
 """
 
+import copy
 import os
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig, ViTForImageClassification, ViTModel
+from transformers import PreTrainedConfig, ViTConfig, ViTForImageClassification, ViTModel
 from transformers.activations import ACT2FN
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.image_processing_base import ImageProcessingMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.vit.modeling_vit import ViTPatchEmbeddings
 
-from .cipher import ALL_STEPS, BlockCipher
-from .configuration_lcrypt import LCryptViTConfig, architecture_settings
+from .cipher import ALL_STEPS, BlockCipher, size_pair
+from .configuration_lcrypt import CIPHER_FIELDS, LCryptViTConfig, architecture_settings
 from .folding import apply_fold, fold_map
 from .keys import LCryptKey
 
-# transformers 5 renames legacy ViT weight names per class name; without this mapping a checkpoint saved by these
-# classes would load with a silently re-initialised encoder.
-for _name in ("LCryptViTModel", "LCryptViTForImageClassification"):
-    register_checkpoint_conversion_mapping(_name, get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
-
-AUTO_MAP = {
-    "AutoConfig": "configuration_lcrypt.LCryptViTConfig",
-    "AutoModel": "modeling_lcrypt.LCryptViTModel",
-    "AutoModelForImageClassification": "modeling_lcrypt.LCryptViTForImageClassification",
+# Checkpoints name ViT weights as transformers 4 did ("encoder.layer.0.attention.attention.query"). transformers 5
+# renames them on load for its own ViT classes only, and skips custom-code classes; `LCryptViTModel` as the loaded
+# class (AutoModel) gets the same renaming through the public `key_mapping` argument of `from_pretrained`.
+LEGACY_VIT_WEIGHT_NAMES = {
+    r"encoder\.layer\.": "layers.",
+    r"attention\.attention\.query": "attention.q_proj",
+    r"attention\.attention\.key": "attention.k_proj",
+    r"attention\.attention\.value": "attention.v_proj",
+    r"attention\.output\.dense": "attention.o_proj",
+    r"intermediate\.dense": "mlp.fc1",
+    r"(?<!attention\.)output\.dense": "mlp.fc2",
 }
 
 
@@ -77,11 +79,14 @@ class LCryptViTModel(ViTModel):
     config: LCryptViTConfig
 
     def __init__(self, config: LCryptViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
-        config.auto_map = {**AUTO_MAP, **(getattr(config, "auto_map", None) or {})}
         super().__init__(config, add_pooling_layer=add_pooling_layer, use_mask_token=use_mask_token)
         if config.patch_embedding_mlp_size is not None:
             self.embeddings.patch_embeddings = LCryptMLPPatchEmbeddings(config)
             self.init_weights()  # only the new, not yet initialised layers
+
+    @classmethod
+    def from_pretrained(cls, *args, key_mapping: dict[str, str] | None = None, **kwargs) -> "LCryptViTModel":
+        return super().from_pretrained(*args, key_mapping=key_mapping or LEGACY_VIT_WEIGHT_NAMES, **kwargs)
 
     def forward(
         self,
@@ -104,15 +109,12 @@ class LCryptViTForImageClassification(ViTForImageClassification):
     config: LCryptViTConfig
 
     def __init__(self, config: LCryptViTConfig):
-        config.auto_map = {**AUTO_MAP, **(getattr(config, "auto_map", None) or {})}
-        super(ViTForImageClassification, self).__init__(config)
-        self.num_labels = config.num_labels
-        self.vit = LCryptViTModel(config, add_pooling_layer=False)
-        self.classifier = (
-            torch.nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else torch.nn.Identity()
-        )
+        # `self.vit` stays transformers' own ViTModel, so its checkpoint names load as every ViT's do.
+        super().__init__(config)
+        if config.patch_embedding_mlp_size is not None:
+            self.vit.embeddings.patch_embeddings = LCryptMLPPatchEmbeddings(config)
+            self.init_weights()  # only the new, not yet initialised layers
         self._lcrypt_key: LCryptKey | None = None
-        self.post_init()
 
     def forward(
         self,
@@ -210,6 +212,24 @@ class LCryptViTForImageClassification(ViTForImageClassification):
         self._fold(current, mean, std, inverse=True)
         self._fold(LCryptKey.coerce(new_key), mean, std, inverse=False)
 
+    def to_plain(self, key: LCryptKey | str | bytes) -> ViTForImageClassification:
+        """The plain ViT this keyed model is equivalent to, for inputs normalised with `config.folded_image_mean/std`:
+        the checkpoint the key holder folded, or would have folded (`from_plain`'s inverse). A model with an MLP patch
+        embedding, which `ViTForImageClassification` lacks, stays this class, not bound to a key."""
+        key = LCryptKey.coerce(key)
+        if key.key_id != self.config.key_id:
+            raise ValueError(
+                f"The key has key_id {key.key_id} but the model is folded with key_id {self.config.key_id}."
+            )
+        plain = copy.deepcopy(self)
+        plain._fold(key, self.config.folded_image_mean, self.config.folded_image_std, inverse=True)
+        if self.config.patch_embedding_mlp_size is not None:
+            return plain
+        settings = {k: v for k, v in architecture_settings(plain.config).items() if k not in CIPHER_FIELDS}
+        vit = ViTForImageClassification(ViTConfig.from_dict(settings)).to(self.device)
+        vit.load_state_dict(plain.state_dict())
+        return vit.train(self.training)
+
     def _fold(self, key: LCryptKey, mean: Sequence[float], std: Sequence[float], inverse: bool) -> None:
         """Fold `key` in (or out): the plain side of the map is normalised with (mean, std), the keyed side with the
         config's folded normalisation."""
@@ -225,7 +245,7 @@ class LCryptViTForImageClassification(ViTForImageClassification):
         size = self.config.image_size
         return BlockCipher(
             key,
-            image_size=size if isinstance(size, int) else tuple(size),
+            image_size=size_pair(size),
             block_size=self.config.block_size,
             channels=self.config.num_channels,
             steps=self.config.cipher_steps,

@@ -8,12 +8,20 @@ of the average of the plain run's weights, and a `fold` run's average folds like
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import PreTrainedModel, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .evaluation import compute_classification_metrics
+
+logger = logging.getLogger(__name__)
 
 AVERAGE_FILE = "weight_average.safetensors"
 
@@ -45,7 +53,7 @@ class WeightAverage(TrainerCallback):
         if not path.is_file():
             raise ValueError(
                 f"{self.resume_from} has no {AVERAGE_FILE}: it was not trained with a weight average. Resume "
-                "without --ema-decay, or start the run again."
+                "without --ema_decay, or start the run again."
             )
         saved = load_file(str(path), device=str(next(iter(weights.values())).device))
         if saved.keys() != weights.keys():
@@ -69,3 +77,41 @@ class WeightAverage(TrainerCallback):
 def averaged_entries(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state-dict entries an average covers: every floating-point one (integer counters are not averaged)."""
     return {name: value for name, value in model.state_dict().items() if value.is_floating_point()}
+
+
+def check_score_metric(metric: str, id2label: dict[int, str]) -> None:
+    """Fail before training, not after it, when `score_weight_average` could not score by `metric`."""
+    n = len(id2label)
+    known = compute_classification_metrics(np.eye(n), np.arange(n), id2label)
+    if metric.removeprefix("eval_") not in known:
+        raise ValueError(
+            f"--ema_decay compares the weight average with the best checkpoint by --metric_for_best_model, which "
+            f"must then be a classification score, one of {sorted(known)}; got {metric!r}."
+        )
+
+
+def score_weight_average(
+    model: PreTrainedModel,
+    averager: WeightAverage,
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    predict: Callable[[PreTrainedModel, torch.Tensor], torch.Tensor],
+    id2label: dict[int, str],
+    metric: str,
+) -> dict[str, Any]:
+    """Score the best checkpoint (the model as training left it) and the weight average on each split, then leave the
+    average in `model`: asked for, it is the final model. The scores are for comparison, and the test ones are the fair
+    ones: the checkpoint was picked for its validation score, the best of many, which flatters it on validation."""
+    candidates = {
+        "best_checkpoint": {name: value.clone() for name, value in averaged_entries(model).items()},
+        "weight_average": averager.average,
+    }
+    score = metric.removeprefix("eval_")
+    scores: dict[str, dict[str, float]] = {}
+    for name, weights in candidates.items():
+        model.load_state_dict(weights, strict=False)
+        scores[name] = {
+            split: compute_classification_metrics(predict(model, images).numpy(), labels.numpy(), id2label)[score]
+            for split, (images, labels) in splits.items()
+        }
+    logger.info("Weight average (decay %s) against the best checkpoint, %s: %s", averager.decay, metric, scores)
+    return {"decay": averager.decay, "metric": metric, "scores": scores}

@@ -5,7 +5,7 @@ batches of the same images, the same augmentation and the same optimiser; the on
 (`LCryptImageProcessor` with and without `do_encrypt`). Rounds of `--steps` training steps alternate between the
 arms so that drift in machine load hits both alike; the median steps/s of each arm are compared.
 
-Target: encrypted / plain >= 0.95. CPU (the docs/results.md figure):
+Target: encrypted / plain >= 0.95. CPU (the README's benchmark figure):
     python scripts/bench_training.py --model tiny --image-size 64 --block-size 8
 GPU check (ViT-S/16 at 224x224):
     python scripts/bench_training.py --model small --image-size 224 --block-size 16 --batch-size 128 --workers 8 --bf16
@@ -14,6 +14,7 @@ GPU check (ViT-S/16 at 224x224):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -29,9 +30,10 @@ from datasets import Image as ImageFeature
 from torch.utils.data import DataLoader
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
+from hf_lcrypt.data import Augment, ImageTransform
 from hf_lcrypt.keys import KEY_ENV_VAR
 from hf_lcrypt.presets import MODEL_PRESETS, ModelSpec
-from hf_lcrypt.training import HALF, Augment, ImageTransform
+from hf_lcrypt.training import HALF
 
 SHARED_MRI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brain-tumor-mri" / "train"
 
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPUs)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -146,7 +149,13 @@ def main() -> None:
             + ", ".join(f"{r:.2f}" for r in rates[arm_name])
             + ")"
         )
-    print(f"ratio encrypted / plain: {median['encrypted'] / median['plain']:.3f}   (target >= 0.95)")
+    ratio = median["encrypted"] / median["plain"]
+    print(f"ratio encrypted / plain: {ratio:.3f}   (target >= 0.95)")
+    if args.json:
+        figures = {"model": args.model, "image_size": args.image_size, "block_size": args.block_size}
+        figures |= {"batch_size": args.batch_size, "bf16": args.bf16, "workers": args.workers, "device": name}
+        figures |= {"images_per_second": {arm: rate * args.batch_size for arm, rate in median.items()}}
+        args.json.write_text(json.dumps({**figures, "ratio_encrypted_plain": ratio}, indent=2) + "\n")
     key_folder.cleanup()
 
 

@@ -1,11 +1,8 @@
-"""Check a trained keyed model and publish it to the Hugging Face Hub (same as `hf-lcrypt publish`).
-
-python scripts/publish.py outputs/run/model --repo-id user/keyed-vit --key-file model.key --dry-run /tmp/repo
-"""
+"""Check and publish a keyed model to the Hub: the same as `hf-lcrypt publish` (see its --help)."""
 
 import sys
 
-from hf_lcrypt.publishing import main
+from hf_lcrypt.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["publish", *sys.argv[1:]]))

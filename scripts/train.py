@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train and evaluate a keyed classifier: `python scripts/train.py --help`, or under `accelerate launch`.
+"""Train and evaluate a keyed classifier: `python scripts/train.py configs/default.yaml`, `--help` for every flag
+(transformers' TrainingArguments included), or under `accelerate launch`.
 
 See docs/training.md; the work is done by `hf_lcrypt.training.main`.
 """

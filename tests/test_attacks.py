@@ -6,32 +6,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from hf_lcrypt import ALL_STEPS, BlockCipher, LCryptKey
-from hf_lcrypt.attacks import (  # private helpers tested directly: the jigsaw solver's second stage
+from hf_lcrypt.attacks.cipher_attacks import (  # private helpers tested directly: the jigsaw solver's second stage
     _grow,
     _to_blocks,
     adjacent_correlation,
-    bit_flips,
     differential_attack,
     edge_dissimilarity,
     flip_mask_from_ciphertext,
-    gaussian_noise,
     histogram_entropy,
     jigsaw_attack,
     key_sensitivity,
     key_space_log10,
     known_plaintext_attack,
     known_plaintext_experiment,
-    msb_flips,
     npcr_uaci,
-    plot_curves,
-    plot_image_grid,
     psnr,
     repeated_blocks,
     smallest_known_plaintext,
     ssim,
 )
+from hf_lcrypt.attacks.corruptions import bit_flips, gaussian_noise, msb_flips
+from hf_lcrypt.attacks.plots import plot_curves, plot_image_grid
 
 KEY = LCryptKey(bytes(range(32)))
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -194,6 +192,26 @@ def test_key_space_for_224_16_rgb_matches_the_hand_formula():
 # -- image quality ----------------------------------------------------------------------------------------------
 
 
+def reference_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM as Wang et al. 2004 define it, window by window: an 11x11 Gaussian window (sigma 1.5) at every position
+    where it fits, local weighted means, variances and covariance, K1 = 0.01, K2 = 0.03, the map's mean, then the
+    mean over channels."""
+    g = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5**2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    a, b = (np.atleast_3d(v).astype(np.float64) for v in (a, b))
+    scores = []
+    for ch in range(a.shape[2]):
+        x, y = (np.lib.stride_tricks.sliding_window_view(v[:, :, ch], (11, 11)) for v in (a, b))
+        mu_x, mu_y = (np.einsum("ijkl,kl->ij", v, window) for v in (x, y))
+        var_x = np.einsum("ijkl,kl->ij", (x - mu_x[..., None, None]) ** 2, window)
+        var_y = np.einsum("ijkl,kl->ij", (y - mu_y[..., None, None]) ** 2, window)
+        cov = np.einsum("ijkl,kl->ij", (x - mu_x[..., None, None]) * (y - mu_y[..., None, None]), window)
+        ssim_map = (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+        scores.append(ssim_map.mean())
+    return float(np.mean(scores))
+
+
 def test_ssim_and_psnr_match_closed_forms():
     a, b = np.full((16, 16), 100, dtype=np.uint8), np.full((16, 16), 120, dtype=np.uint8)
     c1 = (0.01 * 255) ** 2
@@ -202,8 +220,19 @@ def test_ssim_and_psnr_match_closed_forms():
     assert ssim(img, img) == pytest.approx(1.0)
     assert psnr(img, img) == math.inf
     assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 400))
-    noisy = np.clip(img + np.random.default_rng(0).normal(0, 20, img.shape), 0, 255).astype(np.uint8)
-    assert 0 < ssim(img, noisy) < 0.9
+
+
+def test_ssim_matches_the_window_by_window_definition_on_textured_images():
+    rng = np.random.default_rng(0)
+    img = smooth_image(32)
+    noisy = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+    encrypted = BlockCipher(KEY, 32, 8).encrypt(img)
+    darker = (img * 0.6).astype(np.uint8)  # a contrast and luminance change, no noise
+    for other in (noisy, encrypted, darker, 255 - img):
+        expected = reference_ssim(img, other)
+        assert ssim(img, other) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert ssim(img[:, :, 1], other[:, :, 1]) == pytest.approx(reference_ssim(img[:, :, 1], other[:, :, 1]))
+    assert ssim(img, encrypted) < 0.2 < ssim(img, noisy) < ssim(img, darker)  # scrambled < noisy < dimmed
 
 
 # -- the ECB-like leak -------------------------------------------------------------------------------------------
@@ -331,5 +360,18 @@ def test_plots_write_png_files(tmp_path):
         "robustness",
         tmp_path / "curves.png",
     )
-    for path in (grid, curves):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(grid) as image:  # 2.2 inches a cell at 100 dpi, plus the title's 0.4: two rows of two columns
+        assert image.size == (440, 480)
+        cells = np.asarray(image.convert("RGB"))
+    with Image.open(curves) as image:
+        assert image.size == (600, 400)
+        drawn = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+    # Each series in its own colour (matplotlib's first two: C0 blue, C1 orange), each covering some pixels.
+    for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
+        assert (np.abs(drawn - colour).max(axis=1) <= 8).sum() > 50, colour
+    # The three images fill their cells: the same grid of black images differs from it over most of three cells.
+    black = np.zeros_like(img)
+    blank = plot_image_grid({"plain": [black, black[:, :, 0]], "encrypted": [black]}, tmp_path / "b.png", title="demo")
+    with Image.open(blank) as image:
+        changed = (np.asarray(image.convert("RGB")) != cells).any(axis=2).sum()
+    assert changed > 100_000  # about 200 x 200 pixels a cell: two cells alone would not reach it

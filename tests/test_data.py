@@ -16,6 +16,7 @@ from hf_lcrypt import BlockCipher, LCryptKey
 from hf_lcrypt.data import (
     MEDMNIST_CLASS_NAMES,
     content_hashes,
+    dataset_fingerprint,
     encrypt_dataset,
     label_maps,
     load_image_dataset,
@@ -256,6 +257,18 @@ def test_encrypt_with_worker_processes_matches_one_process():
     assert [np.asarray(im).tobytes() for im in one["image"]] == [np.asarray(im).tobytes() for im in two["image"]]
     with pytest.raises(ValueError, match="differs"):
         encrypt_dataset(dataset, cipher, image_size=32)
+
+
+def test_dataset_fingerprint_follows_content_and_transforms():
+    """The one read of datasets' private fingerprint: fails when a datasets release renames it or stops tracking."""
+    dataset = Dataset.from_dict({"x": [1, 2, 3]})
+    same = Dataset.from_dict({"x": [1, 2, 3]})
+    other = Dataset.from_dict({"x": [1, 2, 4]})
+    fingerprint = dataset_fingerprint(dataset)
+    assert isinstance(fingerprint, str) and fingerprint == dataset_fingerprint(same)
+    assert fingerprint != dataset_fingerprint(other)
+    assert fingerprint != dataset_fingerprint(dataset.select([0, 1]))
+    assert fingerprint != dataset_fingerprint(dataset.map(lambda row: {"x": row["x"] + 1}))
 
 
 def test_saved_parquet_embeds_image_files(folder, tmp_path):

@@ -31,13 +31,13 @@ def test_two_processes_train_one_model_together(tmp_path):
         "--dynamo_backend", "no",
         str(REPO_ROOT / "scripts" / "train.py"),
         "--model", "micro",
-        "--max-per-class", "8",  # 16 training images
-        "--batch-size", "4",
-        "--max-steps", "2",
-        "--attack-max-images", "8",
-        "--ema-decay", "0.9",  # a callback on every process, its file written once
-        "--output-dir", str(output_dir),
-        "--key-file", str(key_file),
+        "--max_per_class", "8",  # 16 training images
+        "--per_device_train_batch_size", "4",
+        "--max_steps", "2",
+        "--attack_max_images", "8",
+        "--ema_decay", "0.9",  # a callback on every process, its file written once
+        "--output_dir", str(output_dir),
+        "--key_file", str(key_file),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from helpers import IMAGENET_MEAN, IMAGENET_STD, tiny_vit
 from PIL import Image
+from transformers import ViTForImageClassification
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
-from hf_lcrypt import attack_report as report_module
-from hf_lcrypt.cli import main
-from hf_lcrypt.model_attacks import (
+from hf_lcrypt.attacks import report as report_module
+from hf_lcrypt.attacks.model_attacks import (
     Int8Weights,
     Target,
     access_control,
@@ -23,9 +23,10 @@ from hf_lcrypt.model_attacks import (
     finetuning_defence,
     pgd,
     random_bit_flips,
-    unfold,
     weight_recovery_experiment,
 )
+from hf_lcrypt.attacks.record import AttackReport
+from hf_lcrypt.cli import main
 
 KEY = LCryptKey(bytes(range(32)))
 
@@ -171,18 +172,19 @@ def test_fine_tuning_after_folding_moves_the_weights_away(setup):
     assert result["column_similarity"][1] < result["column_similarity"][0]
 
 
-def test_unfold_returns_the_plain_model_the_key_was_folded_into(setup):
+def test_to_plain_returns_the_plain_model_the_key_was_folded_into(setup):
     plain, keyed, _, _ = setup
-    back = unfold(keyed.model, KEY)
+    back = keyed.model.to_plain(KEY)
+    assert type(back) is ViTForImageClassification
     reference = plain.model.state_dict()
     assert all(torch.allclose(v, reference[k], atol=1e-5) for k, v in back.state_dict().items())
 
 
-def test_unfold_gives_back_an_mlp_patch_embedding_too():
+def test_to_plain_gives_back_an_mlp_patch_embedding_too():
     torch.manual_seed(0)
     plain = tiny_vit(32, 8, 48, 2, patch_mlp=96)
     keyed = LCryptViTForImageClassification.from_plain(plain, KEY, IMAGENET_MEAN, IMAGENET_STD).eval()
-    back = unfold(keyed, KEY)
+    back = keyed.to_plain(KEY)
     assert type(back) is LCryptViTForImageClassification and back.config.key_id is None
     reference = plain.state_dict()
     assert back.state_dict().keys() == reference.keys()
@@ -228,17 +230,29 @@ def test_attack_command_writes_the_report(tmp_path, saved_model, capsys, monkeyp
     printed = "".join(capsys.readouterr())
     assert KEY.to_hex() not in printed
 
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "attack_report.json").read_text())
     assert list(report["attacks"]) == attacks.split(",")
     assert report["key_id"] == KEY.key_id and report["num_images"] == 8
-    assert "--attacks access,fgsm" in report["command"] and KEY.to_hex() not in (out / "report.json").read_text()
+    assert "--attacks access,fgsm" in report["sources"]["command"]
+    assert KEY.to_hex() not in (out / "attack_report.json").read_text()
+    # The same schema as training's report: the accuracy table by condition, which model cards read.
+    typed = AttackReport.read(out)
+    access = report["attacks"]["access"]
+    assert typed.accuracy["clean"] == access["right_key"] and typed.accuracy["wrong_key"] == access["wrong_key_mean"]
+    assert [name for name, _ in typed.ordered_accuracies()][:3] == ["clean", "wrong_key", "plain"]
+    assert set(typed.accuracy) > {"noise_0.02", "noise_0.2"}
     fgsm_curves = report["attacks"]["fgsm"]["accuracy"]
     assert fgsm_curves["keyed model, encrypted inputs"] == pytest.approx(fgsm_curves["plain model, plain inputs"])
     assert report["attacks"]["weights-recovery"]["fresh_fold"]["decrypted_exact"] == 1.0
-    markdown = (out / "report.md").read_text()
+    markdown = (out / "attack_report.md").read_text()
     assert "| attack | measurement | value |" in markdown and "| access | right_key |" in markdown
     for figure in ("fgsm", "transfer", "weights-recovery", "weights-recovery-finetuning", "noise"):
-        assert (out / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
+        with Image.open(out / f"{figure}.png") as plot:
+            pixels = np.asarray(plot.convert("RGB")).reshape(-1, 3).astype(int)
+        if figure == "weights-recovery":  # a grid of images: most of the page is drawn on, not white
+            assert (pixels < 250).any(axis=1).mean() > 0.2
+        else:  # curves: the first series in matplotlib's first colour (C0, blue)
+            assert (np.abs(pixels - (0x1F, 0x77, 0xB4)).max(axis=1) <= 8).sum() > 50, figure
         assert f"({figure}.png)" in markdown
 
 
@@ -264,7 +278,7 @@ def test_attack_command_without_a_model_runs_the_cipher_attacks(tmp_path, saved_
     out = tmp_path / "cipher"
     argv = ["attack", "--data", data, "--key-file", key_file, "--out", out, "--split", "train"]
     assert main([str(a) for a in [*argv, "--image-size", "32", "--block-size", "8", "--max-images", "6"]]) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "attack_report.json").read_text())
     assert list(report["attacks"]) == ["jigsaw", "known-plaintext", "metrics"]
     assert report["attacks"]["known-plaintext"]["structured"]["unseen_exact"] == 1.0
     assert (out / "jigsaw.png").is_file()

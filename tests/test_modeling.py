@@ -185,3 +185,14 @@ def test_config_validation_and_no_secret():
     config = LCryptViTForImageClassification.from_plain(tiny_vit(), key, image_mean=HALF, image_std=HALF).config
     assert key.to_hex() not in config.to_json_string()
     assert config.key_id == key.key_id
+
+
+def test_the_model_code_changes_no_global_state_of_transformers():
+    """The remote-code model registers no weight-name conversion (a process-wide table every Hub user shares)."""
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    import hf_lcrypt.modeling_lcrypt  # noqa: F401
+
+    for name in ("LCryptViTModel", "LCryptViTForImageClassification", "lcrypt-vit"):
+        assert get_checkpoint_conversion_mapping(name) is None
+

@@ -14,9 +14,11 @@ from helpers import IMAGENET_MEAN, IMAGENET_STD, REPO_ROOT, tiny_vit
 from huggingface_hub import DatasetCard, ModelCard, SpaceCard
 from PIL import Image
 
-from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, cli, publishing
+from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, cli
+from hf_lcrypt.attacks.record import AttackReport
 from hf_lcrypt.data import encrypt_dataset
-from hf_lcrypt.publishing import (
+from hf_lcrypt.hub import publish as publishing
+from hf_lcrypt.hub.publish import (
     PublicCheckpointWarning,
     SecretLeakError,
     build_model_card,
@@ -27,7 +29,7 @@ from hf_lcrypt.publishing import (
     sort_results,
 )
 
-# Shaped like what hf_lcrypt.training writes (metrics.json) and hf_lcrypt.callbacks.write_attack_report.
+# Shaped like what hf_lcrypt.training writes (metrics.json) and an AttackReport (attack_report.json).
 METRICS = {
     "mode": "fold",
     "dataset": "someone/brain-mri",
@@ -49,7 +51,7 @@ ATTACK_REPORT = {
     "accuracy": {"clean": 0.8125, "wrong_key": 0.25, "plain": 0.3125, "noise_0.05": 0.78, "bitflip_0.01": 0.5},
     "curves": {"noise": {"strength": [0.0, 0.05], "accuracy": [0.8125, 0.78]}},
     "history": [],
-    "known_plaintext": {"pairs_needed": 2},
+    "attacks": {"known-plaintext": {"pairs_needed": 2}},
 }
 EXPECTED_FILES = {
     "README.md",
@@ -192,16 +194,36 @@ def test_sort_results_reads_flat_and_nested_metrics():
     nested = sort_results({"validation": {"accuracy": 0.5, "f1": 0.4}, "noise": {"accuracy": 0.3}})
     assert nested.split == "validation"
     assert [(m, v) for m, _, v in nested.main] == [("accuracy", 0.5), ("f1", 0.4)]
-    assert nested.attack == [("noise_accuracy", 0.3)] and nested.other == []
-    flat = sort_results(
-        {"accuracy": 0.9, "eval_accuracy": 0.8, "wrong_key_accuracy": 0.1, "epoch": 3, "flag": True},
-        {"accuracy": {"msb_0.1": 0.6}, "psnr": 7.5, "cipher": {"block_size": 16}},
+    assert nested.attack == [] and nested.other == []
+    report = AttackReport(
+        key_id="0123456789abcdef",
+        cipher={"block_size": 16},
+        split="test",
+        num_images=8,
+        accuracy={"msb_0.1": 0.6, "noise_0.2": 0.4, "noise_0.05": 0.7, "wrong_key": 0.1, "clean": 0.9},
+        attacks={"metrics": {"psnr": 7.5}},
     )
+    flat = sort_results({"accuracy": 0.9, "eval_accuracy": 0.8, "epoch": 3, "flag": True}, report)
     assert flat.split == "eval" and [(m, v) for m, _, v in flat.main] == [("accuracy", 0.8)]
-    assert flat.attack == [("wrong_key_accuracy", 0.1), ("msb_0.1_accuracy", 0.6)]  # references first
-    assert flat.other == [("psnr", 7.5)]
+    # references first, then each family by increasing strength
+    assert flat.attack == [
+        ("clean", 0.9),
+        ("wrong_key", 0.1),
+        ("msb_0.1", 0.6),
+        ("noise_0.05", 0.7),
+        ("noise_0.2", 0.4),
+    ]
+    assert flat.other == [("metrics_psnr", 7.5)]
     bare = sort_results({"accuracy": 0.9})
     assert bare.split is None and bare.main == [("accuracy", "Accuracy", 0.9)]
+
+
+def test_attack_report_round_trips_and_refuses_other_json(tmp_path):
+    report = AttackReport.read(AttackReport(**ATTACK_REPORT).write(tmp_path))
+    assert report == AttackReport(**ATTACK_REPORT)
+    (tmp_path / "attack_report.json").write_text(json.dumps({**ATTACK_REPORT, "psnr": 1.0}))
+    with pytest.raises(ValueError, match="not an hf-lcrypt attack report"):
+        AttackReport.read(tmp_path)
 
 
 @pytest.mark.parametrize("encoding", ["hex", "HEX", "raw", "base64"])
@@ -296,8 +318,9 @@ def test_public_checkpoint_flag_in_metrics_warns(tmp_path, key, fake_hub, monkey
 
 def test_cli_without_key_file_fails(model_dir, monkeypatch, capsys):
     monkeypatch.delenv("HF_LCRYPT_KEY_FILE", raising=False)
-    assert publishing.main([str(model_dir), "--repo-id", "someone/x", "--dry-run", "/nonexistent/out"]) == 2
-    assert "--key-file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["publish", str(model_dir), "--repo-id", "someone/x", "--dry-run", "/nonexistent/out"])
+    assert stop.value.code == 2 and "--key-file" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -361,10 +384,21 @@ def test_encrypted_dataset_upload(encrypted, fake_hub):
 
 
 def test_space_readme_is_the_rendered_template():
+    """The committed card is the template's rendering; its sdk_version is any gradio that pyproject.toml allows
+    (the template writes the installed one, which need not be the one the card was rendered with)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
     readme = REPO_ROOT / "space" / "README.md"
     card = SpaceCard.load(readme)
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
-    assert readme.read_text() == build_space_card().content, (
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    gradio = next(Requirement(d) for d in dependencies if Requirement(d).name == "gradio")
+    assert gradio.specifier.contains(card.data.sdk_version), (card.data.sdk_version, str(gradio))
+    rendered = build_space_card()
+    rendered.data.sdk_version = card.data.sdk_version  # content is rendered from the data on access
+    assert readme.read_text() == rendered.content, (
         "space/README.md is out of date: regenerate it with "
-        "python -c \"from hf_lcrypt.publishing import build_space_card; build_space_card().save('space/README.md')\""
+        "python -c \"from hf_lcrypt.hub.publish import build_space_card; build_space_card().save('space/README.md')\""
     )

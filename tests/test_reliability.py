@@ -308,11 +308,11 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(capsys, key_file, monkeypatch)
             raise KeyboardInterrupt
         real_write(pixels, path, *rest, **kwargs)
 
-    monkeypatch.setattr("hf_lcrypt.cli.write_png", interrupted)
+    monkeypatch.setattr("hf_lcrypt.folder_run.write_png", interrupted)
     rc, _, err = run(capsys, *args)
     assert rc == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err
     assert files(Path("enc")) == ["00.png", "01.png"]  # complete files only, no temporaries
-    monkeypatch.setattr("hf_lcrypt.cli.write_png", real_write)
+    monkeypatch.setattr("hf_lcrypt.folder_run.write_png", real_write)
 
     rc, _, err = run(capsys, *args)  # a plain rerun refuses, and says what to do
     assert rc == 1 and "--resume" in err and "--force" in err
@@ -436,7 +436,7 @@ def test_help_points_to_docs_by_url_and_states_the_memory_bound():
 
 # -- publishing --------------------------------------------------------------------------------------------------------
 def test_a_failed_dry_run_leaves_nothing_and_the_retry_works(tmp_path, monkeypatch, keyed_folder):
-    from hf_lcrypt import publishing
+    from hf_lcrypt.hub import publish as publishing
 
     folder, key, _ = keyed_folder
     out = tmp_path / "dry"

@@ -1,17 +1,23 @@
-"""The Space demo in a real browser: Debian's headless Chromium, driven by Playwright.
+"""The Space in a real browser (Debian's headless Chromium, driven by Playwright): the page encrypts locally and only
+ciphertext reaches the server. Every request the page makes is recorded and searched for the secrets.
 
 A browser that cannot start fails the test; set HF_LCRYPT_SKIP_BROWSER=1 to skip it explicitly instead.
 """
 
+import io
+import json
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 from test_space import EXAMPLE, PASSPHRASE, launch_space
 
-from hf_lcrypt import LCryptKey
+from hf_lcrypt import LCryptImageProcessor, LCryptKey
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +31,11 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STATIC = REPO_ROOT / "space" / "static"
+WRONG_KEY_LABEL = "hf-lcrypt-space/wrong-key"  # as in space/static/page.mjs
+PNG = rb"\x89PNG.*?IEND\xaeB`\x82"
+PNG_IN_MULTIPART = re.compile(rb'filename="([^"]+)"\r\nContent-Type: [^\r]*\r\n\r\n(' + PNG + b")", re.S)
 
 
 @pytest.fixture(scope="module")
@@ -47,60 +58,182 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def space_url(tmp_path_factory):
-    for app in launch_space(tmp_path_factory.mktemp("space-browser")):
-        yield app.url
+def space(tmp_path_factory):
+    # The served model is folded with the passphrase's key; the server is never told either.
+    yield from launch_space(tmp_path_factory.mktemp("space-browser"), key=LCryptKey.from_passphrase(PASSPHRASE))
 
 
-def test_upload_encrypt_and_classify_in_the_browser(browser, space_url):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    console_errors: list[str] = []
-    page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
-    # Hermetic: only the app itself is reachable (gradio's default theme would otherwise ask for web fonts).
-    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(space_url) else route.abort())
-    page.goto(space_url, wait_until="domcontentloaded")
-    page.locator("#run").wait_for(state="visible", timeout=60_000)
+class RecordingPage:
+    """A page whose every request (HTTP and WebSocket) is recorded; requests outside the app are refused."""
 
-    page.locator("#upload input[type=file]").set_input_files(str(EXAMPLE))
-    page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
-    page.locator("#passphrase input, #passphrase textarea").first.fill(PASSPHRASE)
+    def __init__(self, browser, url: str):
+        self.page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        self.requests: list[tuple[str, bytes]] = []  # (method and URL, body)
+        self.console_errors: list[str] = []
+        self.page.on("console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None)
+        self.page.on("websocket", self._watch_socket)
+        self.page.route("**/*", self._route(url))
+
+    def _route(self, url: str):
+        def handle(route):
+            request = route.request
+            self.requests.append((f"{request.method} {request.url}", request.post_data_buffer or b""))
+            # Hermetic: only the app itself is reachable (gradio's default theme would otherwise ask for web fonts).
+            route.continue_() if request.url.startswith(url) else route.abort()
+
+        return handle
+
+    def _watch_socket(self, socket) -> None:
+        def sent(payload):
+            self.requests.append((f"WS {socket.url}", payload if isinstance(payload, bytes) else payload.encode()))
+
+        socket.on("framesent", sent)
+
+    def uploads(self) -> dict[str, list[bytes]]:
+        """The PNG files the page uploaded, by file name."""
+        found: dict[str, list[bytes]] = {}
+        for _, body in self.requests:
+            for name, data in PNG_IN_MULTIPART.findall(body):
+                found.setdefault(name.decode(), []).append(data)
+        return found
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def model_probabilities(space, image: np.ndarray) -> dict[str, float]:
+    batch = LCryptImageProcessor.for_model(space.model)(
+        Image.fromarray(image), do_encrypt=False, do_resize=False, return_tensors="pt"
+    )
+    with torch.no_grad():
+        probs = space.model(**batch).logits.softmax(-1)[0]
+    return {space.model.config.id2label[i]: float(p) for i, p in enumerate(probs)}
+
+
+def test_the_page_encrypts_locally_and_sends_only_ciphertext(browser, space, tmp_path):
+    recorder = RecordingPage(browser, space.url)
+    page = recorder.page
+    page.goto(space.url, wait_until="domcontentloaded")
+    page.locator("#lcrypt-app[data-ready=true]").wait_for(timeout=60_000)
+
+    page.locator("#plain-file").set_input_files(str(EXAMPLE))
+    page.locator("#passphrase").fill(PASSPHRASE)
+    page.locator("#use-passphrase").click()
+    page.wait_for_function("() => /key_id [0-9a-f]{16}/.test(document.querySelector('#key-status').innerText)")
+    assert f"key_id {space.key.key_id}" in page.locator("#key-status").inner_text()
     page.locator("#run").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('Done')", timeout=60_000)
+    assert not page.locator("#status.error").count()
 
-    encrypted = page.locator("#encrypted img").first
-    encrypted.wait_for(state="visible", timeout=60_000)
-    page.wait_for_function(
-        "() => { const img = document.querySelector('#encrypted img'); "
-        "return img && img.complete && img.naturalWidth > 0; }",
-        timeout=30_000,
-    )
-    assert ".png" in (encrypted.get_attribute("src") or "")
-    label = page.locator("#label-key")
-    page.wait_for_function(
-        "() => /class_\\d/.test(document.querySelector('#label-key')?.innerText || '')", timeout=30_000
-    )
-    assert "class_" in label.inner_text()
-    corrupted = page.locator("#corrupted img").first
-    corrupted.wait_for(state="visible", timeout=30_000)
+    # Noise and bit flips, applied in the browser to the ciphertext, change what the model says.
+    clean_label = page.locator("#label-corrupted").inner_text()
+    page.locator("#sigma").evaluate("(el) => { el.value = '0.3'; el.dispatchEvent(new Event('change')); }")
+    page.wait_for_function("(t) => document.querySelector('#label-corrupted').innerText !== t", arg=clean_label)
 
-    # Typing a noise level into the slider's box re-runs the prediction on a corrupted copy (a new image file).
-    clean_src = corrupted.get_attribute("src")
-    sigma = page.locator("#sigma input[type=number]").first
-    sigma.fill("0.3")
-    sigma.press("Enter")
-    page.wait_for_function(
-        "(src) => { const img = document.querySelector('#corrupted img'); return img && img.src !== src; }",
-        arg=clean_src,
-        timeout=30_000,
-    )
-
-    key_info = page.locator("#key-info").inner_text()
-    assert LCryptKey.from_passphrase(PASSPHRASE).key_id in key_info
-    assert PASSPHRASE not in page.locator("body").inner_text()  # the password field does not echo it
-
-    shots = Path(tempfile.mkdtemp(prefix="hf-lcrypt-space-"))
-    screenshot = shots / "space.png"
+    # Kept under outputs/ (ignored by git) for a look at the page after the run.
+    screenshot = REPO_ROOT / "outputs" / "screenshots" / "space-private-inference.png"
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(screenshot), full_page=True)
     print(f"screenshot: {screenshot}")
     assert screenshot.stat().st_size > 10_000
-    assert not [e for e in console_errors if "Failed to load resource" not in e], console_errors
+
+    # What the server received is exactly the Python encryption of the same resized pixels with the same key.
+    uploads = recorder.uploads()
+    assert set(uploads) == {"encrypted.png", "wrong-key.png", "corrupted.png"}, list(uploads)
+    assert len(uploads["corrupted.png"]) == 2
+    processor = LCryptImageProcessor.for_model(space.model, key=space.key)
+    (expected,) = processor.encrypt_images([Image.open(EXAMPLE)])
+    (sent,) = uploads["encrypted.png"]
+    assert np.array_equal(pixels(sent), np.asarray(expected))
+    wrong = LCryptImageProcessor.for_model(space.model, key=space.key.derive(WRONG_KEY_LABEL), key_id=None)
+    assert np.array_equal(
+        pixels(uploads["wrong-key.png"][0]), np.asarray(wrong.encrypt_images([Image.open(EXAMPLE)])[0])
+    )
+    noisy = pixels(uploads["corrupted.png"][1])
+    assert np.array_equal(pixels(uploads["corrupted.png"][0]), np.asarray(expected))  # sigma 0, rate 0 at first
+    assert np.mean(noisy != np.asarray(expected)) > 0.3
+
+    # The prediction shown is the model's on that ciphertext.
+    probs = model_probabilities(space, pixels(sent))
+    best = max(probs, key=probs.get)
+    assert page.locator("#label-key").get_attribute("data-label") == best
+    assert f"{best}: {100 * probs[best]:.1f} %" in page.locator("#label-key").inner_text()
+
+    # No request carries the key, the passphrase, or the plain image (file bytes, decoded or resized pixels).
+    plain_file = EXAMPLE.read_bytes()
+    plain_full = np.asarray(Image.open(EXAMPLE).convert("RGB"))
+    plain_resized = processor.decrypt_images([expected])[0]
+    secrets = {
+        "key hex": space.key.to_hex().encode(),
+        "key HEX": space.key.to_hex().upper().encode(),
+        "passphrase": PASSPHRASE.encode(),
+        "passphrase (URL-encoded)": PASSPHRASE.replace(" ", "+").encode(),
+        "plain file": plain_file,
+        "plain pixels": plain_full.tobytes(),
+        "plain grey pixels": plain_full[..., 0].tobytes(),
+        "resized plain pixels": np.asarray(plain_resized).tobytes(),
+    }
+    assert len(recorder.requests) > 5
+    for what, body in recorder.requests:
+        for name, secret in secrets.items():
+            assert secret not in body and secret.decode("latin-1") not in what, f"{name} in {what}"
+    # Nor any PNG in any request, multipart or not.
+    for what, body in recorder.requests:
+        for data in re.findall(PNG, body, re.S):
+            sent_pixels = pixels(data)
+            assert not np.array_equal(sent_pixels, np.asarray(plain_resized)), f"the plain image in {what}"
+            assert sent_pixels.shape != plain_full.shape, f"a full-size image in {what}"
+    assert PASSPHRASE not in page.locator("body").inner_text()
+    assert not [e for e in recorder.console_errors if "Failed to load resource" not in e], recorder.console_errors
+    page.close()
+
+
+def test_keys_from_a_file_hex_or_the_browser(browser, space, tmp_path):
+    recorder = RecordingPage(browser, space.url)
+    page = recorder.page
+    page.goto(space.url, wait_until="domcontentloaded")
+    page.locator("#lcrypt-app[data-ready=true]").wait_for(timeout=60_000)
+    assert page.locator("#demo-key").is_hidden()  # this app ships no public demo key
+    status = page.locator("#key-status")
+    page.locator("#key-file").set_input_files(str(space.key.save(tmp_path / "model.key")))
+    page.wait_for_function("() => /key file/.test(document.querySelector('#key-status').innerText)")
+    assert f"key_id {space.key.key_id}" in status.inner_text() and "expects" not in status.inner_text()
+    other = LCryptKey.generate()
+    page.locator("#key-hex").fill(other.to_hex().upper())
+    page.locator("#use-hex").click()
+    assert f"key_id {other.key_id}" in status.inner_text() and "expects key_id" in status.inner_text()
+    page.locator("#key-hex").fill("not a key")
+    page.locator("#use-hex").click()
+    assert "not all hex digits" in page.locator("#status.error").inner_text()
+    page.locator("#generate-key").click()
+    with page.expect_download() as download:
+        page.locator("#download-key").click()
+    path = tmp_path / "generated.key"
+    download.value.save_as(path)
+    key = LCryptKey.load(path)
+    assert f"key_id {key.key_id}" in status.inner_text() and "expects key_id" in status.inner_text()
+    for secret in (key.to_hex(), space.key.to_hex(), other.to_hex()):
+        assert all(secret.encode() not in body and secret not in what for what, body in recorder.requests)
+    page.close()
+
+
+def test_the_spec_vectors_in_chromium(browser, space):
+    """tests/js/check_vectors.mjs, run on the module the page loads, inside the browser."""
+    page = browser.new_page()
+    page.goto(space.url, wait_until="domcontentloaded")
+    failures = page.evaluate(
+        """async ([checker, base, vectors]) => {
+            const check = await import(URL.createObjectURL(new Blob([checker], { type: "text/javascript" })));
+            const lcrypt = await import(`${base}/lcrypt.mjs`);
+            const { sha256 } = await import(`${base}/vendor/noble-hashes/sha2.js`);
+            return check.checkVectors(lcrypt, sha256, vectors);
+        }""",
+        [
+            (REPO_ROOT / "tests" / "js" / "check_vectors.mjs").read_text(),
+            f"{space.url.rstrip('/')}/gradio_api/file={STATIC}",
+            json.loads((REPO_ROOT / "tests" / "vectors" / "v1.json").read_text()),
+        ],
+    )
+    assert failures == []
     page.close()

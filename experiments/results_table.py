@@ -4,9 +4,9 @@ weight average of runs with `--ema-decay`, and the exact command of every run.
 
 Reads every `<run>/model/metrics.json` (and `attack_report.json`) under the given folders, and measures inference
 throughput of each saved model on this machine, batch 64, in one run. `--figures DIR` copies each run's confusion
-matrix and noise-robustness plot there (as `<folder>-<run>-confusion.png`, `...-noise.png`), for docs/results.md.
+matrix and noise-robustness plot there (as `<folder>-<run>-confusion.png`, `...-noise.png`).
 
-    python scripts/results_table.py outputs/compare
+    python experiments/results_table.py outputs/compare
 """
 
 import argparse
@@ -19,12 +19,15 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageClassification
 
-import hf_lcrypt  # noqa: F401 - registers the keyed ViT with the Auto classes
+from hf_lcrypt import register_auto_classes
 
 COLUMNS = (
     "run | mode | model | params | image/block | test acc | macro F1 | AUROC | s/epoch | infer img/s | wrong key | "
     "plain input | noise 0.1 | bit flips 1% | fold check"
 )
+
+
+register_auto_classes()  # the run folders' keyed ViTs load through the Auto classes
 
 
 def images_per_second(model_dir: Path, image_size: int, batch: int = 64, repeats: int = 3) -> float:

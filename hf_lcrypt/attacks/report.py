@@ -1,5 +1,5 @@
 """The attack report behind `hf-lcrypt attack`: run any subset of the attack suite on one image sample and write
-`report.json`, `report.md` (one Markdown table) and PNG figures.
+`attack_report.json` (an `AttackReport`), `attack_report.md` (one Markdown table) and PNG figures.
 
 Model attacks need a keyed model and its key; the cipher attacks (`jigsaw`, `known-plaintext`, `metrics`) need only
 the key and a geometry. The strengths are fixed here, so that reports of different models compare.
@@ -7,10 +7,7 @@ the key and a geometry. The strengths are fixed here, so that reports of differe
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +19,13 @@ import torch
 from transformers import AutoModelForImageClassification
 from transformers.image_processing_base import ImageProcessingMixin
 
-from .attacks import (
+from ..cipher import ALL_STEPS, BLOCK_SCRAMBLE, BlockCipher
+from ..data import load_image_dataset
+from ..image_processing_lcrypt import LCryptImageProcessor
+from ..keys import LCryptKey
+from ..modeling_lcrypt import LCryptViTForImageClassification
+from . import ATTACK_NAMES, CIPHER_ATTACKS
+from .cipher_attacks import (
     adjacent_correlation,
     differential_attack,
     flip_mask_from_ciphertext,
@@ -31,16 +34,10 @@ from .attacks import (
     key_sensitivity,
     key_space_log10,
     known_plaintext_experiment,
-    plot_curves,
-    plot_image_grid,
     progress,
     repeated_blocks,
 )
-from .callbacks import FAMILIES, AttackSuite, load_plain_images
-from .cipher import ALL_STEPS, BLOCK_SCRAMBLE, BlockCipher
-from .data import load_image_dataset
-from .image_processing_lcrypt import LCryptImageProcessor
-from .keys import LCryptKey
+from .corruptions import FAMILIES
 from .model_attacks import (
     Target,
     access_control,
@@ -49,12 +46,12 @@ from .model_attacks import (
     finetuning_defence,
     random_bit_flips,
     recover_key_from_weights,
-    unfold,
     weight_recovery_experiment,
 )
-from .modeling_lcrypt import LCryptViTForImageClassification
+from .plots import plot_curves, plot_image_grid
+from .record import AttackReport
+from .suite import AttackSuite, load_plain_images
 
-CORRUPTIONS = {"noise": (0.02, 0.05, 0.1, 0.2), "bitflip": (0.001, 0.01, 0.05), "msb": (0.01, 0.05, 0.1)}
 EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
 PGD_STEPS = 10
 FLIP_COUNTS = (0, 10, 100, 1000, 10000)
@@ -94,7 +91,7 @@ class Sample:
 
 @dataclass
 class Outcome:
-    """One attack's numbers (for report.json), table rows (measurement, value) and figures."""
+    """One attack's numbers (for attack_report.json), table rows (measurement, value) and figures."""
 
     data: dict[str, Any]
     rows: list[tuple[str, str]] = field(default_factory=list)
@@ -111,12 +108,12 @@ def _rows(prefix: str, values: dict[str, Any]) -> list[tuple[str, str]]:
 # -- model attacks ------------------------------------------------------------------------------------------------
 def _corruption(family: str) -> Callable[[Sample], Outcome]:
     def run(s: Sample) -> Outcome:
-        strengths = {family: CORRUPTIONS[family]}
+        strengths = {family: FAMILIES[family].strengths}
         suite = AttackSuite(
             s.images, s.labels, s.cipher, s.keyed.image_mean, s.keyed.image_std, strengths, s.batch_size
         )
         xs, ys = suite.curves(suite.run(s.keyed.model))[family]
-        title, xlabel, _ = FAMILIES[family]
+        title, xlabel = FAMILIES[family].title, FAMILIES[family].xlabel
         series = {"keyed model, encrypted inputs": (xs, ys)}
         figure = plot_curves(series, xlabel, "accuracy", title, s.out / f"{family}.png")
         rows = [(f"strength {x:g}", f"{y:.4f}") for x, y in zip(xs, ys, strict=True)]
@@ -326,8 +323,8 @@ def _metrics(s: Sample) -> Outcome:
     return Outcome({"num_images": len(plain), "few_images": len(few), **data}, _rows("", data))
 
 
-ATTACKS: dict[str, Callable[[Sample], Outcome]] = {
-    **{family: _corruption(family) for family in CORRUPTIONS},
+_RUNNERS: dict[str, Callable[[Sample], Outcome]] = {
+    **{family: _corruption(family) for family in FAMILIES},
     "fgsm": _white_box("fgsm", 1),
     "pgd": _white_box("pgd", PGD_STEPS),
     "transfer": _transfer,
@@ -339,8 +336,7 @@ ATTACKS: dict[str, Callable[[Sample], Outcome]] = {
     "known-plaintext": _known_plaintext,
     "metrics": _metrics,
 }
-CIPHER_ATTACKS = ("jigsaw", "known-plaintext", "metrics")
-ATTACK_NAMES = tuple(ATTACKS)
+ATTACKS = {name: _RUNNERS[name] for name in ATTACK_NAMES}  # the catalogue's order; a name without a runner fails here
 
 
 # -- loading and writing ------------------------------------------------------------------------------------------
@@ -387,7 +383,7 @@ def load_sample(
                 mean, std = keyed.image_mean, keyed.image_std
             plain = Target(plain_model, mean, std)
         else:
-            plain = Target(unfold(keyed.model, key).eval(), keyed.image_mean, keyed.image_std)
+            plain = Target(keyed.model.to_plain(key).eval(), keyed.image_mean, keyed.image_std)
     sources = {
         "data": str(data),
         "split": split,
@@ -411,7 +407,7 @@ def _model_labels(labels: torch.Tensor, names: Sequence[str], label2id: dict[str
 def run_report(
     sample: Sample, attacks: Sequence[str], out: str | os.PathLike, sources: dict[str, Any], command: str = ""
 ) -> dict[str, Path]:
-    """Run `attacks` in order on `sample` and write report.json, report.md and the figures into `out`."""
+    """Run `attacks` in order on `sample` and write attack_report.json, attack_report.md and the figures into `out`."""
     unknown = [name for name in attacks if name not in ATTACKS]
     if unknown:
         raise ValueError(f"Unknown attack(s) {unknown}; choose from {list(ATTACKS)}.")
@@ -430,10 +426,17 @@ def run_report(
         results[name] = {"seconds": time.perf_counter() - start, **outcome.data}
         rows += [(name, measurement, value) for measurement, value in outcome.rows]
         figures += outcome.figures
-    report = {"command": command, **sources, "attacks": results}
-    paths = {"json": out / "report.json", "md": out / "report.md"}
-    paths["json"].write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
-    header = "\n".join(f"- {k}: `{v}`" for k, v in {"command": command, **sources}.items() if v not in (None, ""))
+    report = AttackReport(
+        key_id=sources["key_id"],
+        cipher=sources["cipher"],
+        split=sources["split"],
+        num_images=sources["num_images"],
+        attacks=results,
+        sources={"command": command, **sources},
+        **_accuracies(results),
+    )
+    paths = {"json": report.write(out), "md": out / "attack_report.md"}
+    header = "\n".join(f"- {k}: `{v}`" for k, v in report.sources.items() if v not in (None, ""))
     table = "\n".join(f"| {a} | {m} | {v} |" for a, m, v in rows)
     timing = ", ".join(f"{name} {r['seconds']:.1f} s" for name, r in results.items())
     paths["md"].write_text(
@@ -443,87 +446,19 @@ def run_report(
     return paths | {p.stem: p for p in figures}
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic | np.ndarray | torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-# -- command line -------------------------------------------------------------------------------------------------
-def add_attack_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The flags of `hf-lcrypt attack`."""
-    from .cli import add_key_file_argument, image_size, positive_int, steps
-
-    parser.add_argument("--data", metavar="DIR", required=True, help="image folder, one sub-folder per class")
-    add_key_file_argument(parser, "the key holder's secret key file")
-    parser.add_argument("--out", metavar="DIR", required=True, help="folder for report.json, report.md and figures")
-    parser.add_argument(
-        "--model", metavar="DIR", help="keyed model folder (needed by every attack but the cipher ones)"
-    )
-    parser.add_argument(
-        "--plain-model",
-        metavar="DIR",
-        help="plain ViT the attacker knows, for transfer and weight attacks (default: the keyed model unfolded "
-        "with the key, i.e. the checkpoint it was folded from)",
-    )
-    parser.add_argument(
-        "--attacks",
-        metavar="NAME[,NAME...]",
-        type=attack_names,
-        help=f"comma-separated, run in this order: {','.join(ATTACK_NAMES)} (default: all; without --model: "
-        f"{','.join(CIPHER_ATTACKS)})",
-    )
-    parser.add_argument(
-        "--max-images", metavar="N", type=positive_int, default=128, help="images sampled (default 128)"
-    )
-    parser.add_argument("--split", default="test", help="split of --data, carved by content hash (default: test)")
-    parser.add_argument("--image-size", metavar="S|HxW", type=image_size, help="cipher geometry without --model")
-    parser.add_argument("--block-size", metavar="M", type=positive_int, help="block side without --model")
-    parser.add_argument(
-        "--steps", metavar="STEP[,STEP...]", type=steps, default=ALL_STEPS, help="cipher steps without --model"
-    )
-    parser.add_argument("--batch-size", metavar="B", type=positive_int, default=64, help="images per forward pass")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the image sample and the attacks")
-    return parser
-
-
-def attack_names(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in ATTACKS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACKS)}")
-    return names
-
-
-def run_attack(args: argparse.Namespace) -> int:
-    key = LCryptKey.load(args.key_file)
-    attacks = args.attacks or (ATTACK_NAMES if args.model else CIPHER_ATTACKS)
-    sample, sources = load_sample(
-        args.data,
-        key,
-        args.model,
-        args.plain_model,
-        args.image_size,
-        args.block_size,
-        args.steps,
-        args.split,
-        args.max_images,
-        args.seed,
-    )
-    sample.batch_size = args.batch_size
-    paths = run_report(sample, attacks, args.out, sources, command=_command(args, attacks))
-    print(f"attacked key {key.key_id} with {', '.join(attacks)} on {len(sample.images)} images: {paths['md']}")
-    return 0
-
-
-def _command(args: argparse.Namespace, attacks: Sequence[str]) -> str:
-    """The command line that reproduces this report (the key file's path only, never its content)."""
-    words = ["hf-lcrypt", "attack", "--data", args.data, "--key-file", args.key_file, "--out", args.out]
-    for flag in ("model", "plain_model", "image_size", "block_size", "split", "max_images", "seed"):
-        value = getattr(args, flag)
-        if value is not None:
-            text = "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
-            words += [f"--{flag.replace('_', '-')}", text]
-    if args.model is None:
-        words += ["--steps", ",".join(args.steps)]
-    return shlex.join([*words, "--attacks", ",".join(attacks)])
+def _accuracies(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The report's accuracy table and curves, from the corruption and access-control results."""
+    accuracy: dict[str, float] = {}
+    curves = {}
+    for family in FAMILIES:
+        if family in results:
+            xs, ys = results[family]["strength"], results[family]["accuracy"]
+            curves[family] = {"strength": xs, "accuracy": ys}
+            accuracy["clean"] = ys[0]
+            accuracy.update({f"{family}_{x:g}": y for x, y in zip(xs[1:], ys[1:], strict=True)})
+    majority = None
+    if "access" in results:
+        access = results["access"]
+        accuracy.update(clean=access["right_key"], wrong_key=access["wrong_key_mean"], plain=access["plain_images"])
+        majority = access["majority_class"]
+    return {"accuracy": accuracy, "curves": curves, "majority_class_accuracy": majority}

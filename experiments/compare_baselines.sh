@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# ViT (plain / encrypted / fold) against CNN baselines (plain / encrypted), same data pipeline, augmentation, seed
-# and epoch budget; then the seed paper's geometry (200x200, 25x25 blocks) for the CNN. Results: docs/results.md,
-# table printed by scripts/results_table.py. Defaults (the docs/results.md run) take about 30 minutes on 2 CPU cores; raise MAX_PER_CLASS and
-# EPOCHS for closer-to-converged figures.
+# ViT (plain / encrypted / fold) against CNN baselines (ResNet and ConvNeXt, plain / encrypted), same data pipeline,
+# augmentation, seed and epoch budget; then the seed paper's geometry (200x200, 25x25 blocks) for the CNN. Results:
+# docs/results.md, table printed by experiments/results_table.py. Defaults (the docs/results.md run) take about
+# 45 minutes on 2 CPU cores; raise MAX_PER_CLASS and EPOCHS for closer-to-converged figures.
+# CNNS="resnet-small" runs one CNN preset only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/compare}
@@ -11,6 +12,7 @@ MAX_PER_CLASS=${MAX_PER_CLASS:-500}
 EPOCHS=${EPOCHS:-8}
 SEED=${SEED:-0}
 PY=${PY:-.venv/bin/python}
+CNNS=${CNNS:-resnet-small convnext-small}
 common=(--image-size 64 --block-size 8 --max-per-class "$MAX_PER_CLASS" --epochs "$EPOCHS" --seed "$SEED"
         --batch-size 32 --lr 1e-3 --attack-max-images 128)
 for dataset in brain-tumor-mri/train lc25000; do
@@ -20,9 +22,11 @@ for dataset in brain-tumor-mri/train lc25000; do
     --output-dir "$OUT/$name/vit-encrypted" "${common[@]}"
   $PY scripts/train.py --data "$DATA_ROOT/$dataset" --model tiny --mode fold --key-file "$key" \
     --output-dir "$OUT/$name/vit-fold" "${common[@]}"
-  for mode in plain encrypted; do
-    $PY scripts/train.py --data "$DATA_ROOT/$dataset" --model resnet-small --mode "$mode" --key-file "$key" \
-      --output-dir "$OUT/$name/resnet-small-$mode" "${common[@]}"
+  for cnn in $CNNS; do
+    for mode in plain encrypted; do
+      $PY scripts/train.py --data "$DATA_ROOT/$dataset" --model "$cnn" --mode "$mode" --key-file "$key" \
+        --output-dir "$OUT/$name/$cnn-$mode" "${common[@]}"
+    done
   done
 done
 # The seed paper's geometry: 64 blocks of 25x25x3 on 200x200 images, CNN on ciphertext (fewer images: 10x the pixels).

@@ -8,7 +8,6 @@ file contains the secret key in any common encoding. A dry run stops after these
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import importlib.metadata
@@ -25,6 +24,7 @@ import textwrap
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,10 +43,11 @@ from huggingface_hub import (
 from huggingface_hub.repocard import RepoCard
 from PIL import Image
 
-from .cipher import BlockCipher
-from .image_processing_lcrypt import LCryptImageProcessor
-from .keys import KEY_ENV_VAR, LCryptKey
-from .modeling_lcrypt import LCryptViTForImageClassification
+from ..attacks.record import AttackReport
+from ..cipher import BlockCipher, size_pair
+from ..image_processing_lcrypt import LCryptImageProcessor
+from ..keys import KEY_ENV_VAR, LCryptKey
+from ..modeling_lcrypt import LCryptViTForImageClassification
 
 # `datasets` is imported by the dataset functions only: the CLI builds its parser from this module on every command.
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CARD_DIR = Path(__file__).resolve().parents[1] / "hub_cards"
 PROJECT_URL = "https://github.com/hf-lcrypt/hf-lcrypt"
 DOCS_URL = f"{PROJECT_URL}/blob/main/docs"
 DEFAULT_LICENSE = "apache-2.0"
@@ -92,9 +92,7 @@ _MAIN_METRICS = (
 )
 _SPLIT_PREFIXES = ("test", "eval", "validation", "val")
 # A metric whose name has "accuracy" and one of these is an access-control or robustness result.
-_ATTACK_MARKERS = ("wrong_key", "plain", "noise", "gaussian", "bitflip", "bit_flip", "msb", "corrupt", "attack")
 # Parts of attack_report.json that are not measurements, or that the card shows elsewhere.
-_REPORT_SKIP = ("accuracy", "cipher", "curves", "history", "num_images")
 _MAX_OTHER_ROWS = 30
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # Names the training pipeline accepts for the dataset shipped with the package (hf_lcrypt.data.EMBEDDED_DATASETS).
@@ -139,11 +137,6 @@ def _pretty(name: str) -> str:
     return re.sub(r"[_/]+", " ", name).strip()
 
 
-def _condition(name: str) -> str:
-    """The condition an accuracy was measured under: wrong_key_accuracy -> "wrong key"."""
-    return " ".join(word for word in _pretty(name).split() if word.lower() not in {"accuracy", "acc"}) or name
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -159,19 +152,17 @@ class RunResults:
 
     split: str | None
     main: list[tuple[str, str, float]]  # (metric id, display name, value)
-    attack: list[tuple[str, float]]  # accuracies under a wrong key, on plain images, under noise...
-    other: list[tuple[str, float]]  # remaining numbers of attack_report.json
+    attack: list[tuple[str, float]]  # (condition, accuracy): clean, wrong_key, plain, noise_0.05...
+    other: list[tuple[str, float]]  # the attack report's detailed results
 
 
-def sort_results(metrics: Mapping[str, Any], attack_report: Mapping[str, Any] | None = None) -> RunResults:
-    """Sort metrics.json and attack_report.json for the card.
+def sort_results(metrics: Mapping[str, Any], attack_report: AttackReport | None = None) -> RunResults:
+    """Sort metrics.json and the attack report for the card.
 
     metrics.json may be nested as the training pipeline writes it (`{"test": {"accuracy": ...}}`) or flat
     (`test_accuracy`, `eval_f1`, ...); the first split among test/eval/validation/val that has a standard metric is
-    reported (unprefixed names count as a last resort). The access-control and robustness results are the entries of
-    attack_report.json's `accuracy` (clean, wrong_key, plain, noise_<sigma>, bitflip_<p>, msb_<p>) and any accuracy
-    in metrics.json whose name mentions a wrong key, plain images, noise, bit flips or an attack; the report's other
-    numbers are listed as they are.
+    reported (unprefixed names count as a last resort). The access-control and robustness rows are the report's
+    `accuracy` by condition; its detailed attack results are listed as they are.
     """
     flat = _flatten(metrics)
     split, main = None, []
@@ -181,28 +172,10 @@ def sort_results(metrics: Mapping[str, Any], attack_report: Mapping[str, Any] | 
         if main:
             split = prefix or None
             break
-    attack = {
-        name: value
-        for name, value in flat.items()
-        if "accuracy" in name.lower() and any(marker in name.lower() for marker in _ATTACK_MARKERS)
-    }
-    report = dict(attack_report or {})
-    attack.update({f"{name}_accuracy": value for name, value in _flatten(report.get("accuracy", {})).items()})
-    other = _flatten({name: value for name, value in report.items() if name not in _REPORT_SKIP})
-    return RunResults(split, main, sorted(attack.items(), key=_attack_order), sorted(other.items())[:_MAX_OTHER_ROWS])
-
-
-def _attack_order(item: tuple[str, float]) -> tuple[int, str, float]:
-    """Clean, wrong-key and plain accuracies first, then each corruption family by increasing strength."""
-    condition = _condition(item[0])
-    references = ("clean", "wrong key", "plain")
-    if condition in references:
-        return references.index(condition), "", 0.0
-    family, _, strength = condition.rpartition(" ")
-    try:
-        return len(references), family, float(strength)
-    except ValueError:
-        return len(references), condition, 0.0
+    if attack_report is None:
+        return RunResults(split, main, [], [])
+    other = _flatten({"majority_class_accuracy": attack_report.majority_class_accuracy, **attack_report.attacks})
+    return RunResults(split, main, attack_report.ordered_accuracies(), sorted(other.items())[:_MAX_OTHER_ROWS])
 
 
 def _hub_names(value: Any) -> tuple[str | None, str | None]:
@@ -235,18 +208,13 @@ def _library_version() -> str:
 
 
 def _template(name: str) -> str:
-    path = CARD_DIR / name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The card template {path} is missing: publishing needs hf-lcrypt's hub_cards/ folder, which ships with "
-            "a source checkout (pip install -e .), not with a wheel."
-        )
-    return str(path)
+    """Path of a card template: hub_cards/ in the source tree, installed as the package `hf_lcrypt.hub.cards`."""
+    return str(resources.files("hf_lcrypt.hub.cards") / name)
 
 
 def _geometry(config: Mapping[str, Any]) -> tuple[int, int]:
     size = config.get("image_size", 224)
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return size_pair(size)
 
 
 # -- cards --------------------------------------------------------------------------------------------------------
@@ -264,7 +232,8 @@ def build_model_card(
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json")
     metrics = _read_json(model_dir / "metrics.json")
-    report = _read_json(model_dir / "attack_report.json")
+    report_path = model_dir / AttackReport.FILENAME
+    report = AttackReport.read(report_path) if report_path.is_file() else None
     results = sort_results(metrics, report)
     hub_dataset, dataset_title = _hub_names(dataset or metrics.get("dataset"))
     base_model, _ = _hub_names(base_model or metrics.get("base_model"))
@@ -282,7 +251,7 @@ def build_model_card(
         for mid, title, value in results.main
     ] + [
         EvalResult(
-            **common, metric_type="accuracy", metric_name=f"Accuracy ({_condition(name)})", metric_value=round(value, 4)
+            **common, metric_type="accuracy", metric_name=f"Accuracy ({_pretty(name)})", metric_value=round(value, 4)
         )
         for name, value in results.attack
     ]
@@ -328,10 +297,10 @@ def build_model_card(
         folded_from_public=folded_from_public,
         mode=metrics.get("mode"),
         split=results.split or "evaluation",
-        attack_images=report.get("num_images"),
-        attack_split=report.get("split", ""),
+        attack_images=report.num_images if report else None,
+        attack_split=report.split if report else "",
         main_metrics=[{"name": title, "value": f"{value:.4f}"} for _, title, value in results.main],
-        attack_metrics=[{"name": _condition(name), "value": f"{value:.4f}"} for name, value in results.attack],
+        attack_metrics=[{"name": _pretty(name), "value": f"{value:.4f}"} for name, value in results.attack],
         other_measurements=[{"name": _pretty(name), "value": f"{value:.6g}"} for name, value in results.other],
         library_version=_library_version(),
         extra_files=", ".join(f"`{name}`" for name in extra),
@@ -729,7 +698,7 @@ def push_encrypted_dataset(
     The images must already be encrypted with `cipher` (`hf_lcrypt.data.encrypt_dataset`); the cipher supplies the
     public description in lcrypt.json and the card, and its key is used only to scan the files for the secret.
     """
-    from .data import save_encrypted
+    from ..data import save_encrypted
 
     with _staging(dry_run_dir) as folder:
         folder.mkdir(parents=True, exist_ok=True)
@@ -758,71 +727,6 @@ def push_encrypted_dataset(
 
 
 # -- command line -------------------------------------------------------------------------------------------------
-def add_publish_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The arguments of `hf-lcrypt publish` (shared by scripts/publish.py)."""
-    parser.add_argument(
-        "model_dir",
-        metavar="MODEL_DIR",
-        type=Path,
-        help="folder of the trained keyed model (config, weights, processor)",
-    )
-    parser.add_argument("--repo-id", required=True, help="Hub repository, e.g. user/keyed-vit")
-    parser.add_argument(
-        "--key-file",
-        metavar="PATH",
-        type=Path,
-        default=os.environ.get(KEY_ENV_VAR),
-        help=f"key the model is folded with, used only for the checks (default: ${KEY_ENV_VAR})",
-    )
-    parser.add_argument(
-        "--dry-run", type=Path, metavar="OUT_DIR", help="write and check the repository here, upload nothing"
-    )
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument(
-        "--folded-from-public",
-        action="store_true",
-        help="the weights are a public checkpoint with a key folded in (the key is then recoverable; warns)",
-    )
-    parser.add_argument("--license", default=DEFAULT_LICENSE, help=f"licence for the card (default: {DEFAULT_LICENSE})")
-    parser.add_argument("--dataset", help="Hub id or name of the training data, for the card")
-    parser.add_argument("--base-model", help="Hub id of the plain model the keyed one was made from, for the card")
-    return parser
-
-
-def run_publish(args: argparse.Namespace) -> int:
-    """Run `hf-lcrypt publish` with parsed arguments; returns the exit status."""
-    if args.key_file is None:
-        print(f"error: pass --key-file (or set {KEY_ENV_VAR}): the checks need the model's key.", file=sys.stderr)
-        return 2
-    warnings.simplefilter("always", PublicCheckpointWarning)
-    try:
-        result = publish_model(
-            args.model_dir,
-            args.repo_id,
-            LCryptKey.load(args.key_file),
-            dry_run_dir=args.dry_run,
-            private=args.private,
-            folded_from_public=args.folded_from_public,
-            license=args.license,
-            dataset=args.dataset,
-            base_model=args.base_model,
-        )
-    except (SecretLeakError, ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"Checked {len(result.files)} files: {', '.join(result.files)}")
-    if result.skipped:
-        print(f"Left out: {', '.join(result.skipped)}")
-    print(f"Fresh-process logits match (max difference {result.max_logit_diff:.2g}); no secret in any file.")
-    print(f"Dry run: the repository is in {result.folder}" if result.url is None else f"Uploaded to {result.url}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="publish", description="Check and publish a keyed model to the Hub.")
-    return run_publish(add_publish_arguments(parser).parse_args(argv))
-
-
 __all__ = [
     "PublicCheckpointWarning",
     "PublishResult",

@@ -1,19 +1,17 @@
-"""Attack suite, model-free half: corruptions, classical cipher metrics, and key-less privacy attacks.
+"""Attacks on the cipher alone: classical cipher metrics and key-less privacy attacks (jigsaw, known plaintext).
 
 The block-wise cipher is a keyed permutation with sign flips, not a diffusion cipher; these functions measure
-what that does and does not hide. Images for the metrics and attacks are numpy arrays (H,W,C) or (H,W) uint8, the
-layout `BlockCipher` encrypts numpy arrays in; the corruptions work on batched torch tensors (B,C,H,W). The attacks
-on models are in `model_attacks`, and `attack_report` runs both halves for `hf-lcrypt attack` (docs/security.md).
+what that does and does not hide. Images are numpy arrays (H,W,C) or (H,W) uint8, the layout `BlockCipher`
+encrypts numpy arrays in. The attacks on models are in `model_attacks`, and `report` runs both for
+`hf-lcrypt attack` (docs/security.md).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,62 +19,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .cipher import ALL_STEPS, BLOCK_SCRAMBLE, NEGATIVE_POSITIVE, PIXEL_SHUFFLE, BlockCipher
-from .keys import KEY_BYTES, LCryptKey
+from ..cipher import ALL_STEPS, BLOCK_SCRAMBLE, NEGATIVE_POSITIVE, PIXEL_SHUFFLE, BlockCipher, size_pair
+from ..keys import KEY_BYTES, LCryptKey
 
 
 def progress(iterable: Iterable, desc: str) -> Iterable:
     """A progress bar on terminals only (tqdm's disable=None), cleared when done."""
     return tqdm(iterable, desc=desc, leave=False, disable=None, file=sys.stderr)
-
-
-# -- robustness corruptions (batched tensors, uint8 or float in [0,1]) ----------------------------------------------
-
-
-def _draw(sampler: Callable[..., torch.Tensor], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Samples shaped like x, drawn on the generator's device so one CPU generator serves GPU batches too."""
-    device = generator.device if generator is not None else x.device
-    return sampler(x.shape, generator=generator, device=device).to(x.device)
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} is a probability and must lie in [0, 1], got {value}.")
-
-
-def gaussian_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Add N(0, sigma^2) noise, sigma in [0,1] pixel units (uint8: sigma*255 levels, rounded), clamped to range."""
-    if sigma < 0:
-        raise ValueError(f"sigma must be non-negative, got {sigma}.")
-    noise = _draw(torch.randn, x, generator) * sigma
-    if x.dtype == torch.uint8:
-        return (x.float() + noise * 255).round_().clamp_(0, 255).to(torch.uint8)
-    return (x + noise.to(x.dtype)).clamp(0, 1)
-
-
-def _xor(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """XOR a uint8 mask into x; float pixels are quantised to 8 bits only where the mask touches them."""
-    if x.dtype == torch.uint8:
-        return x ^ mask
-    if not x.is_floating_point():
-        raise ValueError(f"Unsupported dtype {x.dtype}: use uint8 (0..255) or a float dtype with values in [0,1].")
-    quantised = (x * 255).round().clamp(0, 255).to(torch.uint8)
-    return torch.where(mask != 0, (quantised ^ mask).to(x.dtype) / 255, x)
-
-
-def bit_flips(x: torch.Tensor, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each of the 8 bits of every pixel value independently with probability `rate` (a noisy channel)."""
-    _check_fraction("rate", rate)
-    mask = torch.zeros(x.shape, dtype=torch.uint8, device=x.device)
-    for bit in range(8):
-        mask |= (_draw(torch.rand, x, generator) < rate).to(torch.uint8) << bit
-    return _xor(x, mask)
-
-
-def msb_flips(x: torch.Tensor, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip the most significant bit of a `rate` fraction of pixel values: the worst single-bit error per value."""
-    _check_fraction("rate", rate)
-    return _xor(x, (_draw(torch.rand, x, generator) < rate).to(torch.uint8) << 7)
 
 
 # -- classical image-encryption metrics ---------------------------------------------------------------------------
@@ -185,7 +134,7 @@ def key_space_log10(
     transforms = (C*M*M)! [pixel shuffle] * 2^(C*M*M) [negative-positive] * N! [block scramble]. An attacker
     searches whichever space is smaller, so the effective key space is the minimum of the two.
     """
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    height, width = size_pair(image_size)
     dim = channels * block_size**2
     blocks = (height // block_size) * (width // block_size)
     steps = set(steps)
@@ -666,61 +615,3 @@ def known_plaintext_experiment(
         "unseen_exact": float(np.mean([np.array_equal(d, u) for d, u in zip(decrypted, unseen, strict=True)])),
         "unseen_ssim": float(np.mean([ssim(d, u) for d, u in zip(decrypted, unseen, strict=True)])),
     }
-
-
-# -- plots ------------------------------------------------------------------------------------------------------
-
-
-def plot_image_grid(
-    rows: Mapping[str, Sequence[np.ndarray]], path: str | os.PathLike, title: str | None = None
-) -> Path:
-    """Save a grid of images, one labelled row per entry (e.g. plain / encrypted / jigsaw), as a PNG."""
-    from matplotlib.figure import Figure
-
-    ncols = max(len(images) for images in rows.values())
-    fig = Figure(figsize=(2.2 * ncols, 2.2 * len(rows) + (0.4 if title else 0)), layout="constrained")
-    axes = fig.subplots(len(rows), ncols, squeeze=False)
-    for ax_row, (label, images) in zip(axes, rows.items(), strict=True):
-        for col, ax in enumerate(ax_row):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col < len(images):
-                image = _hwc(images[col])
-                ax.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=255)
-            else:
-                ax.set_axis_off()
-        ax_row[0].set_ylabel(label)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def plot_curves(
-    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    xlabel: str,
-    ylabel: str,
-    title: str,
-    path: str | os.PathLike,
-    xscale: str = "linear",
-) -> Path:
-    """Save metric-vs-strength curves, one line per named (xs, ys) series, as a PNG (`xscale` "symlog" for counts
-    that span decades from 0)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.subplots()
-    # Dashes and shrinking markers keep series that coincide (a keyed model and its plain twin) all visible.
-    for i, (name, (xs, ys)) in enumerate(series.items()):
-        ax.plot(xs, ys, marker="o", markersize=7 - 2 * (i % 3), linestyle=("-", "--", ":")[i % 3], label=name)
-    ax.set_xscale(xscale)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    return path

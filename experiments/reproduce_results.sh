@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every run behind docs/results.md, with its exact settings and seed; then the tables. About 35 hours on 2 CPU cores.
+# Every run behind docs/results.md and experiments/notebook.md, with its exact settings and seed; then the tables.
+# About 35 hours on 2 CPU cores.
 # Stages (STAGES="teachers vits seeds medmnist geometry ablation figures" by default; pick some to rerun only those):
 #   teachers  the key holder's CNN on plain images (the plain CNN rows, and the ViTs' teachers)
 #   vits      the keyed ViT, `encrypted` and `fold` (= plain ViT, then folded), distilled from the teacher
@@ -11,9 +12,9 @@
 #             the recipe for 240 epochs (both modes) and with a weight average,
 #             and the seeds stage's encrypted runs with an MLP patch embedding (MLP_SEEDS, default 4 to 9),
 #             and the seeds stage's pairs with a weight average (EMA_SEEDS, default 16 and 17)
-#   figures   the tables' figures (confusion matrices, robustness curves) of every run in $OUT into docs/results;
-#             the tables are printed after any stage, the figures written only with this one, so that a partial
-#             rerun leaves the committed figures alone
+#   figures   the tables' figures (confusion matrices, robustness curves) of every run in $OUT into experiments/figures,
+#             then the ones docs/results.md shows (DOC_FIGURES) into docs/results; the tables are printed after any
+#             stage, the figures written only with this one, so that a partial rerun leaves the committed figures alone
 # A seed list set empty runs none of its runs: STAGES=seeds SEEDS="18 19" LC_SEEDS= runs two brain MRI pairs only.
 # The small models run one per core (OMP_NUM_THREADS=1, two at a time): faster in total than one run on two threads.
 set -euo pipefail
@@ -139,29 +140,36 @@ if stage ablation; then
 fi
 
 figures=()
-if stage figures; then figures=(--figures docs/results); fi
+if stage figures; then figures=(--figures experiments/figures); fi
 for folder in brain-tumor-mri lc25000 pneumoniamnist geometry ablation extra brain-tumor-mri-mlp brain-tumor-mri-ema; do
   if [ -d "$OUT/$folder" ]; then
     echo "## $folder"
-    $PY scripts/results_table.py "$OUT/$folder" "${figures[@]}"
+    $PY experiments/results_table.py "$OUT/$folder" "${figures[@]}"
   fi
 done
+DOC_FIGURES=(brain-tumor-mri-vit-encrypted-confusion brain-tumor-mri-vit-encrypted-noise
+             lc25000-vit128-200ep-fold-confusion pneumoniamnist-vit-encrypted-confusion)
+if stage figures; then
+  for name in "${DOC_FIGURES[@]}"; do
+    if [ -f "experiments/figures/$name.png" ]; then mv "experiments/figures/$name.png" docs/results/; fi
+  done
+fi
 if [ -d "$OUT/brain-tumor-mri-seeds" ]; then
   echo "## brain-tumor-mri-seeds"
-  $PY scripts/seed_table.py "$OUT/brain-tumor-mri-seeds"
+  $PY experiments/seed_table.py "$OUT/brain-tumor-mri-seeds"
 fi
 if [ -d "$OUT/brain-tumor-mri-mlp" ] && [ -d "$OUT/brain-tumor-mri-seeds" ]; then  # each MLP run against its seed's linear one
   echo "## brain-tumor-mri-mlp against brain-tumor-mri-seeds"
-  $PY scripts/seed_table.py --compare patch_embedding "$OUT/brain-tumor-mri-mlp" \
+  $PY experiments/seed_table.py --compare patch_embedding "$OUT/brain-tumor-mri-mlp" \
     $(for d in "$OUT"/brain-tumor-mri-mlp/seed-*; do echo "$OUT/brain-tumor-mri-seeds/${d##*/}/vit-encrypted"; done)
 fi
 if [ -d "$OUT/brain-tumor-mri-ema" ]; then
   for mode in encrypted fold; do
     echo "## brain-tumor-mri-ema, $mode: the weight average against the best checkpoint"
-    $PY scripts/seed_table.py --compare weight_average "$OUT"/brain-tumor-mri-ema/seed-*/vit-$mode
+    $PY experiments/seed_table.py --compare weight_average "$OUT"/brain-tumor-mri-ema/seed-*/vit-$mode
   done
 fi
 if [ -d "$OUT/lc25000-seeds" ]; then  # with the seed-0 pair of the same recipe
   echo "## lc25000-seeds"
-  $PY scripts/seed_table.py "$OUT/lc25000/vit128-200ep-encrypted" "$OUT/lc25000/vit128-200ep-fold" "$OUT/lc25000-seeds"
+  $PY experiments/seed_table.py "$OUT/lc25000/vit128-200ep-encrypted" "$OUT/lc25000/vit128-200ep-fold" "$OUT/lc25000-seeds"
 fi

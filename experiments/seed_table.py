@@ -8,28 +8,28 @@ difference starts above -margin) and "within half a point" by the two one-sided 
 inside ±margin). Reads every `model/metrics.json` under the given run folders (or folders of runs), pairs runs by
 the seed and mode they recorded, and refuses runs whose other settings differ:
 
-    python scripts/seed_table.py outputs/results/brain-tumor-mri-seeds
-    python scripts/seed_table.py outputs/results/lc25000/vit128-200ep-{encrypted,fold} outputs/results/lc25000-seeds
+    python experiments/seed_table.py outputs/results/brain-tumor-mri-seeds
+    python experiments/seed_table.py outputs/results/lc25000/vit128-200ep-{encrypted,fold} outputs/results/lc25000-seeds
 
 `--compare patch_embedding` pairs two recipes the same way instead, runs of one mode that differ only in their
 patch embedding (MLP against linear):
 
-    python scripts/seed_table.py --compare patch_embedding runs/{mlp,linear}/seed-*/vit-encrypted
+    python experiments/seed_table.py --compare patch_embedding runs/{mlp,linear}/seed-*/vit-encrypted
 
 `--compare weight_average` pairs the two candidates of each `--ema-decay` run instead (the weight average against the
 best checkpoint, both scored on test), one run per seed, so one mode at a time:
 
-    python scripts/seed_table.py --compare weight_average runs/seed-*/vit-encrypted
+    python experiments/seed_table.py --compare weight_average runs/seed-*/vit-encrypted
 
 `--recorded CSV` adds pairs whose run folders are gone, as counts of correct test images per mode (columns seed,
 encrypted_correct, plain_correct, test_images; others are kept as notes), to the pairs found in the folders, if any.
-docs/results.md's seed table is kept that way, each session's rows added as its runs finish by `--record CSV`,
+The brain MRI seed table of experiments/notebook.md is kept that way, new rows added as runs finish by `--record CSV`,
 which appends the run folders' pairs to the CSV (with the teacher's test accuracy where its metrics.json is readable)
 and prints the table of all the pairs it then holds:
 
-    python scripts/seed_table.py outputs/results/brain-tumor-mri-seeds \
-        --record docs/results/brain-tumor-mri-seed-pairs.csv
-    python scripts/seed_table.py --recorded docs/results/brain-tumor-mri-seed-pairs.csv
+    python experiments/seed_table.py outputs/results/brain-tumor-mri-seeds \
+        --record experiments/results/brain-tumor-mri-seed-pairs.csv
+    python experiments/seed_table.py --recorded experiments/results/brain-tumor-mri-seed-pairs.csv
 """
 
 import argparse

@@ -18,14 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, ViTConfig, ViTForImageClassification
+from transformers import PreTrainedModel, ViTForImageClassification
 
-from .attacks import RecoveredTransform, _sq_distances, progress, ssim
-from .cipher import BlockCipher
-from .configuration_lcrypt import LCryptViTConfig, architecture_settings
-from .folding import apply_fold, fold_map
-from .keys import LCryptKey
-from .modeling_lcrypt import LCryptViTForImageClassification
+from ..cipher import BlockCipher
+from ..keys import LCryptKey
+from ..modeling_lcrypt import LCryptViTForImageClassification
+from .cipher_attacks import RecoveredTransform, _sq_distances, progress, ssim
 
 try:  # an optimal assignment where scipy is there (scikit-learn brings it); a greedy argmax otherwise
     from scipy.optimize import linear_sum_assignment
@@ -34,7 +32,8 @@ except ImportError:  # pragma: no cover
 
 
 @contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration, then the mode the model had."""
     was_training = model.training
     model.eval()
     try:
@@ -74,7 +73,7 @@ class Target:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        with _evaluating(self.model):
+        with evaluating(self.model):
             return torch.cat([self.logits(chunk).argmax(-1) for chunk in x.split(batch_size)])
 
     def accuracy(self, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> float:
@@ -88,29 +87,6 @@ class Target:
 def with_key(cipher: BlockCipher, key: LCryptKey) -> BlockCipher:
     """A cipher of the same geometry and steps under another key."""
     return BlockCipher(key, (cipher.height, cipher.width), cipher.block_size, cipher.channels, cipher.steps)
-
-
-def unfold(
-    keyed: LCryptViTForImageClassification, key: LCryptKey | str | bytes
-) -> ViTForImageClassification | LCryptViTForImageClassification:
-    """The plain ViT a keyed model is equivalent to (normalised with its folded mean/std): what the key holder folded,
-    or would have folded, and the worst case for an attacker who knows that checkpoint."""
-    settings = architecture_settings(keyed.config)
-    settings.pop("key_id")
-    if keyed.config.patch_embedding_mlp_size is None:
-        for field in ("block_size", "cipher_steps", "folded_image_mean", "folded_image_std"):
-            settings.pop(field)
-        settings.pop("patch_embedding_mlp_size")
-        plain = ViTForImageClassification(ViTConfig.from_dict(settings))
-    else:  # only the keyed class, not bound to a key, has an MLP patch embedding
-        plain = LCryptViTForImageClassification(LCryptViTConfig.from_dict(settings))
-    plain = plain.to(next(keyed.parameters()).device)
-    plain.load_state_dict(keyed.state_dict())
-    mean, std = keyed.config.folded_image_mean, keyed.config.folded_image_std
-    embeddings = plain.vit.embeddings
-    fmap = fold_map(keyed.cipher(key), mean, std)
-    apply_fold(embeddings.patch_embeddings.projection, embeddings.position_embeddings, fmap, inverse=True)
-    return plain.train(keyed.training)
 
 
 # -- adversarial examples -----------------------------------------------------------------------------------------
@@ -131,7 +107,7 @@ def pgd(
     if random_start:
         noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
         adv = (adv + (2 * noise.to(x.device) - 1) * eps).clamp(0, 1)
-    with _evaluating(target.model):
+    with evaluating(target.model):
         for _ in range(steps):
             adv.requires_grad_(True)
             loss = F.cross_entropy(target.logits(adv), labels)

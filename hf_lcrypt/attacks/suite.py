@@ -8,7 +8,6 @@ a round of callbacks each, and would reset the Trainer's evaluation flags.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,26 +20,15 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .attacks import bit_flips, gaussian_noise, msb_flips, plot_curves
-from .cipher import BlockCipher
-from .image_processing_lcrypt import LCryptImageProcessor
-from .keys import LCryptKey
+from ..cipher import BlockCipher
+from ..image_processing_lcrypt import LCryptImageProcessor
+from .corruptions import DEFAULT_STRENGTHS, FAMILIES
+from .model_attacks import Target, evaluating, with_key, wrong_keys
+from .plots import plot_curves
 
 logger = logging.getLogger(__name__)
 
-NOISE_SIGMAS = (0.02, 0.05, 0.1, 0.2)
-BITFLIP_RATES = (0.001, 0.01, 0.05)
-MSB_RATES = (0.01, 0.05, 0.1)
-# A fixed, public key: the wrong-key accuracy is then reproducible and never depends on the secret.
-WRONG_KEY = LCryptKey(hashlib.sha256(b"hf-lcrypt/attack/wrong-key").digest())
-# Corruption families by condition-name prefix: plot title, x-axis label, corruption function.
-FAMILIES = {
-    "noise": ("Gaussian noise on the ciphertext", "noise sigma (pixel range 0..1)", gaussian_noise),
-    "bitflip": ("Random bit flips in the uint8 ciphertext", "bit-flip probability per bit", bit_flips),
-    "msb": ("Most significant bit flips in the uint8 ciphertext", "fraction of values with the MSB flipped", msb_flips),
-}
-
-Corruption = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Condition = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def sample_indices(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
@@ -75,20 +63,11 @@ def predict_logits(
     transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Logits (CPU, float32) of `model` on uint8 `images` passed through `transform`, then rescaled and normalised."""
-    param = next(model.parameters())
-    mean = torch.as_tensor(image_mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.as_tensor(image_std, dtype=torch.float32).view(1, -1, 1, 1)
-    was_training = model.training
-    model.eval()
-    try:
-        logits = []
-        for chunk in images.split(batch_size):
-            pixels = (transform(chunk).float() / 255 - mean) / std
-            logits.append(model(pixel_values=pixels.to(param.device, param.dtype)).logits.float().cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(logits)
+    """Logits (CPU, float32) of `model` in eval mode on uint8 `images` passed through `transform`, then rescaled and
+    normalised as `Target` does."""
+    target = Target(model, image_mean, image_std)
+    with evaluating(model):
+        return torch.cat([target.logits(transform(chunk).float() / 255).cpu() for chunk in images.split(batch_size)])
 
 
 class AttackSuite:
@@ -113,21 +92,20 @@ class AttackSuite:
     ):
         self.images, self.labels, self.cipher = images, labels, cipher
         self.image_mean, self.image_std = list(image_mean), list(image_std)
-        self.strengths = strengths or {"noise": NOISE_SIGMAS, "bitflip": BITFLIP_RATES, "msb": MSB_RATES}
+        self.strengths = strengths or DEFAULT_STRENGTHS
         self.batch_size, self.seed, self.split = batch_size, seed, split
-        self.wrong_cipher = BlockCipher(
-            WRONG_KEY, (cipher.height, cipher.width), cipher.block_size, cipher.channels, cipher.steps
-        )
+        # A fixed, public wrong key: the wrong-key accuracy is reproducible and never depends on the secret.
+        self.wrong_cipher = with_key(cipher, wrong_keys(1)[0])
 
-    def conditions(self) -> dict[str, Corruption]:
+    def conditions(self) -> dict[str, Condition]:
         encrypt = self.cipher.encrypt
-        conditions: dict[str, Corruption] = {
+        conditions: dict[str, Condition] = {
             "clean": lambda x, g: encrypt(x),
             "wrong_key": lambda x, g: self.wrong_cipher.encrypt(x),
             "plain": lambda x, g: x,
         }
         for family, values in self.strengths.items():
-            corrupt = FAMILIES[family][2]
+            corrupt = FAMILIES[family].corrupt
             for value in values:
                 conditions[f"{family}_{value:g}"] = lambda x, g, c=corrupt, v=value: c(encrypt(x), v, g)
         return conditions
@@ -225,7 +203,7 @@ def write_attack_report(
     paths["attack_report_json"].write_text(json.dumps(report, indent=2) + "\n")
     references = {"wrong key": accuracy["wrong_key"], "plain (unencrypted) input": accuracy["plain"]}
     for family, (xs, ys) in curves.items():
-        title, xlabel, _ = FAMILIES[family]
+        title, xlabel = FAMILIES[family].title, FAMILIES[family].xlabel
         series = {f"{model_name}, key": (xs, ys), **{name: (xs, [v] * len(xs)) for name, v in references.items()}}
         paths[f"robustness_{family}"] = plot_curves(
             series, xlabel, "accuracy", title, directory / f"robustness_{family}.png"
@@ -239,6 +217,6 @@ def write_attack_report(
         "each bit with probability p, or by flipping the most significant bit of a fraction p of the values.\n\n"
         f"| condition | accuracy |\n|---|---|\n{rows}\n\n"
         f"Always predicting the most common class would score {majority:.4f}.\n\n"
-        + "".join(f"![{FAMILIES[f][0]}](robustness_{f}.png)\n" for f in curves)
+        + "".join(f"![{FAMILIES[f].title}](robustness_{f}.png)\n" for f in curves)
     )
     return paths

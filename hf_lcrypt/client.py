@@ -1,0 +1,163 @@
+"""Private inference from Python: the key holder encrypts on its own machine and a model server classifies ciphertext.
+
+`RemoteClassifier` talks to a running hf-lcrypt app (space/app.py, locally or on the Hub) through `gradio_client`: it
+asks for the served model's geometry and key id, encrypts each image locally exactly as `LCryptImageProcessor` does,
+and sends only the encrypted PNG to `/classify_encrypted`. `LocalClassifier` runs a keyed model folder in-process.
+Both return `Prediction`s; `hf-lcrypt classify` is the command line around them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .image_processing_lcrypt import LCryptImageProcessor
+from .keys import LCryptKey
+
+ImageInput = str | os.PathLike | Image.Image
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The classes of one image, most likely first."""
+
+    image: str
+    label: str
+    confidences: dict[str, float] = field(repr=False)
+
+    @classmethod
+    def from_probabilities(cls, image: str, probs: dict[str, float]) -> Prediction:
+        ranked = dict(sorted(probs.items(), key=lambda item: -item[1]))
+        return cls(image=image, label=next(iter(ranked)), confidences=ranked)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "label": self.label, "confidences": self.confidences}
+
+
+def _open(image: ImageInput) -> tuple[str, Image.Image]:
+    if isinstance(image, Image.Image):
+        return "<image>", image
+    path = Path(image)
+    if not path.is_file():
+        raise FileNotFoundError(f"No image at {path}.")
+    return str(path), Image.open(path)
+
+
+def _check_key(key: LCryptKey, expected_key_id: str | None, where: str) -> None:
+    if expected_key_id and key.key_id != expected_key_id:
+        raise ValueError(
+            f"{where} is folded with key_id {expected_key_id}, but this key's id is {key.key_id}: its answers on "
+            "images encrypted with this key would be meaningless. Use the key the model was trained or folded with."
+        )
+
+
+class RemoteClassifier:
+    """Classify images with a model served by an hf-lcrypt app, sending it only ciphertext.
+
+    Args:
+        url: the app's address (e.g. http://127.0.0.1:7860/ or a Space id such as "user/space").
+        key: the secret key (an `LCryptKey`, hex string or key file); it stays in this process.
+        client: an existing `gradio_client.Client` for the app (for tests and custom connections).
+    """
+
+    def __init__(self, url: str, key: Any, client: Any = None):
+        if client is None:
+            from gradio_client import Client
+
+            client = Client(url, verbose=False, analytics_enabled=False)
+        self.client = client
+        self.url = url
+        self.info: dict[str, Any] = client.predict(api_name="/model_info")
+        self.key = LCryptKey.coerce(key)
+        _check_key(self.key, self.info.get("key_id"), f"The model at {url}")
+        height, width = self.info["image_size"]
+        # The same resize and cipher as the processor the model was trained with; only its key stays here.
+        self.processor = LCryptImageProcessor(
+            image_size=(height, width),
+            block_size=self.info["block_size"],
+            cipher_steps=self.info["cipher_steps"],
+            key=self.key,
+        )
+
+    def encrypt(self, image: ImageInput) -> Image.Image:
+        """The ciphertext the server gets: resized to the model's size, encrypted, viewable (lossless as PNG)."""
+        _, opened = _open(image)
+        return self.processor.encrypt_images([opened])[0]
+
+    def classify(self, images: Iterable[ImageInput], progress: bool = False) -> list[Prediction]:
+        from gradio_client import handle_file
+        from tqdm.auto import tqdm
+
+        images = list(images)
+        predictions = []
+        with tempfile.TemporaryDirectory(prefix="hf-lcrypt-classify-") as folder:
+            for index, image in enumerate(tqdm(images, desc="classify", unit="img", disable=not progress)):
+                name, opened = _open(image)
+                path = Path(folder) / f"{index}.png"
+                self.processor.encrypt_images([opened])[0].save(path, format="PNG")
+                label = self.client.predict(handle_file(str(path)), api_name="/classify_encrypted")
+                probs = {c["label"]: float(c["confidence"]) for c in label["confidences"]}
+                predictions.append(Prediction.from_probabilities(name, probs))
+        return predictions
+
+
+class LocalClassifier:
+    """Classify images with a keyed model folder on this machine (the key holder runs the model too)."""
+
+    def __init__(self, model_dir: str | os.PathLike, key: Any, batch_size: int = 32):
+        from .modeling_lcrypt import LCryptViTForImageClassification
+
+        self.model = LCryptViTForImageClassification.from_pretrained(model_dir).eval()
+        self.key = LCryptKey.coerce(key)
+        _check_key(self.key, self.model.config.key_id, f"The model in {model_dir}")
+        self.processor = LCryptImageProcessor.for_model(self.model, key=self.key)
+        self.batch_size = batch_size
+
+    def classify(self, images: Iterable[ImageInput], progress: bool = False) -> list[Prediction]:
+        import torch
+        from tqdm.auto import tqdm
+
+        images = list(images)
+        names = self.model.config.id2label
+        predictions = []
+        for start in tqdm(range(0, len(images), self.batch_size), desc="classify", unit="batch", disable=not progress):
+            opened = [_open(image) for image in images[start : start + self.batch_size]]
+            batch = self.processor([picture for _, picture in opened], return_tensors="pt")
+            with torch.inference_mode():
+                probs = self.model(**batch).logits.softmax(-1).numpy()
+            for (name, _), row in zip(opened, probs, strict=True):
+                predictions.append(Prediction.from_probabilities(name, {names[i]: float(p) for i, p in enumerate(row)}))
+        return predictions
+
+
+def expand_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given, folders as the image files directly inside them (sorted)."""
+    suffixes = {suffix for suffix, _ in Image.registered_extensions().items()}
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"No image or folder at {path}.")
+    if not found:
+        raise ValueError(f"No images found in {', '.join(map(str, paths))}.")
+    return found
+
+
+def format_table(predictions: Sequence[Prediction], top: int = 1) -> str:
+    """One line per image: the path, then the `top` classes with their confidences."""
+    width = max(len(p.image) for p in predictions)
+    lines = []
+    for prediction in predictions:
+        ranked = list(prediction.confidences.items())[:top]
+        lines.append(f"{prediction.image:<{width}}  " + "  ".join(f"{name} {p:.3f}" for name, p in ranked))
+    return "\n".join(lines)

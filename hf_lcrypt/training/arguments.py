@@ -1,0 +1,371 @@
+"""The settings of a training run, parsed the Hugging Face way.
+
+`HfArgumentParser` reads five small dataclasses of hf-lcrypt's own settings (model, data, cipher, distillation,
+attack evaluation) and `LCryptTrainingArguments`, which is `transformers.TrainingArguments` with a few defaults of
+this project and two settings of its own. Every `TrainingArguments` flag works and means what it means in
+`transformers`; both spellings (`--output_dir`, `--output-dir`) work. A YAML or JSON file sets any of them by name,
+and flags given with it override it:
+
+    python scripts/train.py configs/default.yaml --max_steps 100
+"""
+
+# No `from __future__ import annotations`: HfArgumentParser reads the field types at run time.
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from ..cipher import ALL_STEPS
+from ..distillation import DISTILLATION_TYPES
+from ..presets import MODEL_PRESETS, PATCH_EMBEDDINGS
+
+Mode = Literal["encrypted", "fold", "plain"]
+MODES: tuple[str, ...] = Mode.__args__
+
+
+def _check_choice(flag: str, value: Any, choices: Sequence[str]) -> None:
+    """argparse checks choices on the command line; this checks them for settings given as Python values too."""
+    if value not in choices:
+        raise ValueError(f"--{flag} must be one of {list(choices)}, got {value!r}.")
+
+
+# Flags of hf-lcrypt 0.1 that are now `TrainingArguments` flags or were renamed (CHANGELOG.md). An old name in a
+# command or a config file fails with the new one in the message.
+RENAMED = {
+    "epochs": "num_train_epochs",
+    "batch_size": "per_device_train_batch_size (and per_device_eval_batch_size)",
+    "lr": "learning_rate",
+    "warmup": "warmup_steps",
+    "label_smoothing": "label_smoothing_factor",
+    "eval_steps": "eval_strategy steps --eval_steps N --save_strategy steps --save_steps N",
+    "num_proc": "dataloader_num_workers",
+    "metric": "metric_for_best_model",
+    "resume": "resume_from_checkpoint (a checkpoint folder, or `last`)",
+}
+
+
+@dataclass
+class ModelArguments:
+    """The model to train: a preset from scratch, or a plain checkpoint."""
+
+    _argument_group_name = "model"
+
+    model: str = field(
+        default="micro",
+        metadata={
+            "help": "preset trained from scratch: "
+            + "; ".join(f"{name}: {preset.description}" for name, preset in MODEL_PRESETS.items())
+        },
+    )
+    from_plain: str | None = field(
+        default=None,
+        metadata={"help": "plain ViTForImageClassification (Hub id or folder) to start from instead of a preset"},
+    )
+    patch_embedding: Literal["linear", "mlp"] = field(
+        default="linear",
+        metadata={"help": "linear: the ViT's; mlp: a two-layer MLP on each patch, which the key folds into too"},
+    )
+    dropout: float = field(
+        default=0.0, metadata={"help": "dropout of preset ViTs (keep 0 for encrypted training to track plain)"}
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice("patch_embedding", self.patch_embedding, PATCH_EMBEDDINGS)
+        if self.from_plain is None and self.model not in MODEL_PRESETS:
+            raise ValueError(f"Unknown model preset {self.model!r}; choose from {sorted(MODEL_PRESETS)}.")
+        if self.patch_embedding != "linear" and (self.from_plain is not None or not MODEL_PRESETS[self.model].foldable):
+            raise ValueError(
+                f"--patch_embedding {self.patch_embedding} applies to the ViT presets trained from scratch, not to "
+                f"{self.from_plain or repr(self.model)}; leave it out or pick a ViT preset such as micro."
+            )
+
+
+@dataclass
+class DataArguments:
+    """The images: where they come from, how they are split, resized and augmented."""
+
+    _argument_group_name = "data"
+
+    data: str = field(
+        default="default",
+        metadata={"help": "image folder, MedMNIST .npz, Hub dataset id, or 'default' (the embedded BreastMNIST)"},
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "side images are resized to (default: 32, or the --from_plain model's)"}
+    )
+    split_seed: int = field(
+        default=0,
+        metadata={"help": "seed of the train/validation/test split and of --max_per_class (not --seed)"},
+    )
+    max_per_class: int | None = field(
+        default=None, metadata={"help": "keep at most this many images of each class in each split (quick runs)"}
+    )
+    augment: bool = field(
+        default=True, metadata={"help": "random shifts and horizontal flips of the plain images, before encryption"}
+    )
+    augment_orientation: bool = field(
+        default=False,
+        metadata={"help": "also rotate by random multiples of 90 degrees (histology; not for MRI)"},
+    )
+    mixup: float = field(
+        default=0.0, metadata={"help": "mixup's Beta(alpha, alpha) parameter, e.g. 0.2 (0: off); works on ciphertext"}
+    )
+    tta: bool = field(
+        default=False,
+        metadata={"help": "also report test metrics averaged over the orientations --augment draws from"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.tta and not self.augment:
+            raise ValueError("--tta averages over the flips (and rotations) of --augment; it needs --augment.")
+
+
+@dataclass
+class CipherArguments:
+    """The key and the cipher: what the model sees."""
+
+    _argument_group_name = "cipher"
+
+    mode: Mode = field(
+        default="encrypted",
+        metadata={
+            "help": "encrypted: train on encrypted images; fold: train plain, then fold the key in; plain: the "
+            "baseline without encryption (an identity cipher)"
+        },
+    )
+    key_file: str | None = field(
+        default=None,
+        metadata={"help": "secret key file; created (mode 0600) if absent (default: <output_dir>.key)"},
+    )
+    block_size: int | None = field(
+        default=None,
+        metadata={"help": "cipher block side = ViT patch size (default: largest <= 16 leaving >= 7 blocks a side)"},
+    )
+    cipher_steps: list[str] = field(
+        default_factory=lambda: list(ALL_STEPS), metadata={"help": "cipher steps to apply", "choices": ALL_STEPS}
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice("mode", self.mode, MODES)
+        if self.mode == "plain":
+            self.cipher_steps = []
+        unknown = sorted(set(self.cipher_steps) - set(ALL_STEPS))
+        if unknown:
+            raise ValueError(f"Unknown cipher step(s) {unknown}; choose from {list(ALL_STEPS)}.")
+
+
+@dataclass
+class DistillationArguments:
+    """A teacher run by the key holder (docs/training.md, distillation)."""
+
+    _argument_group_name = "distillation"
+
+    teacher: str | None = field(
+        default=None, metadata={"help": "`model` folder of a finished run whose predictions the model learns from"}
+    )
+    distillation: Literal["hard", "soft"] = field(
+        default="hard", metadata={"help": "hard: the teacher's predicted class (DeiT); soft: its distribution"}
+    )
+    distill_alpha: float = field(default=0.5, metadata={"help": "weight of the teacher's term in the loss"})
+    distill_temperature: float = field(default=1.0, metadata={"help": "temperature of soft distillation"})
+
+    def __post_init__(self) -> None:
+        _check_choice("distillation", self.distillation, DISTILLATION_TYPES)
+
+
+@dataclass
+class AttackArguments:
+    """The attack evaluation after every evaluation and on the test split."""
+
+    _argument_group_name = "attack evaluation"
+
+    attack_max_images: int = field(default=256, metadata={"help": "images the attack evaluation uses per split"})
+
+
+def _default(name: str, value: Any) -> Any:
+    """A new default for a `TrainingArguments` field, keeping transformers' help text."""
+    original = TrainingArguments.__dataclass_fields__[name]
+    metadata = dict(original.metadata)
+    metadata["help"] = f"{metadata.get('help', '')} (transformers' default: {original.default})".strip()
+    return field(default=value, metadata=metadata)
+
+
+@dataclass
+class LCryptTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with this project's defaults (a recipe for small ViTs from scratch: AdamW at 5e-4, cosine
+    decay after 10 % warm-up, an evaluation and a checkpoint each epoch, the best one by accuracy kept and reloaded at
+    the end, no tracker) and two settings the Trainer lacks. Every default can be overridden."""
+
+    output_dir: str | None = _default("output_dir", "outputs/lcrypt-vit")
+    per_device_train_batch_size: int = _default("per_device_train_batch_size", 32)
+    num_train_epochs: float = _default("num_train_epochs", 30.0)
+    learning_rate: float = _default("learning_rate", 5e-4)
+    lr_scheduler_type: str = _default("lr_scheduler_type", "cosine")
+    warmup_steps: float = _default("warmup_steps", 0.1)
+    weight_decay: float = _default("weight_decay", 0.05)
+    logging_steps: float = _default("logging_steps", 10)
+    report_to: None | str | list[str] = _default("report_to", "none")
+    eval_strategy: str = _default("eval_strategy", "epoch")
+    per_device_eval_batch_size: int = _default("per_device_eval_batch_size", 32)
+    save_strategy: str = _default("save_strategy", "epoch")
+    save_total_limit: int | None = _default("save_total_limit", 2)
+    load_best_model_at_end: bool = _default("load_best_model_at_end", True)
+    metric_for_best_model: str | None = _default("metric_for_best_model", "accuracy")
+    remove_unused_columns: bool = _default("remove_unused_columns", False)
+    ddp_find_unused_parameters: bool | None = _default("ddp_find_unused_parameters", False)
+    dataloader_pin_memory: bool = _default("dataloader_pin_memory", torch.cuda.is_available())  # no use on CPUs
+
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "stop after this many evaluations without improvement (default: off)"}
+    )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={"help": "keep an exponential moving average of the weights (e.g. 0.999), the final model"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.remove_unused_columns:
+            raise ValueError(
+                "--remove_unused_columns must stay False: the encrypting transform reads the dataset's image column, "
+                "which the model's forward does not name."
+            )
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"--ema_decay must lie strictly between 0 and 1 (e.g. 0.999), got {self.ema_decay}.")
+        if not torch.cuda.is_available():
+            # Several processes but no CUDA (`accelerate launch --multi_gpu` on CPUs): accelerate sets up data
+            # parallelism over gloo only when told to use the CPU; otherwise every process would train alone.
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                self.use_cpu = True
+            if (self.bf16 or self.bf16_full_eval) and not self.use_cpu:
+                raise ValueError(
+                    "--bf16 needs a GPU with bfloat16 support, and this machine has no CUDA device. Add --use_cpu to "
+                    "train in bfloat16 on the CPU (slow unless the CPU has bfloat16 instructions), or leave --bf16 out."
+                )
+        super().__post_init__()
+
+    def for_trainer(self) -> "LCryptTrainingArguments":
+        """These arguments as the Trainer gets them: without its own Hub uploads (of every checkpoint), which the run
+        replaces by one checked upload of the final model folder (`hf_lcrypt.hub.publish.publish_model`)."""
+        return replace(self, push_to_hub=False) if self.push_to_hub else self
+
+
+ARGUMENT_CLASSES = (
+    ModelArguments,
+    DataArguments,
+    CipherArguments,
+    DistillationArguments,
+    AttackArguments,
+    LCryptTrainingArguments,
+)
+
+
+@dataclass
+class RunArguments:
+    """Every setting of one run, one dataclass per concern."""
+
+    model: ModelArguments
+    data: DataArguments
+    cipher: CipherArguments
+    distillation: DistillationArguments
+    attack: AttackArguments
+    training: LCryptTrainingArguments
+
+    @property
+    def key_path(self) -> Path:
+        """The key file; by default next to (not inside) the output folder, so that uploading the folder is safe."""
+        if self.cipher.key_file:
+            return Path(self.cipher.key_file)
+        return Path(f"{str(self.training.output_dir).rstrip('/')}.key")
+
+    def settings(self) -> dict[str, Any]:
+        """hf-lcrypt's own settings by flag name, without local secrets' locations (metrics.json's `config`)."""
+        parts = (self.model, self.data, self.cipher, self.distillation, self.attack)
+        return {name: value for part in parts for name, value in asdict(part).items() if name != "key_file"}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunArguments":
+        """Settings by flag name (e.g. from Python); the rest keep their defaults."""
+        return cls(*build_parser().parse_dict(values))
+
+
+def build_parser() -> HfArgumentParser:
+    parser = HfArgumentParser(
+        ARGUMENT_CLASSES,
+        usage="%(prog)s [CONFIG.yaml|CONFIG.json] [--flag VALUE ...]",
+        description="Train and evaluate a keyed image classifier (hf-lcrypt); see docs/training.md. A CONFIG file "
+        "sets any flag by name; flags given with it override it. Every transformers TrainingArguments flag works.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="a YAML or JSON settings file (the same as a positional one)")
+    return parser
+
+
+def read_config_file(path: str | os.PathLike, parser: HfArgumentParser) -> dict[str, Any]:
+    """The settings of a YAML or JSON file, by destination name (`batch-size` and `batch_size` alike), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No config file {path}.")
+    loaded = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    if not isinstance(loaded or {}, dict):
+        raise ValueError(f"{path} must hold a mapping of settings, got {type(loaded).__name__}.")
+    values = {str(name).replace("-", "_"): value for name, value in (loaded or {}).items()}
+    actions = {action.dest: action for action in parser._actions}
+    renamed = [f"{name} -> {RENAMED[name]}" for name in values if name in RENAMED and name not in actions]
+    unknown = sorted(name for name in values if name not in actions and name not in RENAMED)
+    if renamed or unknown:
+        hint = f" Renamed (CHANGELOG.md): {'; '.join(renamed)}." if renamed else ""
+        raise ValueError(f"Unknown setting(s) {unknown + [r.split(' ')[0] for r in renamed]} in {path}.{hint}")
+    for name, value in values.items():  # a single value where the flag takes several
+        if actions[name].nargs == "+" and not isinstance(value, list):
+            values[name] = [value]
+    return values
+
+
+def _check_renamed_flags(argv: Sequence[str], parser: HfArgumentParser) -> None:
+    known = {option for action in parser._actions for option in action.option_strings}
+    for token in argv:
+        flag = token.split("=", 1)[0]
+        name = flag.lstrip("-").replace("-", "_")
+        if flag.startswith("--") and flag not in known and name in RENAMED:
+            raise ValueError(f"{flag} is now --{RENAMED[name]} (the transformers name; see CHANGELOG.md).")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> RunArguments:
+    """Defaults, then a config file (first positional argument or `--config FILE`), then the flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    config_file = argv.pop(0) if argv and not argv[0].startswith("-") else None
+    argv = [part for token in argv for part in (token.split("=", 1) if token.startswith("--config=") else [token])]
+    if "--config" in argv:
+        position = argv.index("--config")
+        if config_file is not None or position + 1 >= len(argv):
+            raise ValueError("Give one config file: as the first argument, or after --config.")
+        config_file = argv[position + 1]
+        del argv[position : position + 2]
+    _check_renamed_flags(argv, parser)
+    if config_file is not None:
+        parser.set_defaults(**read_config_file(config_file, parser))
+    parsed = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    return RunArguments(*parsed[: len(ARGUMENT_CLASSES)])
+
+
+__all__ = [
+    "ARGUMENT_CLASSES",
+    "MODES",
+    "RENAMED",
+    "AttackArguments",
+    "CipherArguments",
+    "DataArguments",
+    "DistillationArguments",
+    "LCryptTrainingArguments",
+    "ModelArguments",
+    "RunArguments",
+    "build_parser",
+    "parse_args",
+]

@@ -1,0 +1,166 @@
+"""The model a run trains and its key: a preset built from scratch or a plain checkpoint, folded with the key (or not,
+in fold mode), with the image geometry and normalisation it implies; the key file; the checkpoint to resume from."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from transformers import AutoConfig, PreTrainedModel, ViTForImageClassification
+from transformers.image_processing_base import ImageProcessingMixin
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..configuration_lcrypt import LCryptViTConfig
+from ..image_processing_lcrypt import LCryptImageProcessor
+from ..keys import LCryptKey
+from ..modeling_lcrypt import LCryptViTForImageClassification
+from ..presets import MODEL_PRESETS, ModelSpec
+from .arguments import RunArguments
+
+logger = logging.getLogger(__name__)
+
+# Normalisation of models trained from scratch. With mean = std = 0.5 the fold map of the key is a pure signed
+# permutation (no bias offset), which is what makes encrypted training track plain training (docs/training.md).
+HALF = (0.5, 0.5, 0.5)
+
+
+def default_block_size(image_size: int) -> int:
+    """The largest block side up to 16 that divides the image and leaves at least 7 blocks per side."""
+    return max(b for b in range(1, 17) if image_size % b == 0 and image_size // b >= 7)
+
+
+@dataclass
+class Setup:
+    """The model to train and the geometry and normalisation it implies."""
+
+    model: PreTrainedModel
+    foldable: bool
+    image_size: int
+    block_size: int
+    image_mean: list[float]
+    image_std: list[float]
+
+    def processor(self, key: LCryptKey | None, cipher_steps: list[str]) -> LCryptImageProcessor:
+        """The processor of this geometry: encrypting with `key`, or only resizing and normalising without one."""
+        geometry = {"image_size": self.image_size, "block_size": self.block_size, "cipher_steps": list(cipher_steps)}
+        geometry |= {"image_mean": self.image_mean, "image_std": self.image_std}
+        return LCryptImageProcessor(**geometry, key=key) if key else LCryptImageProcessor(**geometry, do_encrypt=False)
+
+    def folder(self, key: LCryptKey, cipher_steps: list[str]) -> Callable[[PreTrainedModel], PreTrainedModel]:
+        """The map from a plain model of this setup to its keyed copy."""
+        return partial(
+            LCryptViTForImageClassification.from_plain,
+            key=key,
+            image_mean=self.image_mean,
+            image_std=self.image_std,
+            steps=cipher_steps,
+        )
+
+
+def secret_init_seed(key: LCryptKey, seed: int) -> int:
+    """Seed of a from-scratch model's initialisation, derived from the key and `--seed`.
+
+    A keyed model folded from an initialisation anyone can regenerate (a public seed) gives its key away by matching
+    weights, even after training (docs/security.md); a key-derived seed keeps runs reproducible for the key holder.
+    """
+    return int.from_bytes(key.stream("model-init", f"seed={seed}", 4), "big")
+
+
+def load_or_create_key(path: Path) -> LCryptKey:
+    """Load the key file, or create it (mode 0600) when absent. Only the key id is ever logged."""
+    if path.is_file():
+        key = LCryptKey.load(path)
+        logger.info("Loaded key %s from %s", key.key_id, path)
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = LCryptKey.generate()
+    key.save(path)
+    logger.warning("Created a new key %s in %s (mode 0600): keep it secret and backed up.", key.key_id, path)
+    return key
+
+
+def build_setup(args: RunArguments, id2label: dict[int, str], label2id: dict[str, int]) -> Setup:
+    """A preset built from scratch, or the `--from_plain` checkpoint with a new classification head."""
+    model_args, image_size, block_size = args.model, args.data.image_size, args.cipher.block_size
+    if model_args.from_plain is None:
+        image_size = image_size or 32
+        block_size = block_size or default_block_size(image_size)
+        preset = MODEL_PRESETS[model_args.model]
+        spec = ModelSpec(image_size, block_size, id2label, label2id, model_args.dropout, model_args.patch_embedding)
+        model = preset.build(spec)
+        if model_args.patch_embedding == "mlp" and getattr(model.config, "patch_embedding_mlp_size", None) is None:
+            raise ValueError(
+                f"Preset {model_args.model!r} ignores --patch_embedding mlp (its build function does not read "
+                "ModelSpec.patch_embedding); build it with vit_preset, or leave the flag out."
+            )
+        return Setup(model, preset.foldable, image_size, block_size, list(HALF), list(HALF))
+
+    source = model_args.from_plain
+    source_config = AutoConfig.from_pretrained(source)
+    unbound = isinstance(source_config, LCryptViTConfig)  # e.g. a fold run's plain checkpoint with MLP patches
+    if unbound and source_config.key_id is not None:
+        raise ValueError(f"{source} is already keyed; --from_plain takes a plain ViT (use rekey to change keys).")
+    model = (LCryptViTForImageClassification if unbound else ViTForImageClassification).from_pretrained(
+        source, num_labels=len(id2label), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
+    )
+    actual_size, patch = model.config.image_size, model.config.patch_size
+    for flag, wanted, actual in (("--image_size", image_size, actual_size), ("--block_size", block_size, patch)):
+        if wanted is not None and wanted != actual:
+            raise ValueError(f"{flag} {wanted} differs from the --from_plain model's {actual}; leave it out.")
+    try:
+        processor_dict, _ = ImageProcessingMixin.get_image_processor_dict(source)
+        mean, std = processor_dict["image_mean"], processor_dict["image_std"]
+    except (OSError, KeyError):
+        logger.warning(
+            "%s has no processor config with image_mean/image_std; normalising with mean = std = 0.5.", source
+        )
+        mean, std = HALF, HALF
+    channels = model.config.num_channels
+    return Setup(model, True, actual_size, patch, list(mean)[:channels], list(std)[:channels])
+
+
+def model_to_train(setup: Setup, mode: str, fold: Callable[[PreTrainedModel], PreTrainedModel]) -> PreTrainedModel:
+    """On ciphertext (encrypted and plain mode) a ViT starts from the folded copy of its initialisation; a CNN, and
+    fold mode's plain ViT, start as built."""
+    if mode == "fold" and not setup.foldable:
+        raise ValueError("--mode fold needs a ViT; this preset trains in --mode encrypted or plain.")
+    model = fold(setup.model) if mode != "fold" and setup.foldable else setup.model
+    checkpoints_keep_parameter_names(model, True)
+    return model
+
+
+def checkpoints_keep_parameter_names(model: PreTrainedModel, keep: bool) -> None:
+    """Whether `save_pretrained` writes the model's own parameter names (`keep`) or the Hub's legacy ViT names.
+
+    The Trainer of transformers 5.24-5.25 reloads its checkpoints (resume, best model) with a plain
+    `load_state_dict`, which does not undo the legacy renaming that `save_pretrained` applies to ViT weights, and so
+    silently loads nothing (transformers#48805; fix proposed in transformers#48822). No public switch exists: this is
+    the one place that sets the private `_weight_conversions`, and tests/test_training.py fails if a release stops
+    honouring it. Training keeps the names; the final model folder is written in the standard layout."""
+    if keep:
+        model._weight_conversions = []
+    else:
+        vars(model).pop("_weight_conversions", None)
+
+
+def resume_checkpoint(resume_from: str | None, output_dir: Path, key: LCryptKey) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names (`last`: the latest one in the output folder), refusing one
+    whose weights are folded with another key."""
+    if not resume_from:
+        return None
+    checkpoint: str | None = resume_from
+    if resume_from.lower() in ("last", "true"):
+        checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if checkpoint is None:
+            raise ValueError(f"--resume_from_checkpoint {resume_from}: no checkpoint-* folder in {output_dir}.")
+    config_file = Path(checkpoint) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"--resume_from_checkpoint {checkpoint}: no checkpoint there (no config.json).")
+    saved = json.loads(config_file.read_text()).get("key_id")
+    if saved is not None and saved != key.key_id:
+        raise ValueError(f"{checkpoint} is folded with key {saved}, not with the key file's {key.key_id}.")
+    return checkpoint

@@ -1,0 +1,231 @@
+"""One training run, from settings to a Hub-ready folder: `scripts/train.py` and `hf-lcrypt train` call `main`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, Trainer, set_seed
+
+from ..attacks.suite import write_attack_report
+from ..data import label_maps, load_training_data
+from ..evaluation import plot_confusion_matrix
+from ..image_processing_lcrypt import LCryptImageProcessor
+from ..keys import KEY_ENV_VAR, LCryptKey
+from ..weight_averaging import check_score_metric
+from .arguments import RunArguments, parse_args
+from .models import (
+    build_setup,
+    checkpoints_keep_parameter_names,
+    load_or_create_key,
+    model_to_train,
+    resume_checkpoint,
+    secret_init_seed,
+)
+from .record import BestValidation, ModelSummary, RunMetrics, Timings, TrainingProgress, hardware_info, write_rank_file
+from .scoring import attack_on_test, evaluate_on_test
+from .trainer import build_trainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the final metrics (as in metrics.json; empty on processes other than the first) and
+    where its files are."""
+
+    metrics: dict[str, Any]
+    paths: dict[str, Path]
+    log_history: list[dict[str, Any]]
+
+
+def run(args: RunArguments) -> TrainResult:
+    """Train, evaluate on the test split, attack, write the Hub-ready folder `<output_dir>/model`, and with
+    `--push_to_hub` publish it through hf-lcrypt's checks."""
+    start = time.perf_counter()
+    training, mode = args.training, args.cipher.mode
+    output_dir = Path(training.output_dir)
+    model_dir = output_dir / "model"
+
+    with training.main_process_first(local=False, desc="key file"):  # one process creates it, the others read it
+        key = load_or_create_key(args.key_path)
+    resumed_from = resume_checkpoint(training.resume_from_checkpoint, output_dir, key)
+    if training.dataloader_num_workers > 0:
+        os.environ[KEY_ENV_VAR] = str(args.key_path.resolve())  # for DataLoader workers started by spawn
+    with training.main_process_first(desc="dataset loading"):
+        dataset, data_summary = load_training_data(args.data.data, args.data.split_seed, args.data.max_per_class)
+    id2label, label2id = label_maps(dataset)
+    if training.ema_decay is not None:
+        check_score_metric(training.metric_for_best_model, id2label)
+
+    set_seed(secret_init_seed(key, training.seed))
+    setup = build_setup(args, id2label, label2id)
+    set_seed(training.seed)
+    if training.push_to_hub and not setup.foldable:
+        raise ValueError(
+            f"--push_to_hub publishes keyed ViTs; {args.model.model!r} is not one. Upload its folder yourself."
+        )
+    fold = setup.folder(key, args.cipher.cipher_steps)
+    model = model_to_train(setup, mode, fold)
+    trainer, callbacks = build_trainer(args, model, setup, key, dataset, data_summary, fold, resumed_from)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "Mode %s, key %s, %s (%.2fM parameters), images %dx%d in blocks of %d, world size %d",
+        *(mode, key.key_id, args.model.from_plain or f"preset {args.model.model!r}", n_params / 1e6),
+        *(setup.image_size, setup.image_size, setup.block_size, training.world_size),
+    )
+
+    train_seconds = 0.0
+    if training.max_steps > 0 or training.num_train_epochs > 0:
+        train_seconds = trainer.train(resume_from_checkpoint=resumed_from).metrics["train_runtime"]
+    if training.world_size > 1:
+        write_rank_file(training, output_dir, trainer.state.global_step)
+
+    # The test split and the attacks, every process alike (sharded models need all of them for a forward).
+    eval_start = time.perf_counter()
+    keyed_processor = setup.processor(key, args.cipher.cipher_steps)
+    test = evaluate_on_test(trainer.model, args, setup, dataset, keyed_processor, fold, callbacks.averager, id2label)
+    eval_seconds = time.perf_counter() - eval_start
+    cipher = keyed_processor.cipher(setup.image_size, setup.image_size)
+    suite, attack_results = attack_on_test(test, cipher, setup, args)
+    attack_seconds = time.perf_counter() - eval_start - eval_seconds
+    save_model_folder(trainer, test.keyed, mode, model_dir)
+
+    paths: dict[str, Path] = {"model_folder": model_dir, "metrics": model_dir / "metrics.json"}
+    metrics = RunMetrics(
+        mode=mode,
+        key_id=key.key_id,
+        dataset=args.data.data,
+        base_model=args.model.from_plain,
+        folded_from_public=args.model.from_plain is not None and not Path(args.model.from_plain).exists(),
+        model=ModelSummary(
+            preset=None if args.model.from_plain else args.model.model,
+            patch_embedding=args.model.patch_embedding,
+            parameters=n_params,
+            image_size=setup.image_size,
+            block_size=setup.block_size,
+            cipher_steps=list(args.cipher.cipher_steps),
+        ),
+        test={**test.metrics, "num_images": len(test.labels)},
+        per_class_f1={name: test.metrics[f"f1_{name}"] for name in id2label.values()},
+        test_tta=test.tta,
+        weight_average=test.weight_average,
+        fold_check=test.fold_check,
+        best_validation=BestValidation(
+            metric=training.metric_for_best_model,
+            value=trainer.state.best_metric,
+            checkpoint=Path(trainer.state.best_model_checkpoint or "").name or None,
+        ),
+        data=data_summary,
+        training=TrainingProgress(
+            global_step=trainer.state.global_step,
+            epoch=trainer.state.epoch,
+            resumed_from=Path(resumed_from).name if resumed_from else None,
+        ),
+        timings=Timings(train_seconds, eval_seconds, attack_seconds, time.perf_counter() - start),
+        hardware=hardware_info(training),
+        config=args.settings(),
+        training_args=training.to_dict(),
+    )
+    if training.process_index == 0:
+        paths.update(write_attack_report(suite, attack_results, model_dir, history=callbacks.attacks.history))
+        paths["confusion_matrix"] = plot_confusion_matrix(
+            test.labels.numpy(),
+            test.logits.argmax(-1).numpy(),
+            [id2label[i] for i in sorted(id2label)],
+            model_dir / "confusion_matrix.png",
+            title=f"Test set ({len(test.labels)} images), keyed model",
+        )
+        metrics.write(paths["metrics"])
+        paths["log_history"] = output_dir / "log_history.json"
+        paths["log_history"].write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
+        if training.push_to_hub:
+            paths["hub"] = Path(push_to_hub(args, model_dir, key, metrics.folded_from_public))
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(metrics.to_dict() if training.process_index == 0 else {}, paths, trainer.state.log_history)
+
+
+def save_model_folder(trainer: Trainer, keyed: PreTrainedModel, mode: str, model_dir: Path) -> None:
+    """The keyed model and its processor in the standard layout (no secret, no pickle)."""
+    if mode != "fold":
+        checkpoints_keep_parameter_names(trainer.model, False)  # the standard layout, as in fold mode
+        trainer.save_model(str(model_dir))  # every process: gathers sharded weights; writes model and processor
+    elif trainer.args.process_index == 0:
+        keyed.save_pretrained(model_dir)
+        LCryptImageProcessor.for_model(keyed).save_pretrained(model_dir)
+    if trainer.args.process_index == 0:
+        (model_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle save_model adds; not for the Hub
+
+
+@contextlib.contextmanager
+def _hub_token(token: str | None) -> Iterator[None]:
+    """`--hub_token` for the upload: huggingface_hub reads HF_TOKEN when it needs a token."""
+    previous = os.environ.get("HF_TOKEN")
+    if token:
+        os.environ["HF_TOKEN"] = token
+    try:
+        yield
+    finally:
+        if token:
+            os.environ.pop("HF_TOKEN") if previous is None else os.environ.update(HF_TOKEN=previous)
+
+
+def push_to_hub(args: RunArguments, model_dir: Path, key: LCryptKey, folded_from_public: bool) -> str:
+    """`--push_to_hub`: the final folder through `publish_model`'s checks (a fresh process loads it with transformers
+    alone, no file holds the key, the card's model-index reads back), then one upload to `--hub_model_id` (default:
+    the output folder's name). The key and the checkpoints stay behind."""
+    from ..hub.publish import publish_model
+
+    training = args.training
+    repo_id = training.hub_model_id or Path(training.output_dir).name
+    base_model = args.model.from_plain if folded_from_public else None
+    with _hub_token(training.hub_token):
+        result = publish_model(
+            model_dir,
+            repo_id,
+            key,
+            private=bool(training.hub_private_repo),
+            folded_from_public=folded_from_public,
+            dataset=args.data.data,
+            base_model=base_model,
+        )
+    logger.info("Published %s (%d files) to %s", model_dir, len(result.files), result.url)
+    return str(result.url)
+
+
+def print_summary(result: TrainResult) -> None:
+    """The test scores and where every file is, for the console."""
+    metrics = result.metrics
+    test = metrics["test"]
+    kind = "encrypted" if metrics["model"]["cipher_steps"] else "plain"
+    print(
+        f"\nTest accuracy {test['accuracy']:.4f}, macro F1 {test['f1']:.4f}, AUROC {test['roc_auc']:.4f} "
+        f"on {test['num_images']} {kind} test images (key {metrics['key_id']})."
+    )
+    if tta := metrics["test_tta"]:
+        print(f"Averaged over {tta['views']} orientations: accuracy {tta['accuracy']:.4f}, macro F1 {tta['f1']:.4f}.")
+    for name, path in result.paths.items():
+        print(f"  {name.replace('_', ' '):>22}: {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the settings (a config file and/or flags), run, and print where the results are."""
+    try:
+        args = parse_args(argv)
+    except (ValueError, FileNotFoundError) as err:  # a bad flag or file: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.training.process_index == 0:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    result = run(args)
+    if result.metrics:
+        print_summary(result)
+    return 0

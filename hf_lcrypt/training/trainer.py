@@ -1,0 +1,103 @@
+"""The `Trainer` of a run: datasets with the encrypting transform, the attack evaluation and the other callbacks, and
+the distillation/mixup loss when asked for."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import DatasetDict
+from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback
+
+from ..attacks.suite import AttackEvalCallback, AttackSuite, load_plain_images
+from ..data import Augment, DataSummary, ImageTransform, Mixup, label_maps
+from ..distillation import DistillationTrainer, check_teacher_split, load_teacher
+from ..evaluation import make_compute_metrics
+from ..keys import LCryptKey
+from ..weight_averaging import WeightAverage
+from .arguments import RunArguments
+from .models import Setup
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunCallbacks:
+    """The callbacks whose results the run reads after training."""
+
+    attacks: AttackEvalCallback
+    averager: WeightAverage | None
+
+
+def build_trainer(
+    args: RunArguments,
+    model: PreTrainedModel,
+    setup: Setup,
+    key: LCryptKey,
+    dataset: DatasetDict,
+    data_summary: DataSummary,
+    fold: Callable[[PreTrainedModel], PreTrainedModel],
+    resumed_from: str | None,
+) -> tuple[Trainer, RunCallbacks]:
+    """A `Trainer` (a `DistillationTrainer` with a teacher or mixup) whose training images are augmented while plain,
+    then encrypted on the fly (plain in fold mode), and whose every evaluation also runs the attack suite."""
+    mode, steps = args.cipher.mode, args.cipher.cipher_steps
+    keyed_processor = setup.processor(key, steps)
+    processor = keyed_processor if mode != "fold" else setup.processor(None, steps)
+    data = args.data
+    id2label = label_maps(dataset)[0]
+    augment = Augment(rotate90=data.augment_orientation) if data.augment else None
+    teacher, teacher_processor = None, None
+    if args.distillation.teacher:
+        teacher, teacher_processor = load_teacher(args.distillation.teacher, key, id2label)
+        fingerprints = data_summary.split_fingerprints
+        check_teacher_split(Path(args.distillation.teacher), data.split_seed, data.max_per_class, fingerprints)
+    mixup = Mixup(data.mixup, len(id2label)) if data.mixup > 0 else None
+    train_set = dataset["train"].with_transform(ImageTransform(processor, augment, teacher_processor, mixup))
+    eval_set = dataset["validation"].with_transform(ImageTransform(processor))
+
+    training = args.training
+    images, labels = load_plain_images(
+        dataset["validation"], keyed_processor, args.attack.attack_max_images, training.seed
+    )
+    suite = AttackSuite(
+        images,
+        labels,
+        keyed_processor.cipher(setup.image_size, setup.image_size),
+        setup.image_mean,
+        setup.image_std,
+        batch_size=training.per_device_eval_batch_size,
+        seed=training.seed,
+    )
+    callbacks = RunCallbacks(
+        attacks=AttackEvalCallback(suite, prepare_model=fold if mode == "fold" else None),
+        averager=WeightAverage(training.ema_decay, resumed_from) if training.ema_decay is not None else None,
+    )
+    trainer_callbacks: list[TrainerCallback] = [callbacks.attacks]
+    if callbacks.averager is not None:
+        trainer_callbacks.append(callbacks.averager)
+    if training.early_stopping_patience:
+        trainer_callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience))
+    kwargs = dict(
+        model=model,
+        args=training.for_trainer(),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(id2label),
+        callbacks=trainer_callbacks,
+    )
+    if teacher is None and mixup is None:
+        return Trainer(**kwargs), callbacks
+    distillation = args.distillation
+    trainer = DistillationTrainer(
+        **kwargs,
+        teacher=teacher,
+        alpha=distillation.distill_alpha,
+        kind=distillation.distillation,
+        temperature=distillation.distill_temperature,
+        label_smoothing=training.label_smoothing_factor,
+    )
+    return trainer, callbacks
