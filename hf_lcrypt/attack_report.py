@@ -235,6 +235,26 @@ def _weights_recovery(s: Sample) -> Outcome:
     return Outcome({"fresh_fold": fresh, "fine_tuning": tuned}, rows, [grid, curves])
 
 
+def _weights_only(s: Sample) -> Outcome:
+    """The key guessed from the keyed weights alone (no plain checkpoint, no image), scored against the key; the
+    sample's ciphertexts decrypted with the guess. Also writes weights_only_attack.json for the model card."""
+    from .weights_only import weights_only_experiment
+
+    data, decrypted = weights_only_experiment(s.keyed.model, s.cipher, s.hwc, s.labels, s.plain, s.batch_size)
+    shown = s.hwc[:CIPHER_IMAGES]
+    grid = plot_image_grid(
+        {
+            "plain": list(shown),
+            "encrypted": list(s.cipher.encrypt(shown)),
+            "decrypted, key from\nthe weights alone": list(decrypted[:CIPHER_IMAGES]),
+        },
+        s.out / "weights-only.png",
+        title="Key transform guessed from the keyed weights alone (aligned modulo its symmetries)",
+    )
+    (s.out / "weights_only_attack.json").write_text(json.dumps(data, indent=2) + "\n")
+    return Outcome(data, _rows("", data), [grid])
+
+
 def _access(s: Sample) -> Outcome:
     data = access_control(s.keyed, s.images, s.labels, WRONG_KEYS, s.seed, s.batch_size)
     shown = {k: v for k, v in data.items() if k != "wrong_keys"}
@@ -334,6 +354,7 @@ ATTACKS: dict[str, Callable[[Sample], Outcome]] = {
     "weights-random": _weights_random,
     "weights-search": _weights_search,
     "weights-recovery": _weights_recovery,
+    "weights-only": _weights_only,
     "access": _access,
     "jigsaw": _jigsaw,
     "known-plaintext": _known_plaintext,
@@ -474,6 +495,13 @@ def add_attack_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         f"{','.join(CIPHER_ATTACKS)})",
     )
     parser.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="run only the attack that guesses the key from the keyed model's weights alone (no plain checkpoint, "
+        "no image; the key and the images only score it) = --attacks weights-only; also writes "
+        "weights_only_attack.json, which the model card quotes when copied into the model folder",
+    )
+    parser.add_argument(
         "--max-images", metavar="N", type=positive_int, default=128, help="images sampled (default 128)"
     )
     parser.add_argument("--split", default="test", help="split of --data, carved by content hash (default: test)")
@@ -497,7 +525,11 @@ def attack_names(text: str) -> tuple[str, ...]:
 
 def run_attack(args: argparse.Namespace) -> int:
     key = LCryptKey.load(args.key_file)
+    if args.weights_only and args.attacks not in (None, ("weights-only",)):
+        raise ValueError("--weights-only runs one attack; leave out --attacks, or name weights-only there instead.")
     attacks = args.attacks or (ATTACK_NAMES if args.model else CIPHER_ATTACKS)
+    if args.weights_only:
+        attacks = ("weights-only",)
     sample, sources = load_sample(
         args.data,
         key,
