@@ -70,7 +70,13 @@ SPACE_EXAMPLES_NOTE = (
 
 # What a model repository may hold. Everything else in a training folder (checkpoints, optimiser states, pickled
 # training arguments, key files) stays behind.
-_MODEL_FILES = ("config.json", "preprocessor_config.json", "model.safetensors.index.json", "metrics.json")
+_MODEL_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "model.safetensors.index.json",
+    "metrics.json",
+    "weights_only_attack.json",  # `hf-lcrypt attack --weights-only`'s scores, quoted in the card's security section
+)
 _MODEL_PATTERNS = (
     "*.safetensors",
     "*.py",
@@ -335,6 +341,7 @@ def build_model_card(
         other_measurements=[{"name": _pretty(name), "value": f"{value:.6g}"} for name, value in results.other],
         library_version=_library_version(),
         extra_files=", ".join(f"`{name}`" for name in extra),
+        weights_only=_read_json(model_dir / "weights_only_attack.json") or None,
     )
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
 from hf_lcrypt.cli import main
 from hf_lcrypt.model_attacks import Target, unfold
+from hf_lcrypt.publishing import build_model_card
 from hf_lcrypt.weights_only import (
     align_to_key,
     grid_symmetries,
@@ -156,3 +157,16 @@ def test_attack_command_weights_only(tmp_path, capsys):
     assert KEY.to_hex() not in (out / "report.json").read_text() + (out / "report.md").read_text()
     assert main([str(a) for a in [*argv, "--weights-only", "--attacks", "fgsm"]]) == 1
     assert "--weights-only runs one attack" in capsys.readouterr().err
+
+
+def test_the_model_card_quotes_the_measured_figure(tmp_path):
+    _, keyed = folded_model(smooth=True)
+    keyed.save_pretrained(tmp_path)
+    assert "This model was not measured; `hf-lcrypt attack --weights-only` measures it." in (
+        build_model_card(tmp_path, "someone/keyed").text
+    )
+    scores = {"flips_right": 1.0, "pixels_in_place": 0.875, "blocks_in_place": 0.5, "decrypted_ssim": 0.61}
+    (tmp_path / "weights_only_attack.json").write_text(json.dumps({**scores, "encrypted_ssim": 0.02}))
+    text = " ".join(build_model_card(tmp_path, "someone/keyed").text.split())
+    assert "100 % of the negative-positive flips, 88 % of the in-block pixels and 50 % of the block positions" in text
+    assert "reach SSIM 0.61 (the ciphertexts: 0.02)" in text and "not measured" not in text
