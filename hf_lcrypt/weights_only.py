@@ -291,6 +291,26 @@ def align_to_key(guess: WeightsOnlyGuess, cipher: BlockCipher) -> tuple[WeightsO
     return aligned, scores
 
 
+def chance_scores(cipher: BlockCipher, draws: int = 20, seed: int = 0) -> dict[str, float]:
+    """The scores of `align_to_key` for uniformly random guesses (mean of `draws`): what a guess that learnt nothing
+    gets, taking the best orientation and symmetries as the real guess does."""
+    rng = np.random.default_rng(seed)
+    runs = [
+        align_to_key(
+            WeightsOnlyGuess(
+                pixel_perm=rng.permutation(cipher.block_dim),
+                flip_mask=rng.random(cipher.block_dim) < 0.5,
+                block_perm=rng.permutation(cipher.num_blocks),
+                block_size=cipher.block_size,
+                grid=cipher.grid,
+            ),
+            cipher,
+        )[1]
+        for _ in range(draws)
+    ]
+    return {name: float(np.mean([run[name] for run in runs])) for name in runs[0]}
+
+
 def weights_only_experiment(
     keyed: ViTForImageClassification,
     cipher: BlockCipher,
@@ -302,9 +322,10 @@ def weights_only_experiment(
     """Guess the key from `keyed`'s weights alone, score it against `cipher`, and decrypt the ciphertexts of the
     held-back uint8 images `unseen` (k, H, W, C) with the guess aligned to the key (`align_to_key`).
 
-    Returns the scores, the decryptions' mean SSIM (next to the ciphertexts' own, the level of no attack) and, with
-    `plain` and `labels`, how recognisable they are: a plain model's accuracy on them, on the true images and on the
-    ciphertexts; and the decryptions themselves.
+    Returns the scores (with `chance_scores` as `chance_<score>`), the decryptions' mean SSIM (next to the
+    ciphertexts' own, the level of no attack) and, with `plain` and `labels`, how recognisable they are: a plain
+    model's accuracy on them, on the true images and on the ciphertexts (next to the majority class's share); and the
+    decryptions themselves.
     """
     guess = recover_key_from_weights_alone(keyed)
     aligned, scores = align_to_key(guess, cipher)
@@ -312,6 +333,7 @@ def weights_only_experiment(
     decrypted = aligned.transform(cipher).decrypt(encrypted)
     results: dict[str, Any] = {
         **scores,
+        **{f"chance_{name}": value for name, value in chance_scores(cipher).items()},
         "decrypted_ssim": float(np.mean([ssim(d, u) for d, u in zip(decrypted, unseen, strict=True)])),
         "encrypted_ssim": float(np.mean([ssim(e, u) for e, u in zip(encrypted, unseen, strict=True)])),
         "num_images": len(unseen),
@@ -320,4 +342,5 @@ def weights_only_experiment(
         for name, images in (("decrypted", decrypted), ("plain", unseen), ("encrypted", encrypted)):
             nchw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
             results[f"recognised_{name}"] = plain.score(nchw, labels, batch_size)
+        results["majority_class"] = float(torch.bincount(labels).max() / len(labels))
     return results, decrypted
