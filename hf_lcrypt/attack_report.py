@@ -81,6 +81,7 @@ class Sample:
     out: Path = Path(".")
     batch_size: int = 64
     seed: int = 0
+    plain_is_unfolded: bool = False  # the plain target is the keyed model unfolded with the key, not another model
 
     @property
     def hwc(self) -> np.ndarray:
@@ -236,11 +237,16 @@ def _weights_recovery(s: Sample) -> Outcome:
 
 
 def _weights_only(s: Sample) -> Outcome:
-    """The key guessed from the keyed weights alone (no plain checkpoint, no image), scored against the key; the
-    sample's ciphertexts decrypted with the guess. Also writes weights_only_attack.json for the model card."""
+    """The key guessed from the keyed weights alone (no image, not the checkpoint they came from), scored against the
+    key; the sample's ciphertexts decrypted with the guess. A plain model given with --plain-model serves as the
+    attacker's reference for the jigsaws and as the recogniser. Also writes weights_only_attack.json for the card."""
     from .weights_only import weights_only_experiment
 
-    data, decrypted = weights_only_experiment(s.keyed.model, s.cipher, s.hwc, s.labels, s.plain, s.batch_size)
+    reference = None if s.plain_is_unfolded else s.plain.model
+    data, decrypted = weights_only_experiment(
+        s.keyed.model, s.cipher, s.hwc, s.labels, s.plain, s.batch_size, reference
+    )
+    data["reference_model"] = reference is not None
     shown = s.hwc[:CIPHER_IMAGES]
     grid = plot_image_grid(
         {
@@ -419,7 +425,8 @@ def load_sample(
         "cipher": cipher.describe(),
         "seed": seed,
     }
-    return Sample(images, labels, cipher, keyed, plain, seed=seed), sources
+    unfolded = keyed is not None and plain_dir is None
+    return Sample(images, labels, cipher, keyed, plain, seed=seed, plain_is_unfolded=unfolded), sources
 
 
 def _model_labels(labels: torch.Tensor, names: Sequence[str], label2id: dict[str, int]) -> torch.Tensor:
@@ -497,8 +504,9 @@ def add_attack_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument(
         "--weights-only",
         action="store_true",
-        help="run only the attack that guesses the key from the keyed model's weights alone (no plain checkpoint, "
-        "no image; the key and the images only score it) = --attacks weights-only; also writes "
+        help="run only the attack that guesses the key from the keyed model's weights alone (no image, not the "
+        "checkpoint they came from; the key and the images only score it) = --attacks weights-only. With "
+        "--plain-model, a plain model the attacker trained on similar images guides the jigsaws. Also writes "
         "weights_only_attack.json, which the model card quotes when copied into the model folder",
     )
     parser.add_argument(

@@ -27,7 +27,7 @@ try:  # an optimal assignment where scipy is there (scikit-learn brings it)
 except ImportError:  # pragma: no cover
     linear_sum_assignment = None
 
-SIGN_NEIGHBOURS = 4  # strongest correlations per column trusted for the relative flips
+SIGN_NEIGHBOURS = 4  # strongest correlations per column and channel trusted for the relative flips (a pixel's 4)
 ROTATIONS = 12  # spectral starts of the grid placement: the embedding turned by 180 / ROTATIONS degrees each
 RANDOM_STARTS = 4
 
@@ -82,7 +82,8 @@ def recover_flips(columns: np.ndarray, neighbours: int = SIGN_NEIGHBOURS) -> np.
     """Guess the negative-positive mask, up to one global flip, from (hidden, C*M*M) patch-embedding columns.
 
     Maximises the agreement s_i s_j corr_ij over each column's `neighbours` strongest correlations (where the sign is
-    trustworthy): a spectral start (the leading eigenvector of that signed graph), then single flips while any helps.
+    trustworthy; with C channels, about 5 C - 1 reach past the pixel's own channels to its 4 neighbours): a spectral
+    start (the leading eigenvector of that signed graph), then single flips while any helps.
     """
     corr = column_correlations(columns)
     graph = np.where(_strongest(np.abs(corr), neighbours), corr, 0.0)
@@ -157,9 +158,10 @@ def _refine(similarity: np.ndarray, kernel: np.ndarray, cell: np.ndarray, slots:
     cell = cell.copy()
     pull = similarity @ kernel[cell]  # [i, c] = sum_j S_ij K(c, cell_j)
     for _ in range(10 * len(cell)):
-        # Half the change of the objective when items a and b swap cells (K(c, c) = 1 on the diagonal).
+        # Half the change of the objective when items a and b swap cells.
         towards = pull[:, cell] - pull[np.arange(len(cell)), cell][:, None]
-        change = towards + towards.T - 2 * similarity * (1 - kernel[cell][:, cell])
+        own = np.diag(kernel)[cell]
+        change = towards + towards.T - similarity * (own[:, None] + own[None, :] - 2 * kernel[cell][:, cell])
         a, b = np.unravel_index(int(change.argmax()), change.shape)
         if change[a, b] <= 1e-12:
             break
@@ -169,7 +171,13 @@ def _refine(similarity: np.ndarray, kernel: np.ndarray, cell: np.ndarray, slots:
     return cell
 
 
-def place_on_grid(similarity: np.ndarray, grid: tuple[int, int], slots: int = 1, seed: int = 0) -> np.ndarray:
+def place_on_grid(
+    similarity: np.ndarray,
+    grid: tuple[int, int],
+    slots: int = 1,
+    template: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
     """Place items on a grid of cells holding `slots` items each so that similar items are near: returns each item's
     raster cell. The layout is found up to the grid's symmetries (`grid_symmetries`).
 
@@ -188,7 +196,7 @@ def place_on_grid(similarity: np.ndarray, grid: tuple[int, int], slots: int = 1,
     coords = np.stack(np.indices(grid), axis=-1).reshape(-1, 2).astype(np.float64)
     dist2 = ((coords[:, None] - coords[None]) ** 2).sum(axis=-1)
     widths = np.geomspace(max(max(grid) / 2, 1.0), 1.0, 4)
-    kernels = [np.exp(-dist2 / (2 * w**2)) for w in widths]
+    kernels = [np.exp(-dist2 / (2 * w**2)) for w in widths] if template is None else [template]
     rng = np.random.default_rng(seed)
     starts = _spectral_starts(similarity, coords, slots) + [rng.permutation(n) // slots for _ in range(RANDOM_STARTS)]
     best, best_value = None, -np.inf
@@ -201,12 +209,21 @@ def place_on_grid(similarity: np.ndarray, grid: tuple[int, int], slots: int = 1,
     return best
 
 
-def recover_in_block_layout(columns: np.ndarray, flip_mask: np.ndarray, block_size: int) -> np.ndarray:
+def _position_similarity(positions: np.ndarray) -> np.ndarray:
+    """Cosine between (N, hidden) position rows after removing their mean, the part every position shares."""
+    return column_correlations((positions - positions.mean(axis=0)).T)
+
+
+def recover_in_block_layout(
+    columns: np.ndarray, flip_mask: np.ndarray, block_size: int, template: np.ndarray | None = None
+) -> np.ndarray:
     """Guess each keyed value's in-block pixel from (hidden, C*M*M) columns and the guessed flips; returns
-    `pixel_perm` in `BlockCipher`'s convention, the C values of one guessed pixel in arbitrary channel order."""
+    `pixel_perm` in `BlockCipher`'s convention, the C values of one guessed pixel in arbitrary channel order.
+    `template` (M*M, M*M): the similarity expected between pixels (`reference_templates`); default: falling with
+    distance."""
     channels = columns.shape[1] // block_size**2
     signed = columns * np.where(flip_mask, -1.0, 1.0)
-    cell = place_on_grid(column_correlations(signed), (block_size, block_size), slots=channels)
+    cell = place_on_grid(column_correlations(signed), (block_size, block_size), channels, template)
     channel = np.empty_like(cell)
     for c in range(block_size**2):
         mine = np.flatnonzero(cell == c)
@@ -214,29 +231,69 @@ def recover_in_block_layout(columns: np.ndarray, flip_mask: np.ndarray, block_si
     return channel * block_size**2 + cell
 
 
-def recover_block_layout(positions: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Guess each keyed block's plain block from the (N, hidden) position embeddings (without the CLS row): rows are
-    compared by cosine after removing their mean, the part every position shares."""
-    centred = positions - positions.mean(axis=0)
-    return place_on_grid(column_correlations(centred.T), grid)
+def recover_block_layout(
+    positions: np.ndarray, grid: tuple[int, int], template: np.ndarray | None = None
+) -> np.ndarray:
+    """Guess each keyed block's plain block from the (N, hidden) position embeddings (without the CLS row).
+    `template` (N, N): the similarity expected between blocks (`reference_templates`); default: falling with
+    distance."""
+    return place_on_grid(_position_similarity(positions), grid, template=template)
 
 
-def recover_key_from_weights_alone(model: ViTForImageClassification) -> WeightsOnlyGuess:
-    """Guess the key's transform from a keyed ViT's patch and position embeddings alone (no key, image or checkpoint).
-
-    Only the public config is read besides the two embeddings: block size, image size and channels.
-    """
-    columns, positions = _embeddings(model)
+def _geometry(model: ViTForImageClassification) -> tuple[int, tuple[int, int], int]:
+    """(block size, block grid, channels) from a ViT's public config."""
     config = model.config
-    block = config.patch_size
     size = config.image_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
-    grid = (height // block, width // block)
-    flips = recover_flips(columns)
+    block = config.patch_size
+    return block, (height // block, width // block), config.num_channels
+
+
+def reference_templates(reference: ViTForImageClassification) -> tuple[np.ndarray, np.ndarray]:
+    """What a plain model of the same geometry, trained on similar images, expects: (pixel template (M*M, M*M), the
+    mean correlation of its patch-embedding columns over channels, the same pixel's other channels on the diagonal;
+    block template (N, N), the similarity of its position rows).
+
+    An attacker can train such a model on public images of the same kind with the public recipe; the layout of
+    these correlations (rings, rows, the wrap-around between a block's opposite edges) is what the keyed model's
+    correlations are then matched to, instead of a bare "near is similar".
+    """
+    block, _, channels = _geometry(reference)
+    columns, positions = _embeddings(reference)
+    cells = block**2
+    corr = column_correlations(columns).reshape(channels, cells, channels, cells)
+    pixel = corr.sum(axis=(0, 2)) / channels**2
+    same = np.einsum("aibi->i", corr) / max(channels * (channels - 1), 1)  # distinct channel pairs, zero diagonal
+    np.fill_diagonal(pixel, same if channels > 1 else 1.0)
+    blocks = _position_similarity(positions)
+    np.fill_diagonal(blocks, 1.0)
+    return pixel, blocks
+
+
+def recover_key_from_weights_alone(
+    model: ViTForImageClassification, reference: ViTForImageClassification | None = None
+) -> WeightsOnlyGuess:
+    """Guess the key's transform from a keyed ViT's patch and position embeddings alone (no key, no image, not the
+    checkpoint it came from). Only the public config is read besides the two embeddings.
+
+    `reference`: optionally, a plain ViT of the same geometry that the attacker trained on similar images; its
+    correlations become the templates of the two jigsaws (`reference_templates`).
+    """
+    columns, positions = _embeddings(model)
+    block, grid, channels = _geometry(model)
+    pixel_template = block_template = None
+    if reference is not None:
+        if _geometry(reference) != (block, grid, channels):
+            raise ValueError(
+                f"The reference model's geometry {_geometry(reference)} (block size, grid, channels) differs from the "
+                f"keyed model's {(block, grid, channels)}; train the reference at the same image and patch size."
+            )
+        pixel_template, block_template = reference_templates(reference)
+    flips = recover_flips(columns, SIGN_NEIGHBOURS * channels + channels - 1)
     return WeightsOnlyGuess(
-        pixel_perm=recover_in_block_layout(columns, flips, block),
+        pixel_perm=recover_in_block_layout(columns, flips, block, pixel_template),
         flip_mask=flips,
-        block_perm=recover_block_layout(positions, grid),
+        block_perm=recover_block_layout(positions, grid, block_template),
         block_size=block,
         grid=grid,
     )
@@ -318,16 +375,18 @@ def weights_only_experiment(
     labels: torch.Tensor | None = None,
     plain: Target | None = None,
     batch_size: int = 64,
+    reference: ViTForImageClassification | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Guess the key from `keyed`'s weights alone, score it against `cipher`, and decrypt the ciphertexts of the
-    held-back uint8 images `unseen` (k, H, W, C) with the guess aligned to the key (`align_to_key`).
+    held-back uint8 images `unseen` (k, H, W, C) with the guess aligned to the key (`align_to_key`); `reference` as
+    for `recover_key_from_weights_alone`.
 
     Returns the scores (with `chance_scores` as `chance_<score>`), the decryptions' mean SSIM (next to the
     ciphertexts' own, the level of no attack) and, with `plain` and `labels`, how recognisable they are: a plain
     model's accuracy on them, on the true images and on the ciphertexts (next to the majority class's share); and the
     decryptions themselves.
     """
-    guess = recover_key_from_weights_alone(keyed)
+    guess = recover_key_from_weights_alone(keyed, reference)
     aligned, scores = align_to_key(guess, cipher)
     encrypted = cipher.encrypt(unseen)
     decrypted = aligned.transform(cipher).decrypt(encrypted)

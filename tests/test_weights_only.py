@@ -20,6 +20,7 @@ from hf_lcrypt.weights_only import (
     place_on_grid,
     recover_flips,
     recover_key_from_weights_alone,
+    reference_templates,
     weights_only_experiment,
 )
 
@@ -43,12 +44,12 @@ def smooth_field(rng: np.random.Generator, side: int, samples: int, length: floa
     return rng.standard_normal((samples, side**2)) @ root.T
 
 
-def folded_model(smooth: bool, image_size: int = 32, block: int = 4, hidden: int = 96):
+def folded_model(smooth: bool, image_size: int = 32, block: int = 4, hidden: int = 96, seed: int = 0):
     """A plain ViT with smooth embeddings (as natural images train them) or its random initialisation, keyed."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     plain = tiny_vit(image_size, block, hidden, layers=1, labels=2)
     if smooth:
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(seed)
         grid = image_size // block
         pixels = smooth_field(rng, block, hidden, 1.2)  # one filter per hidden unit, shared by the channels
         columns = pixels[:, None, :] + 0.15 * rng.standard_normal((hidden, 3, block**2))
@@ -114,6 +115,20 @@ def test_a_smooth_keyed_model_gives_its_key_away():
     assert scores["blocks_in_place"] >= 0.9
 
 
+def test_a_reference_model_guides_the_jigsaws():
+    """A plain model trained apart (another draw of the same smoothness) gives templates that solve the jigsaws; one
+    of another geometry is refused."""
+    reference, _ = folded_model(smooth=True, seed=1)
+    pixel, blocks = reference_templates(reference)
+    assert pixel.shape == (16, 16) and blocks.shape == (64, 64)
+    assert np.allclose(pixel, pixel.T) and pixel[0, 1] > pixel[0, 15]  # neighbours above far pixels
+    _, keyed = folded_model(smooth=True)
+    _, scores = align_to_key(recover_key_from_weights_alone(keyed, reference), keyed.cipher(KEY))
+    assert scores["pixels_in_place"] >= 0.9 and scores["blocks_in_place"] >= 0.9
+    with pytest.raises(ValueError, match="same image and patch size"):
+        recover_key_from_weights_alone(keyed, tiny_vit(32, 8, 48, layers=1))
+
+
 def test_a_random_keyed_model_keeps_its_key():
     """Untrained (random) embeddings: the guess scores what random guesses score."""
     _, keyed = folded_model(smooth=False)
@@ -160,6 +175,12 @@ def test_attack_command_weights_only(tmp_path, capsys):
     assert {"recognised_decrypted", "recognised_plain", "recognised_encrypted"} <= set(scores)
     assert (out / "weights-only.png").read_bytes()[:4] == b"\x89PNG"
     assert KEY.to_hex() not in (out / "report.json").read_text() + (out / "report.md").read_text()
+    assert scores["reference_model"] is False
+    reference, _ = folded_model(smooth=True, seed=1)
+    reference.save_pretrained(tmp_path / "reference")
+    assert main([str(a) for a in [*argv, "--weights-only", "--plain-model", tmp_path / "reference"]]) == 0
+    scores = json.loads((out / "weights_only_attack.json").read_text())
+    assert scores["reference_model"] is True and scores["blocks_in_place"] >= 0.9
     assert main([str(a) for a in [*argv, "--weights-only", "--attacks", "fgsm"]]) == 1
     assert "--weights-only runs one attack" in capsys.readouterr().err
 
