@@ -1,12 +1,13 @@
-"""Key recovery from a keyed model's weights alone: no key, no image, no plain checkpoint.
+"""Key recovery from a keyed model's weights alone: no key, no image, not the checkpoint it came from.
 
 A ViT trained on natural images has smooth embeddings: the patch-embedding columns of neighbouring pixels (and of
 the channels of one pixel) point the same way across the hidden units, and the position embeddings of neighbouring
 blocks are alike. Folding a key, or training on encrypted images, only permutes and sign-flips those columns and
 permutes the position rows (`folding.py`), so their correlations survive: the sign of a strong correlation gives the
 relative flip of two columns, and placing columns and rows on their grids so that correlated ones are neighbours
-solves the in-block and block jigsaws. Correlations cannot tell one global flip, the symmetries of a grid (a mirrored
-or rotated layout is as smooth), nor which channel of a pixel is which; scores are taken modulo those.
+attacks the in-block and block jigsaws (docs/security.md measures how far each part gets on trained models).
+Correlations cannot tell one global flip, the symmetries of a grid (a mirrored or rotated layout is as smooth), nor
+which channel of a pixel is which; scores are taken modulo those.
 """
 
 from __future__ import annotations
@@ -181,9 +182,10 @@ def place_on_grid(
     """Place items on a grid of cells holding `slots` items each so that similar items are near: returns each item's
     raster cell. The layout is found up to the grid's symmetries (`grid_symmetries`).
 
-    A quadratic assignment, solved heuristically: spectral and random starts, each refined under a Gaussian kernel of
-    distance whose width shrinks from half the grid to one cell (coarse layout first, then neighbours); the start
-    that ends with the highest objective wins.
+    A quadratic assignment (maximise sum_ij S_ij K(cell_i, cell_j)), solved heuristically: spectral and random
+    starts, each refined under a Gaussian kernel K of distance whose width shrinks from half the grid to one cell
+    (coarse layout first, then neighbours), or under `template` (cells x cells) if given; the start that ends with
+    the highest objective wins.
     """
     height, width = grid
     n = height * width * slots
