@@ -169,7 +169,7 @@ def test_attack_command_weights_only(tmp_path, capsys):
     argv = ["attack", "--model", model_dir, "--data", data, "--key-file", key_file, "--out", out, "--split", "train"]
     assert main([str(a) for a in [*argv, "--weights-only"]]) == 0
     report = json.loads((out / "attack_report.json").read_text())
-    assert list(report["attacks"]) == ["weights-only"] and "--attacks weights-only" in report["command"]
+    assert list(report["attacks"]) == ["weights-only"] and "--attacks weights-only" in report["sources"]["command"]
     scores = json.loads((out / "weights_only_attack.json").read_text())
     assert scores["pixels_in_place"] >= 0.9 and scores["decrypted_ssim"] > 0.8
     assert {"recognised_decrypted", "recognised_plain", "recognised_encrypted"} <= set(scores)
