@@ -4,8 +4,8 @@ Each command runs in its own process; its peak resident set size (ru_maxrss) is 
 only imports hf_lcrypt and exits, so the difference is what the image costs. Run it against another checkout with
 --code-dir to compare versions:
 
-    python scripts/benchmark_memory.py --size 6000
-    python scripts/benchmark_memory.py --size 6000 --code-dir /path/to/other/checkout
+    python scripts/bench_memory.py --size 6000
+    python scripts/bench_memory.py --size 6000 --code-dir /path/to/other/checkout
 """
 
 from __future__ import annotations
