@@ -33,6 +33,8 @@ def recorded_settings(metrics: dict[str, Any]) -> dict[str, Any]:
                 settings.update(eval_strategy="steps", eval_steps=value, save_strategy="steps", save_steps=value)
         elif name == "max_steps":
             settings[name] = -1 if value is None else value
+        elif name == "report_to":  # as TrainingArguments records it
+            settings[name] = [] if value == "none" else [value]
         elif name == "resume":
             settings["resume_from_checkpoint"] = "last" if value is True else value or None
         else:
