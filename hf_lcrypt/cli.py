@@ -338,6 +338,14 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
         f"{','.join(CIPHER_ATTACKS)})",
     )
     parser.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="run only the attack that guesses the key from the keyed model's weights alone (no image, not the "
+        "checkpoint they came from; the key and the images only score it) = --attacks weights-only. With "
+        "--plain-model, a plain model the attacker trained on similar images guides the jigsaws. Also writes "
+        "weights_only_attack.json, which the model card quotes when copied into the model folder",
+    )
+    parser.add_argument(
         "--max-images", metavar="N", type=positive_int, default=128, help="images sampled (default 128)"
     )
     parser.add_argument("--split", default="test", help="split of --data, carved by content hash (default: test)")
@@ -366,7 +374,11 @@ def run_attack(args: argparse.Namespace) -> int:
     from .keys import LCryptKey
 
     key = LCryptKey.load(args.key_file)
-    attacks = args.attacks or (ATTACK_NAMES if args.model else CIPHER_ATTACKS)
+    if args.weights_only and args.attacks not in (None, ("weights-only",)):
+        raise CLIError("--weights-only runs one attack; leave out --attacks, or name weights-only there instead.")
+    attacks = (
+        ("weights-only",) if args.weights_only else args.attacks or (ATTACK_NAMES if args.model else CIPHER_ATTACKS)
+    )
     sample, sources = load_sample(
         args.data,
         key,

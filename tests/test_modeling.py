@@ -195,4 +195,3 @@ def test_the_model_code_changes_no_global_state_of_transformers():
 
     for name in ("LCryptViTModel", "LCryptViTForImageClassification", "lcrypt-vit"):
         assert get_checkpoint_conversion_mapping(name) is None
-

@@ -3,6 +3,7 @@
 - `corruptions`: noise and bit flips on ciphertexts, and the one table of their families and default strengths;
 - `cipher_attacks`: the cipher alone (metrics, jigsaw solver, known plaintext);
 - `model_attacks`: keyed models (adversarial examples, weight bit flips, key recovery from weights, access control);
+- `weights_only`: what a keyed model's weights alone reveal about its key;
 - `suite`: the robustness checks run during training (`AttackSuite`, `AttackEvalCallback`);
 - `report`: `hf-lcrypt attack`, any subset of the above on one image sample, written as one `AttackReport`;
 - `plots`: the reports' PNG figures.
@@ -21,6 +22,7 @@ MODEL_ATTACKS = (
     "weights-random",
     "weights-search",
     "weights-recovery",
+    "weights-only",
     "access",
 )
 # Attacks on the cipher alone: a key and a geometry suffice.

@@ -7,6 +7,7 @@ the key and a geometry. The strengths are fixed here, so that reports of differe
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -78,6 +79,7 @@ class Sample:
     out: Path = Path(".")
     batch_size: int = 64
     seed: int = 0
+    plain_is_unfolded: bool = False  # the plain target is the keyed model unfolded with the key, not another model
 
     @property
     def hwc(self) -> np.ndarray:
@@ -232,6 +234,31 @@ def _weights_recovery(s: Sample) -> Outcome:
     return Outcome({"fresh_fold": fresh, "fine_tuning": tuned}, rows, [grid, curves])
 
 
+def _weights_only(s: Sample) -> Outcome:
+    """The key guessed from the keyed weights alone (no image, not the checkpoint they came from), scored against the
+    key; the sample's ciphertexts decrypted with the guess. A plain model given with --plain-model serves as the
+    attacker's reference for the jigsaws and as the recogniser. Also writes weights_only_attack.json for the card."""
+    from .weights_only import weights_only_experiment
+
+    reference = None if s.plain_is_unfolded else s.plain.model
+    data, decrypted = weights_only_experiment(
+        s.keyed.model, s.cipher, s.hwc, s.labels, s.plain, s.batch_size, reference
+    )
+    data["reference_model"] = reference is not None
+    shown = s.hwc[:CIPHER_IMAGES]
+    grid = plot_image_grid(
+        {
+            "plain": list(shown),
+            "encrypted": list(s.cipher.encrypt(shown)),
+            "decrypted, key from\nthe weights alone": list(decrypted[:CIPHER_IMAGES]),
+        },
+        s.out / "weights-only.png",
+        title="Key transform guessed from the keyed weights alone (aligned modulo its symmetries)",
+    )
+    (s.out / "weights_only_attack.json").write_text(json.dumps(data, indent=2) + "\n")
+    return Outcome(data, _rows("", data), [grid])
+
+
 def _access(s: Sample) -> Outcome:
     data = access_control(s.keyed, s.images, s.labels, WRONG_KEYS, s.seed, s.batch_size)
     shown = {k: v for k, v in data.items() if k != "wrong_keys"}
@@ -331,6 +358,7 @@ _RUNNERS: dict[str, Callable[[Sample], Outcome]] = {
     "weights-random": _weights_random,
     "weights-search": _weights_search,
     "weights-recovery": _weights_recovery,
+    "weights-only": _weights_only,
     "access": _access,
     "jigsaw": _jigsaw,
     "known-plaintext": _known_plaintext,
@@ -394,7 +422,8 @@ def load_sample(
         "cipher": cipher.describe(),
         "seed": seed,
     }
-    return Sample(images, labels, cipher, keyed, plain, seed=seed), sources
+    unfolded = keyed is not None and plain_dir is None
+    return Sample(images, labels, cipher, keyed, plain, seed=seed, plain_is_unfolded=unfolded), sources
 
 
 def _model_labels(labels: torch.Tensor, names: Sequence[str], label2id: dict[str, int]) -> torch.Tensor:

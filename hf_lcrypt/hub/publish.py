@@ -70,7 +70,13 @@ SPACE_EXAMPLES_NOTE = (
 
 # What a model repository may hold. Everything else in a training folder (checkpoints, optimiser states, pickled
 # training arguments, key files) stays behind.
-_MODEL_FILES = ("config.json", "preprocessor_config.json", "model.safetensors.index.json", "metrics.json")
+_MODEL_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "model.safetensors.index.json",
+    "metrics.json",
+    "weights_only_attack.json",  # `hf-lcrypt attack --weights-only`'s scores, quoted in the card's security section
+)
 _MODEL_PATTERNS = (
     "*.safetensors",
     "*.py",
@@ -91,8 +97,6 @@ _MAIN_METRICS = (
     ("roc_auc", "AUROC (macro, one-vs-rest)"),
 )
 _SPLIT_PREFIXES = ("test", "eval", "validation", "val")
-# A metric whose name has "accuracy" and one of these is an access-control or robustness result.
-# Parts of attack_report.json that are not measurements, or that the card shows elsewhere.
 _MAX_OTHER_ROWS = 30
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # Names the training pipeline accepts for the dataset shipped with the package (hf_lcrypt.data.EMBEDDED_DATASETS).
@@ -304,6 +308,7 @@ def build_model_card(
         other_measurements=[{"name": _pretty(name), "value": f"{value:.6g}"} for name, value in results.other],
         library_version=_library_version(),
         extra_files=", ".join(f"`{name}`" for name in extra),
+        weights_only=_read_json(model_dir / "weights_only_attack.json") or None,
     )
 
 
