@@ -13,24 +13,24 @@ EPOCHS=${EPOCHS:-8}
 SEED=${SEED:-0}
 PY=${PY:-.venv/bin/python}
 CNNS=${CNNS:-resnet-small convnext-small}
-common=(--image-size 64 --block-size 8 --max-per-class "$MAX_PER_CLASS" --epochs "$EPOCHS" --seed "$SEED"
-        --batch-size 32 --lr 1e-3 --attack-max-images 128)
+common=(--image_size 64 --block_size 8 --max_per_class "$MAX_PER_CLASS" --num_train_epochs "$EPOCHS" --seed "$SEED"
+        --per_device_train_batch_size 32 --learning_rate 1e-3 --attack_max_images 128)
 for dataset in brain-tumor-mri/train lc25000; do
   name=$(basename "$(dirname "$dataset")")-$(basename "$dataset"); name=${name#.-}
   key="$OUT/$name.key"
-  $PY scripts/train.py --data "$DATA_ROOT/$dataset" --model tiny --mode encrypted --key-file "$key" \
-    --output-dir "$OUT/$name/vit-encrypted" "${common[@]}"
-  $PY scripts/train.py --data "$DATA_ROOT/$dataset" --model tiny --mode fold --key-file "$key" \
-    --output-dir "$OUT/$name/vit-fold" "${common[@]}"
+  $PY scripts/train.py --data "$DATA_ROOT/$dataset" --model tiny --mode encrypted --key_file "$key" \
+    --output_dir "$OUT/$name/vit-encrypted" "${common[@]}"
+  $PY scripts/train.py --data "$DATA_ROOT/$dataset" --model tiny --mode fold --key_file "$key" \
+    --output_dir "$OUT/$name/vit-fold" "${common[@]}"
   for cnn in $CNNS; do
     for mode in plain encrypted; do
-      $PY scripts/train.py --data "$DATA_ROOT/$dataset" --model "$cnn" --mode "$mode" --key-file "$key" \
-        --output-dir "$OUT/$name/$cnn-$mode" "${common[@]}"
+      $PY scripts/train.py --data "$DATA_ROOT/$dataset" --model "$cnn" --mode "$mode" --key_file "$key" \
+        --output_dir "$OUT/$name/$cnn-$mode" "${common[@]}"
     done
   done
 done
 # The seed paper's geometry: 64 blocks of 25x25x3 on 200x200 images, CNN on ciphertext (fewer images: 10x the pixels).
 $PY scripts/train.py --data "$DATA_ROOT/brain-tumor-mri/train" --model resnet-small --mode encrypted \
-  --key-file "$OUT/brain-tumor-mri-train.key" --output-dir "$OUT/brain-tumor-mri-train/resnet-small-encrypted-200-25" \
-  --image-size 200 --block-size 25 --max-per-class 100 --epochs "$EPOCHS" --seed "$SEED" --batch-size 32 --lr 1e-3 \
-  --attack-max-images 64
+  --key_file "$OUT/brain-tumor-mri-train.key" --output_dir "$OUT/brain-tumor-mri-train/resnet-small-encrypted-200-25" \
+  --image_size 200 --block_size 25 --max_per_class 100 --num_train_epochs "$EPOCHS" --seed "$SEED" \
+  --per_device_train_batch_size 32 --learning_rate 1e-3 --attack_max_images 64

@@ -24,10 +24,10 @@ DATA=${DATA_ROOT:-../shared/data}
 PY=${PY:-.venv/bin/python}
 SEED=${SEED:-0}
 STAGES=${STAGES:-teachers vits seeds medmnist geometry ablation figures}
-common=(--batch-size 32 --lr 1e-3 --seed "$SEED" --attack-max-images 128 --logging-steps 50)
-at64=(--image-size 64 --block-size 8)
-at128=(--image-size 128 --block-size 16)  # the same 64 blocks as 64/8, so about the ViT's cost, at 4 times the pixels
-distil=(--distillation soft --distill-temperature 2)
+common=(--per_device_train_batch_size 32 --learning_rate 1e-3 --seed "$SEED" --attack_max_images 128 --logging_steps 50)
+at64=(--image_size 64 --block_size 8)
+at128=(--image_size 128 --block_size 16)  # the same 64 blocks as 64/8, so about the ViT's cost, at 4 times the pixels
+distil=(--distillation soft --distill_temperature 2)
 
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
 train() { OMP_NUM_THREADS=${THREADS:-1} $PY scripts/train.py "${common[@]}" "$@"; }  # later flags win
@@ -36,106 +36,107 @@ vit_pair() {
   local name=$1
   shift
   for mode in encrypted fold; do
-    train --model micro --mode "$mode" "$@" --output-dir "$OUT/$name-$mode" &
+    train --model micro --mode "$mode" "$@" --output_dir "$OUT/$name-$mode" &
   done
   wait
 }
 
-brain=(--data "$DATA/brain-tumor-mri/train" --key-file "$OUT/brain-tumor-mri.key")
+brain=(--data "$DATA/brain-tumor-mri/train" --key_file "$OUT/brain-tumor-mri.key")
 brain_teacher=$OUT/brain-tumor-mri/teacher-resnet-small
 if stage teachers; then
-  THREADS=2 train "${brain[@]}" --model resnet-small --mode plain --epochs 30 "${at64[@]}" --output-dir "$brain_teacher"
+  THREADS=2 train "${brain[@]}" --model resnet-small --mode plain --num_train_epochs 30 "${at64[@]}" \
+    --output_dir "$brain_teacher"
 fi
 if stage vits; then
-  vit_pair brain-tumor-mri/vit "${brain[@]}" --epochs "${BRAIN_EPOCHS:-150}" "${at64[@]}" \
+  vit_pair brain-tumor-mri/vit "${brain[@]}" --num_train_epochs "${BRAIN_EPOCHS:-150}" "${at64[@]}" \
     --teacher "$brain_teacher/model" "${distil[@]}" --tta
 fi
 
 # LC25000: histology slides have no up or down, so all 8 orientations (its near-copies are rotated and flipped
 # versions of 250 originals per class). The ViT sees 128x128; its teacher 64x64, then (the better one) 128x128.
-lc=(--data "$DATA/lc25000" --key-file "$OUT/lc25000.key" --augment-orientation)
+lc=(--data "$DATA/lc25000" --key_file "$OUT/lc25000.key" --augment_orientation)
 lc_teacher=$OUT/lc25000/teacher-resnet-small-orient
 if stage teachers; then
-  THREADS=2 train "${lc[@]}" --model resnet-small --mode plain --epochs 30 "${at64[@]}" \
-    --output-dir "$lc_teacher"
-  THREADS=2 train "${lc[@]}" --model resnet-small --mode plain --epochs 30 "${at128[@]}" \
-    --output-dir "$lc_teacher-128"
+  THREADS=2 train "${lc[@]}" --model resnet-small --mode plain --num_train_epochs 30 "${at64[@]}" \
+    --output_dir "$lc_teacher"
+  THREADS=2 train "${lc[@]}" --model resnet-small --mode plain --num_train_epochs 30 "${at128[@]}" \
+    --output_dir "$lc_teacher-128"
 fi
 if stage vits; then
-  vit_pair lc25000/vit128-200ep "${lc[@]}" --epochs 200 "${at128[@]}" "${distil[@]}" \
+  vit_pair lc25000/vit128-200ep "${lc[@]}" --num_train_epochs 200 "${at128[@]}" "${distil[@]}" \
     --teacher "$lc_teacher/model"
-  vit_pair lc25000/vit128 "${lc[@]}" --epochs 100 "${at128[@]}" "${distil[@]}" \
+  vit_pair lc25000/vit128 "${lc[@]}" --num_train_epochs 100 "${at128[@]}" "${distil[@]}" \
     --teacher "$lc_teacher/model"
-  vit_pair lc25000/vit128-teacher128 "${lc[@]}" --epochs 80 "${at128[@]}" "${distil[@]}" \
+  vit_pair lc25000/vit128-teacher128 "${lc[@]}" --num_train_epochs 80 "${at128[@]}" "${distil[@]}" \
     --teacher "$lc_teacher-128/model"
 fi
 
-if stage seeds; then  # one held-out test split for all (--split-seed stays 0), the seed-0 teacher
+if stage seeds; then  # one held-out test split for all (--split_seed stays 0), the seed-0 teacher
   for seed in ${SEEDS-$(seq 1 28)}; do
-    vit_pair "brain-tumor-mri-seeds/seed-$seed/vit" "${brain[@]}" --epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
+    vit_pair "brain-tumor-mri-seeds/seed-$seed/vit" "${brain[@]}" --num_train_epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
       --teacher "$brain_teacher/model" "${distil[@]}" --seed "$seed"
   done
   for seed in ${LC_SEEDS-1 2 3}; do  # the 200-epoch LC25000 pair again (2 hours a pair)
-    vit_pair "lc25000-seeds/seed-$seed/vit" "${lc[@]}" --epochs 200 "${at128[@]}" "${distil[@]}" \
+    vit_pair "lc25000-seeds/seed-$seed/vit" "${lc[@]}" --num_train_epochs 200 "${at128[@]}" "${distil[@]}" \
       --teacher "$lc_teacher/model" --seed "$seed"
   done
 fi
 
 if stage medmnist; then
   for mode in encrypted fold; do
-    train --data "$DATA/medmnist/pneumoniamnist.npz" --model micro --mode "$mode" --image-size 28 --block-size 4 \
-      --epochs 20 --key-file "$OUT/pneumoniamnist.key" --output-dir "$OUT/pneumoniamnist/vit-$mode" &
+    train --data "$DATA/medmnist/pneumoniamnist.npz" --model micro --mode "$mode" --image_size 28 --block_size 4 \
+      --num_train_epochs 20 --key_file "$OUT/pneumoniamnist.key" --output_dir "$OUT/pneumoniamnist/vit-$mode" &
   done
   wait
 fi
 
 if stage geometry; then
-  mri=(--data "$DATA/brain-tumor-mri/train" --model micro --mode encrypted --max-per-class 250 --epochs 20
-       --key-file "$OUT/brain-tumor-mri.key")
-  train "${mri[@]}" --image-size 64 --block-size 8 --output-dir "$OUT/geometry/vit-64-8" &
-  train "${mri[@]}" --image-size 200 --block-size 25 --output-dir "$OUT/geometry/vit-200-25" &
+  mri=(--data "$DATA/brain-tumor-mri/train" --model micro --mode encrypted --max_per_class 250 --num_train_epochs 20
+       --key_file "$OUT/brain-tumor-mri.key")
+  train "${mri[@]}" --image_size 64 --block_size 8 --output_dir "$OUT/geometry/vit-64-8" &
+  train "${mri[@]}" --image_size 200 --block_size 25 --output_dir "$OUT/geometry/vit-200-25" &
   wait
-  THREADS=2 train "${mri[@]}" --image-size 224 --block-size 16 --output-dir "$OUT/geometry/vit-224-16"
+  THREADS=2 train "${mri[@]}" --image_size 224 --block_size 16 --output_dir "$OUT/geometry/vit-224-16"
 fi
 
 if stage ablation; then
-  mri=(--data "$DATA/brain-tumor-mri/train" --model micro --mode encrypted --epochs 10 "${at64[@]}" --attack-max-images 64
-       --key-file "$OUT/brain-tumor-mri.key")
+  mri=(--data "$DATA/brain-tumor-mri/train" --model micro --mode encrypted --num_train_epochs 10 "${at64[@]}"
+       --attack_max_images 64 --key_file "$OUT/brain-tumor-mri.key")
   teach=(--teacher "$OUT/brain-tumor-mri/teacher-resnet-small/model")
-  train "${mri[@]}" --output-dir "$OUT/ablation/base" &
-  train "${mri[@]}" --label-smoothing 0.1 --output-dir "$OUT/ablation/ls01" &
+  train "${mri[@]}" --output_dir "$OUT/ablation/base" &
+  train "${mri[@]}" --label_smoothing_factor 0.1 --output_dir "$OUT/ablation/ls01" &
   wait
-  train "${mri[@]}" "${teach[@]}" --distillation hard --output-dir "$OUT/ablation/distill-hard" &
-  train "${mri[@]}" "${teach[@]}" --distillation soft --distill-temperature 2 --output-dir "$OUT/ablation/distill-soft" &
+  train "${mri[@]}" "${teach[@]}" --distillation hard --output_dir "$OUT/ablation/distill-hard" &
+  train "${mri[@]}" "${teach[@]}" --distillation soft --distill_temperature 2 --output_dir "$OUT/ablation/distill-soft" &
   wait
-  train "${mri[@]}" --mixup 0.2 --output-dir "$OUT/ablation/mixup02"
-  THREADS=2 train "${mri[@]}" "${teach[@]}" --distillation soft --distill-temperature 2 --model tiny --epochs 25 \
-    --attack-max-images 128 --output-dir "$OUT/extra/tiny-encrypted"
+  train "${mri[@]}" --mixup 0.2 --output_dir "$OUT/ablation/mixup02"
+  THREADS=2 train "${mri[@]}" "${teach[@]}" --distillation soft --distill_temperature 2 --model tiny \
+    --num_train_epochs 25 --attack_max_images 128 --output_dir "$OUT/extra/tiny-encrypted"
   # the ViT at 128/16 (what helped on LC25000), 120 epochs instead of the recipe's 150 so that it fits a session
-  THREADS=2 train "${brain[@]}" --model micro --mode encrypted --epochs 120 "${at128[@]}" "${teach[@]}" "${distil[@]}" \
-    --output-dir "$OUT/extra/vit128-encrypted"
+  THREADS=2 train "${brain[@]}" --model micro --mode encrypted --num_train_epochs 120 "${at128[@]}" "${teach[@]}" \
+    "${distil[@]}" --output_dir "$OUT/extra/vit128-encrypted"
   # the recipe on a longer schedule, 240 epochs instead of 150, both modes (each alone on both cores, about 2 hours)
   for mode in encrypted fold; do
-    THREADS=2 train "${brain[@]}" --model micro --mode "$mode" --epochs 240 "${at64[@]}" "${teach[@]}" "${distil[@]}" \
-      --tta --output-dir "$OUT/extra/vit-240ep-$mode"
+    THREADS=2 train "${brain[@]}" --model micro --mode "$mode" --num_train_epochs 240 "${at64[@]}" "${teach[@]}" \
+      "${distil[@]}" --tta --output_dir "$OUT/extra/vit-240ep-$mode"
   done
   # the weight average on the recipe's own schedule: the run scores its average and its best checkpoint on test
-  THREADS=2 train "${brain[@]}" --model micro --mode encrypted --epochs 150 "${at64[@]}" "${teach[@]}" "${distil[@]}" \
-    --ema-decay 0.999 --tta --output-dir "$OUT/extra/vit-ema-encrypted"
+  THREADS=2 train "${brain[@]}" --model micro --mode encrypted --num_train_epochs 150 "${at64[@]}" "${teach[@]}" \
+    "${distil[@]}" --ema_decay 0.999 --tta --output_dir "$OUT/extra/vit-ema-encrypted"
   # the MLP patch embedding against the linear one: the seeds stage's encrypted runs with it, two seeds at a time
   mlp_seeds=(${MLP_SEEDS-4 5 6 7 8 9})
   for ((i = 0; i < ${#mlp_seeds[@]}; i += 2)); do
     for seed in "${mlp_seeds[@]:i:2}"; do
-      train "${brain[@]}" --model micro --patch-embedding mlp --mode encrypted --epochs "${SEED_EPOCHS:-30}" \
+      train "${brain[@]}" --model micro --patch_embedding mlp --mode encrypted --num_train_epochs "${SEED_EPOCHS:-30}" \
         "${at64[@]}" "${teach[@]}" "${distil[@]}" --seed "$seed" \
-        --output-dir "$OUT/brain-tumor-mri-mlp/seed-$seed/vit-encrypted" &
+        --output_dir "$OUT/brain-tumor-mri-mlp/seed-$seed/vit-encrypted" &
     done
     wait
   done
-  # the weight average (--ema-decay) against the best checkpoint, within each run: the seeds stage's pairs with it
+  # the weight average (--ema_decay) against the best checkpoint, within each run: the seeds stage's pairs with it
   for seed in ${EMA_SEEDS-16 17}; do
-    vit_pair "brain-tumor-mri-ema/seed-$seed/vit" "${brain[@]}" --epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
-      "${teach[@]}" "${distil[@]}" --seed "$seed" --ema-decay 0.999
+    vit_pair "brain-tumor-mri-ema/seed-$seed/vit" "${brain[@]}" --num_train_epochs "${SEED_EPOCHS:-30}" "${at64[@]}" \
+      "${teach[@]}" "${distil[@]}" --seed "$seed" --ema_decay 0.999
   done
 fi
 

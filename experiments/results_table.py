@@ -1,6 +1,6 @@
 """Markdown tables of training runs: accuracy, macro F1, parameters, time per epoch, inference images/s, robustness;
 then per-class F1, the test metrics of runs with `--tta` (averaged over its views), the best checkpoint against the
-weight average of runs with `--ema-decay`, and the exact command of every run.
+weight average of runs with `--ema_decay`, and the exact command of every run.
 
 Reads every `<run>/model/metrics.json` (and `attack_report.json`) under the given folders, and measures inference
 throughput of each saved model on this machine, batch 64, in one run. `--figures DIR` copies each run's confusion
@@ -10,16 +10,20 @@ matrix and noise-robustness plot there (as `<folder>-<run>-confusion.png`, `...-
 """
 
 import argparse
+import functools
 import json
 import shlex
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from run_settings import recorded_settings
 from transformers import AutoModelForImageClassification
 
 from hf_lcrypt import register_auto_classes
+from hf_lcrypt.training import parse_args
 
 COLUMNS = (
     "run | mode | model | params | image/block | test acc | macro F1 | AUROC | s/epoch | infer img/s | wrong key | "
@@ -28,6 +32,11 @@ COLUMNS = (
 
 
 register_auto_classes()  # the run folders' keyed ViTs load through the Auto classes
+
+# Settings a command leaves out: where a resumed run resumed from (its command is the whole run's), the Hub token
+# (masked in metrics.json), and what follows from the machine rather than from the run.
+LEFT_OUT = ("resume_from_checkpoint", "hub_token", "dataloader_pin_memory")
+ALWAYS_SHOWN = ("mode", "model", "num_train_epochs", "seed")  # shown at their defaults too
 
 
 def images_per_second(model_dir: Path, image_size: int, batch: int = 64, repeats: int = 3) -> float:
@@ -82,24 +91,39 @@ def row(model_dir: Path, root: Path) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def command(metrics: dict) -> str:
-    """The `scripts/train.py` command line that reproduces a run (every setting that differs from the defaults)."""
-    from hf_lcrypt.training import TrainConfig
+@functools.cache
+def default_settings() -> dict[str, Any]:
+    """The training parser's defaults by flag name, as a run's metrics.json records its settings."""
+    defaults = parse_args([])
+    return {**defaults.settings(), **defaults.training.to_dict()}
 
-    defaults = vars(TrainConfig())
+
+def flag_value(value: Any) -> list[str]:
+    """A setting's value as command-line words: `150` for 150.0, JSON for a mapping, a list's items."""
+    if isinstance(value, float) and value.is_integer():
+        return [str(int(value))]
+    if isinstance(value, dict):
+        return [json.dumps(value)]
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    return [str(value)]
+
+
+def command(metrics: dict) -> str:
+    """The `scripts/train.py` command line that reproduces a run: every setting that differs from the training
+    parser's defaults (runs recorded under older flag names included), the key file left out."""
+    defaults, recorded = default_settings(), recorded_settings(metrics)
     flags = []
-    for name, value in metrics["config"].items():
-        if name in ("resume", "key_file") or value is None:
+    for name in defaults:  # in the parser's order: hf-lcrypt's settings, then the Trainer's
+        value = recorded.get(name)
+        if name in LEFT_OUT or value is None or value == []:
             continue
-        if value == defaults.get(name) and name not in ("mode", "model", "epochs", "seed"):
+        if value == defaults[name] and name not in ALWAYS_SHOWN:
             continue
-        flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + name.replace("_", "-"))
-        elif isinstance(value, list):
-            flags += [flag, *map(str, value)] if value else []
+            flags += [f"--{name}"] if value else [f"--{name}", "false"]
         else:
-            flags += [flag, str(value)]
+            flags += [f"--{name}", *flag_value(value)]
     return "python scripts/train.py " + shlex.join(flags)
 
 
@@ -131,8 +155,8 @@ def tta_row(model_dir: Path, root: Path) -> str | None:
 
 
 def weight_average_row(model_dir: Path, root: Path) -> str | None:
-    """A run's `--ema-decay` scores: the best checkpoint and the weight average (the final model) on validation and
-    test; None without --ema-decay."""
+    """A run's `--ema_decay` scores: the best checkpoint and the weight average (the final model) on validation and
+    test; None without --ema_decay."""
     average = json.loads((model_dir / "metrics.json").read_text()).get("weight_average")
     if average is None:
         return None
@@ -171,10 +195,10 @@ def main() -> None:
         [tta_row(model_dir, root) for model_dir, root in runs],
     )
     print_table(
-        "run | --ema-decay | validation, best checkpoint | validation, average | test, best checkpoint | test, average",
+        "run | --ema_decay | validation, best checkpoint | validation, average | test, best checkpoint | test, average",
         [weight_average_row(model_dir, root) for model_dir, root in runs],
     )
-    print("\nCommands (`--key-file` left out: each dataset's runs share one local key file):\n")
+    print("\nCommands (`--key_file` left out: each dataset's runs share one local key file):\n")
     print("\n".join(commands))
 
 

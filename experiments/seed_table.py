@@ -16,7 +16,7 @@ patch embedding (MLP against linear):
 
     python experiments/seed_table.py --compare patch_embedding runs/{mlp,linear}/seed-*/vit-encrypted
 
-`--compare weight_average` pairs the two candidates of each `--ema-decay` run instead (the weight average against the
+`--compare weight_average` pairs the two candidates of each `--ema_decay` run instead (the weight average against the
 best checkpoint, both scored on test), one run per seed, so one mode at a time:
 
     python experiments/seed_table.py --compare weight_average runs/seed-*/vit-encrypted
@@ -41,6 +41,7 @@ import statistics
 from pathlib import Path
 from typing import NamedTuple
 
+from run_settings import recorded_settings
 from scipy import stats
 
 
@@ -66,8 +67,8 @@ COMPARISONS = {
         ("weight average", "best checkpoint"),
     ),
 }
-# Settings added after earlier runs were recorded, at the value those runs had (their defaults in TrainConfig, not
-# imported: that would load torch and transformers for a table).
+# Settings added after earlier runs were recorded, at the value those runs had (their defaults in hf_lcrypt.training,
+# not imported: that would load torch and transformers for a table).
 _ADDED_SETTINGS = {"patch_embedding": "linear", "ema_decay": None}
 # A recorded pair: correct test images per mode (so that the accuracies are exact); the CSV records no settings, so
 # that its rows are of the folders' recipe is the writer's word.
@@ -78,18 +79,20 @@ TEACHER_COLUMN = "teacher_test_accuracy"  # a note --record fills in where the C
 def load_accuracies(
     paths: list[Path], metric: str = "accuracy", comparison: Comparison = COMPARISONS["mode"], at_least: int = 2
 ) -> dict[int, dict[str, float]]:
-    """seed -> arm -> test metric, for every seed that has a finished run of each arm (at least `at_least` seeds)."""
+    """seed -> arm -> test metric, for every seed that has a finished run of each arm (at least `at_least` seeds).
+
+    Runs of one recipe agree on every setting both recorded: a run recorded before the Trainer's settings were kept
+    (`training_args`) holds fewer of them, all it could set."""
     per_run = ("seed", "output_dir", comparison.setting)  # the settings a pair or a seed may differ in
     runs: dict[int, dict[str, float]] = {}
     recipe, recipe_file = None, None
     for file in sorted({file for path in paths for file in path.glob("**/model/metrics.json")}):
         metrics = json.loads(file.read_text())
-        config = {**_ADDED_SETTINGS, **metrics["config"]}
+        config = {**_ADDED_SETTINGS, **recorded_settings(metrics)}
         shared = {k: v for k, v in config.items() if k not in per_run}
         if recipe is None:
             recipe, recipe_file = shared, file
-        elif shared != recipe:
-            differ = sorted(k for k in recipe.keys() | shared.keys() if recipe.get(k) != shared.get(k))
+        elif differ := sorted(k for k in recipe.keys() & shared.keys() if recipe[k] != shared[k]):
             raise SystemExit(f"{file} and {recipe_file} differ in {differ}: tabulate one recipe at a time.")
         seed = config["seed"]
         for arm, value in arm_values(metrics, config, metric, comparison, file).items():
@@ -176,7 +179,7 @@ def record_pairs(paths: list[Path], file: Path) -> None:
 def teacher_accuracy(paths: list[Path]) -> str:
     """The test accuracy of the runs' teacher (one per recipe), from its metrics.json; empty if none is readable."""
     first = min(file for path in paths for file in path.glob("**/model/metrics.json"))
-    teacher = json.loads(first.read_text())["config"].get("teacher")
+    teacher = recorded_settings(json.loads(first.read_text())).get("teacher")
     metrics = Path(teacher) / "metrics.json" if teacher else None
     if metrics is None or not metrics.is_file():
         return ""
@@ -204,7 +207,8 @@ def arm_values(metrics: dict, config: dict, metric: str, comparison: Comparison,
     average = metrics.get("weight_average")
     if average is None or average["metric"] != metric:
         raise SystemExit(
-            f"{file}: no weight average scored by {metric} (a run with --ema-decay and --metric {metric})."
+            f"{file}: no weight average scored by {metric} "
+            f"(a run with --ema_decay and --metric_for_best_model {metric})."
         )
     return {arm: average["scores"][arm]["test"] for arm in comparison.arms}
 
@@ -282,7 +286,7 @@ def main() -> None:
         default="mode",
         help="what the two arms of a seed differ in: mode (encrypted against fold runs, the default), "
         "patch_embedding (mlp against linear runs) or weight_average (the average against the best checkpoint, "
-        "within each --ema-decay run)",
+        "within each --ema_decay run)",
     )
     args = parser.parse_args()
     comparison = COMPARISONS[args.compare]

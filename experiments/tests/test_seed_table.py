@@ -10,6 +10,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "experiments" / "seed_table.py"
 
 
+TRAINER_SETTINGS = ("num_train_epochs", "learning_rate", "ema_decay")  # metrics.json's training_args, since 0.2
+
+
 def _fake_run(
     folder: Path,
     mode: str,
@@ -18,15 +21,28 @@ def _fake_run(
     epochs: float = 30.0,
     average: float | None = None,
     images: int = 100,
+    old: bool = False,
     **settings: object,
 ) -> None:
-    """A metrics.json recording `settings` too (runs recorded before a setting existed lack it); with `average`, of
-    an --ema-decay run whose weight average scored that on test."""
+    """A metrics.json recording `settings` too: hf-lcrypt's in `config`, the Trainer's in `training_args`; with
+    `old`, as runs recorded before the Trainer's settings were kept apart: all in `config`, the epochs as `epochs`,
+    and lacking the settings added since (unless given). With `average`, of an --ema_decay run whose weight average
+    scored that on test."""
     (folder / "model").mkdir(parents=True)
-    config = {"mode": mode, "seed": seed, "epochs": epochs, "output_dir": str(folder), **settings}
-    if average is not None:
-        config["ema_decay"] = 0.999
-    metrics = {"mode": mode, "config": config, "test": {"accuracy": accuracy, "num_images": images}}
+    if old:
+        config = {"mode": mode, "seed": seed, "epochs": epochs, "output_dir": str(folder), **settings}
+        if average is not None:
+            config["ema_decay"] = 0.999
+        metrics = {"mode": mode, "config": config}
+    else:
+        config = {"mode": mode, "patch_embedding": "linear", "teacher": None}
+        training_args = {"seed": seed, "num_train_epochs": epochs, "output_dir": str(folder), "ema_decay": None}
+        if average is not None:
+            training_args["ema_decay"] = 0.999
+        for name, value in settings.items():
+            (training_args if name in TRAINER_SETTINGS else config)[name] = value
+        metrics = {"mode": mode, "config": config, "training_args": training_args}
+    metrics["test"] = {"accuracy": accuracy, "num_images": images}
     if average is not None:
         scores = {
             "best_checkpoint": {"validation": 0.9, "test": accuracy},
@@ -95,20 +111,34 @@ def test_seed_table_refuses_mixed_recipes_and_repeated_seeds(tmp_path: Path):
         for mode in ("encrypted", "fold"):
             _fake_run(tmp_path / f"seed-{seed}" / f"vit-{mode}", mode, seed, 0.9, epochs=30 if seed == 1 else 60)
     result = _seed_table(tmp_path, check=False)
-    assert result.returncode != 0 and "differ in ['epochs']" in result.stderr
+    assert result.returncode != 0 and "differ in ['num_train_epochs']" in result.stderr
     _fake_run(tmp_path / "again" / "vit-fold", "fold", 1, 0.9)
     result = _seed_table(tmp_path / "seed-1", tmp_path / "again", check=False)
     assert result.returncode != 0 and "a second fold run with seed 1" in result.stderr
 
 
 def test_seed_table_pairs_runs_recorded_before_a_setting_existed_with_runs_at_its_default(tmp_path: Path):
-    for seed in (1, 2):  # the encrypted runs predate --ema-decay and --patch-embedding
-        _fake_run(tmp_path / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, 0.9)
-        _fake_run(tmp_path / f"seed-{seed}" / "vit-fold", "fold", seed, 0.9, ema_decay=None, patch_embedding="linear")
+    for seed in (1, 2):  # the encrypted runs predate --ema_decay and --patch_embedding
+        _fake_run(tmp_path / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, 0.9, old=True)
+        _fake_run(tmp_path / f"seed-{seed}" / "vit-fold", "fold", seed, 0.9, old=True, ema_decay=None)
     assert "| 1 | 0.900 | 0.900 | +0.00 |" in _seed_table(tmp_path).stdout
-    _fake_run(tmp_path / "seed-3" / "vit-encrypted", "encrypted", 3, 0.9, ema_decay=0.999)
+    _fake_run(tmp_path / "seed-3" / "vit-encrypted", "encrypted", 3, 0.9, old=True, ema_decay=0.999)
     result = _seed_table(tmp_path, check=False)
     assert result.returncode != 0 and "differ in ['ema_decay']" in result.stderr
+
+
+def test_seed_table_pairs_runs_recorded_before_and_after_the_trainer_settings_moved(tmp_path: Path):
+    """Old runs keep the seed and epochs in `config` (as `epochs`), new ones in `training_args` (as
+    `num_train_epochs`): they pair by seed, and a recipe that differs in a renamed setting is still refused."""
+    for seed, (encrypted, plain) in {1: (0.95, 0.94), 2: (0.93, 0.94), 3: (0.96, 0.94)}.items():
+        _fake_run(tmp_path / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, encrypted, old=seed == 1)
+        _fake_run(tmp_path / f"seed-{seed}" / "vit-fold", "fold", seed, plain, old=seed != 3)
+    result = _seed_table(tmp_path).stdout
+    rows = [line for line in result.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows == ["| 1 | 0.950 | 0.940 | +1.00 |", "| 2 | 0.930 | 0.940 | -1.00 |", "| 3 | 0.960 | 0.940 | +2.00 |"]
+    _fake_run(tmp_path / "longer" / "seed-4" / "vit-fold", "fold", 4, 0.9, epochs=60)
+    refused = _seed_table(tmp_path, check=False)
+    assert refused.returncode != 0 and "differ in ['num_train_epochs']" in refused.stderr
 
 
 def test_seed_table_compares_patch_embeddings_by_seed(tmp_path: Path):
@@ -116,7 +146,7 @@ def test_seed_table_compares_patch_embeddings_by_seed(tmp_path: Path):
     setting existed (so at its default), paired by seed; fold runs, of another mode, are refused."""
     for seed, (mlp, linear) in {1: (0.85, 0.84), 2: (0.83, 0.83), 3: (0.86, 0.83)}.items():
         _fake_run(tmp_path / "mlp" / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, mlp, patch_embedding="mlp")
-        _fake_run(tmp_path / "linear" / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, linear)
+        _fake_run(tmp_path / "linear" / f"seed-{seed}" / "vit-encrypted", "encrypted", seed, linear, old=True)
     result = _seed_table("--compare", "patch_embedding", tmp_path / "mlp", tmp_path / "linear").stdout
     assert "| seed | MLP patches accuracy | linear patches accuracy | MLP patches - linear patches (points) |" in result
     rows = [line for line in result.splitlines() if line.startswith("| ") and line[2].isdigit()]
