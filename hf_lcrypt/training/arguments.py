@@ -221,6 +221,7 @@ class LCryptTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = _default("remove_unused_columns", False)
     ddp_find_unused_parameters: bool | None = _default("ddp_find_unused_parameters", False)
     dataloader_pin_memory: bool = _default("dataloader_pin_memory", torch.cuda.is_available())  # no use on CPUs
+    seed: int = _default("seed", 0)  # the seed of every recorded result (docs/results.md)
 
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "stop after this many evaluations without improvement (default: off)"}
