@@ -12,6 +12,7 @@ import { shake256 } from "./vendor/noble-hashes/sha3.js";
 export const SPEC_VERSION = 1;
 export const KEY_BYTES = 32;
 export const SCRYPT = Object.freeze({ N: 2 ** 15, r: 8, p: 1, dkLen: KEY_BYTES });
+export const MIN_PASSPHRASE_CHARS = 12; // keys.MIN_PASSPHRASE_CHARS in the Python library
 export const PIXEL_SHUFFLE = "pixel_shuffle";
 export const NEGATIVE_POSITIVE = "negative_positive";
 export const BLOCK_SCRAMBLE = "block_scramble";
@@ -95,10 +96,20 @@ export class LCryptKey {
     }
   }
 
-  /** scrypt(N=2**15, r=8, p=1) with the spec's fixed public salt; the phrase is used as typed (no normalisation). */
-  static async fromPassphrase(passphrase) {
+  /**
+   * scrypt(N=2**15, r=8, p=1) with the spec's fixed public salt; the phrase is used as typed (no normalisation).
+   * Phrases under MIN_PASSPHRASE_CHARS characters are refused unless `allowShort`, as in the Python library.
+   */
+  static async fromPassphrase(passphrase, { allowShort = false } = {}) {
     if (typeof passphrase !== "string") throw new TypeError("The passphrase must be a string.");
     if (!passphrase) throw new Error("The passphrase is empty; choose a long phrase or use LCryptKey.generate().");
+    const length = [...passphrase].length; // characters (code points), as Python's len() counts them
+    if (length < MIN_PASSPHRASE_CHARS && !allowShort) {
+      throw new Error(
+        `The passphrase has ${length} characters, under the minimum of ${MIN_PASSPHRASE_CHARS}: anyone can try ` +
+          "short phrases quickly, since the derivation is public. Choose a longer phrase, or use LCryptKey.generate().",
+      );
+    }
     return new LCryptKey(await scryptAsync(utf8(passphrase), utf8(`${PREFIX}/passphrase`), SCRYPT));
   }
 

@@ -66,6 +66,8 @@ test("clear errors for bad keys and bad images", async () => {
   assert.throws(() => LCryptKey.fromKeyFile("hello"), (err) => /not an hf-lcrypt key file/.test(err.message) && !err.message.includes("hello"));
   assert.throws(() => new LCryptKey(new Uint8Array(16)), /32 bytes \(256 bits\), got 16/);
   await assert.rejects(LCryptKey.fromPassphrase(""), /passphrase is empty/);
+  await assert.rejects(LCryptKey.fromPassphrase("short-pass"), /10 characters, under the minimum of 12/);
+  assert.equal((await LCryptKey.fromPassphrase("short-pass", { allowShort: true })).keyId.length, 16);
   assert.throws(() => LCryptKey.generate().derive(""), /clientId is empty/);
   const key = LCryptKey.fromHex(secret);
   assert.throws(() => new BlockCipher(key, { height: 30, width: 28, blockSize: 4 }), /Block size 4 does not divide the image size 30x28/);
