@@ -9,6 +9,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+PROJECT_URL = "https://github.com/hf-lcrypt/hf-lcrypt"
+DOCS_URL = f"{PROJECT_URL}/blob/main/docs"  # messages and cards link here: a wheel install has no docs/ folder
 
 _EXPORTS = {
     "ALL_STEPS": "keys",

@@ -23,11 +23,10 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from . import __version__
+from . import DOCS_URL, __version__
 from .attacks import ATTACK_NAMES, CIPHER_ATTACKS
 from .keys import ALL_STEPS, KEY_ENV_VAR, MIN_PASSPHRASE_CHARS
 
-DOCS_URL = "https://github.com/hf-lcrypt/hf-lcrypt/blob/main/docs"
 # Measured by scripts/bench_memory.py (docs/reliability.md).
 MEMORY_BOUND = (
     "about 6x the decoded size of the largest image, plus about 0.4 GB (2.5 GB in all for a 12000x12000 RGB image)."

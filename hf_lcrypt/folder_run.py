@@ -8,14 +8,14 @@ with one line. The command line imports it only when it runs (it needs torch).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
+from argparse import Namespace
 
 from tqdm.auto import tqdm
 
+from . import DOCS_URL
 from .cipher import BlockCipher
-from .cli import DOCS_URL, CLIError
 from .image_io import LOSSY_SUFFIXES, READ_ERRORS, ImageInfo, Job, inspect_image, plan_jobs, read_pixels, write_png
 from .keys import LCryptKey
 from .png_metadata import cipher_params, mismatches
@@ -25,7 +25,7 @@ class CipherRun:
     """One `encrypt`/`decrypt` over files: everything is checked before the first output is written, then each image
     is read, transformed and written atomically; --skip-errors and --resume decide what a bad or done file does."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: Namespace):
         self.args = args
         self.action = "decrypt" if args.inverse else "encrypt"
         self.key = LCryptKey.load(args.key_file)
@@ -84,7 +84,7 @@ class CipherRun:
             written = (
                 f"; the {self.written} output(s) written are complete: rerun with --resume" if self.written else ""
             )
-            raise CLIError(f"{job.source}: {message}{written}. Pass --skip-errors to go on past such files.")
+            raise ValueError(f"{job.source}: {message}{written}. Pass --skip-errors to go on past such files.")
         self.failures.append((job, message))
         return False
 

@@ -43,6 +43,7 @@ from huggingface_hub import (
 from huggingface_hub.repocard import RepoCard
 from PIL import Image
 
+from .. import DOCS_URL, PROJECT_URL
 from ..attacks.record import AttackReport
 from ..cipher import BlockCipher, size_pair
 from ..image_processing_lcrypt import LCryptImageProcessor
@@ -55,8 +56,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PROJECT_URL = "https://github.com/hf-lcrypt/hf-lcrypt"
-DOCS_URL = f"{PROJECT_URL}/blob/main/docs"
 DEFAULT_LICENSE = "apache-2.0"
 TAGS = ["hf-lcrypt", "privacy", "medical-imaging", "image-encryption", "vision-transformer"]
 SPACE_MAX_MEGAPIXELS = 20
