@@ -211,7 +211,9 @@ def test_keys_from_a_file_hex_or_the_browser(browser, space, tmp_path):
         page.locator("#download-key").click()
     path = tmp_path / "generated.key"
     download.value.save_as(path)
-    key = LCryptKey.load(path)
+    # A browser saves downloads readable by others; loading such a key file says how to restrict it.
+    with pytest.warns(UserWarning, match="open to other users"):
+        key = LCryptKey.load(path)
     assert f"key_id {key.key_id}" in status.inner_text() and "expects key_id" in status.inner_text()
     for secret in (key.to_hex(), space.key.to_hex(), other.to_hex()):
         assert all(secret.encode() not in body and secret not in what for what, body in recorder.requests)
