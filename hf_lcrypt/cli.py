@@ -281,7 +281,8 @@ def add_publish(sub: argparse._SubParsersAction) -> None:
 def run_publish(args: argparse.Namespace) -> int:
     import warnings
 
-    from .hub.publish import PublicCheckpointWarning, SecretLeakError, publish_model
+    from .hub.checks import SecretLeakError
+    from .hub.publish import PublicCheckpointWarning, publish_model
     from .keys import LCryptKey
 
     warnings.simplefilter("always", PublicCheckpointWarning)

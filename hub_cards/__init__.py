@@ -1,1 +1,1 @@
-"""Model, dataset and Space card templates (Jinja, as huggingface_hub fills them); installed as hf_lcrypt.hub.cards."""
+"""Model, dataset and Space card templates (Jinja, as huggingface_hub fills them); installed as hf_lcrypt.hub.templates."""

@@ -18,16 +18,9 @@ from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassifi
 from hf_lcrypt.attacks.record import AttackReport
 from hf_lcrypt.data import encrypt_dataset
 from hf_lcrypt.hub import publish as publishing
-from hf_lcrypt.hub.publish import (
-    PublicCheckpointWarning,
-    SecretLeakError,
-    build_model_card,
-    build_space_card,
-    find_secrets,
-    publish_model,
-    push_encrypted_dataset,
-    sort_results,
-)
+from hf_lcrypt.hub.cards import build_model_card, build_space_card, sort_results
+from hf_lcrypt.hub.checks import SecretLeakError, check_remote_load, find_secrets
+from hf_lcrypt.hub.publish import PublicCheckpointWarning, publish_model, push_encrypted_dataset
 
 # Shaped like what hf_lcrypt.training writes (metrics.json) and an AttackReport (attack_report.json).
 METRICS = {
@@ -118,7 +111,7 @@ def dry_run(tmp_path_factory, model_dir, key):
 
     with warnings.catch_warnings(record=True) as caught, pytest.MonkeyPatch.context() as patch:
         warnings.simplefilter("always")
-        patch.setattr(publishing.subprocess, "run", spy)
+        patch.setattr(subprocess, "run", spy)
         result = publish_model(model_dir, "someone/keyed-vit", key, dry_run_dir=out)
     return result, caught, children
 
@@ -154,7 +147,7 @@ def test_fresh_process_check_fails_without_remote_code(dry_run, key, tmp_path):
     shutil.copytree(dry_run[0].folder, broken)
     (broken / "cipher.py").unlink()  # the model code imports it: transformers alone can no longer load the folder
     with pytest.raises(RuntimeError, match="does not load with transformers alone"):
-        publishing.check_remote_load(broken, key)
+        check_remote_load(broken, key)
 
 
 @pytest.mark.slow  # a fresh Python process
@@ -400,5 +393,5 @@ def test_space_readme_is_the_rendered_template():
     rendered.data.sdk_version = card.data.sdk_version  # content is rendered from the data on access
     assert readme.read_text() == rendered.content, (
         "space/README.md is out of date: regenerate it with "
-        "python -c \"from hf_lcrypt.hub.publish import build_space_card; build_space_card().save('space/README.md')\""
+        "python -c \"from hf_lcrypt.hub.cards import build_space_card; build_space_card().save('space/README.md')\""
     )

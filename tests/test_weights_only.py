@@ -22,7 +22,7 @@ from hf_lcrypt.attacks.weights_only import (
     weights_only_experiment,
 )
 from hf_lcrypt.cli import main
-from hf_lcrypt.hub.publish import build_model_card
+from hf_lcrypt.hub.cards import build_model_card
 
 KEY = LCryptKey(bytes(range(32)))
 MEAN = STD = (0.5, 0.5, 0.5)

@@ -50,7 +50,7 @@ def test_wheel_installs_publishes_and_loads_without_the_source_tree(tmp_path):
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", dist, REPO_ROOT], check=True, cwd=work)
     (wheel,) = dist.glob("hf_lcrypt-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True, cwd=work)
-    assert (site / "hf_lcrypt" / "hub" / "cards" / "model_card.md").is_file()
+    assert (site / "hf_lcrypt" / "hub" / "templates" / "model_card.md").is_file()
     source_packages = {p.parent.relative_to(REPO_ROOT) for p in (REPO_ROOT / "hf_lcrypt").rglob("__init__.py")}
     assert all((site / package / "__init__.py").is_file() for package in source_packages)  # pyproject lists them all
     assert not (site / "hub_cards").exists()

@@ -1,0 +1,157 @@
+"""The checks every repository folder passes before an upload: a fresh Python process with transformers alone
+loads the model and reproduces the logits, the card's metadata reads back unchanged, and no file holds the key in
+any common encoding."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+from huggingface_hub.repocard import RepoCard
+from PIL import Image
+
+from ..cipher import size_pair
+from ..image_processing_lcrypt import LCryptImageProcessor
+from ..keys import KEY_ENV_VAR, LCryptKey
+from ..modeling_lcrypt import LCryptViTForImageClassification
+
+
+class SecretLeakError(RuntimeError):
+    """A file that was about to be published contains the secret key."""
+
+
+def check_card_round_trip(path: Path, card: RepoCard) -> None:
+    """The saved card's metadata must read back as written (YAML can silently change types or drop entries)."""
+    loaded = type(card).load(path)
+    if loaded.data.to_dict() != card.data.to_dict():
+        raise ValueError(f"The metadata of {path} does not read back as written; check the values passed to the card.")
+
+
+# -- secret scan --------------------------------------------------------------------------------------------------
+def secret_patterns(key: LCryptKey) -> dict[str, bytes]:
+    """The encodings of the key a careless file might contain: raw, hex (matched case-insensitively), base64."""
+    raw = key.to_bytes()
+    return {
+        "raw bytes": raw,
+        "hex": key.to_hex().encode(),
+        "base64": base64.b64encode(raw).rstrip(b"="),
+        "url-safe base64": base64.urlsafe_b64encode(raw).rstrip(b"="),
+    }
+
+
+def find_secrets(folder: str | os.PathLike, key: LCryptKey, chunk_size: int = 8 << 20) -> list[tuple[Path, str]]:
+    """Every (file, encoding) under `folder` whose name or content holds the key; files are read in chunks."""
+    patterns = secret_patterns(key)
+    overlap = max(len(p) for p in patterns.values()) - 1
+    hits: list[tuple[Path, str]] = []
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file():
+            continue
+        found: set[str] = {name for name, p in patterns.items() if name != "raw bytes" and p in path.name.encode()}
+        with path.open("rb") as f:
+            tail = b""
+            while chunk := f.read(chunk_size):
+                window = tail + chunk
+                lowered = window.lower()
+                for name, pattern in patterns.items():
+                    if (lowered if name == "hex" else window).find(pattern) >= 0:
+                        found.add(name)
+                tail = window[-overlap:]
+        hits.extend((path, name) for name in sorted(found))
+    return hits
+
+
+def check_no_secrets(folder: str | os.PathLike, key: LCryptKey) -> None:
+    """Refuse to go on if any file in `folder` holds the key."""
+    hits = find_secrets(folder, key)
+    if hits:
+        listing = "; ".join(f"{path.relative_to(folder)} ({encoding})" for path, encoding in hits)
+        raise SecretLeakError(
+            f"Refusing to publish: the secret key (key_id {key.key_id}) is in {listing}. Remove it from the source "
+            "folder, and treat the key as exposed if that folder was ever shared."
+        )
+
+
+_REMOTE_CHECK = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["hf_lcrypt"] = None  # only transformers and the repository's own code
+    import numpy as np, torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    folder, images_path = sys.argv[1], sys.argv[2]
+    images = [Image.fromarray(a) for a in np.load(images_path)]
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)  # key: the environment's key file
+    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = model(**processor(images, return_tensors="pt")).logits
+    print(json.dumps({"model_class": type(model).__name__, "processor_class": type(processor).__name__,
+                      "module": type(model).__module__, "logits": logits.tolist()}))
+    """
+)
+
+
+def check_remote_load(
+    folder: str | os.PathLike, key: LCryptKey, num_images: int = 3, seed: int = 0, atol: float = 1e-4
+) -> float:
+    """Load `folder` in a fresh process where hf_lcrypt cannot be imported and compare its logits on a few seeded
+    random images with this process's; returns the largest difference.
+
+    The key reaches the child through a 0600 key file named by HF_LCRYPT_KEY_FILE, never through its command line.
+    """
+    folder = Path(folder).resolve()
+    model = LCryptViTForImageClassification.from_pretrained(folder).eval()
+    processor = LCryptImageProcessor.from_pretrained(folder, key=key)
+    height, width = size_pair(model.config.image_size)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (num_images, height + 5, width + 7, 3), dtype=np.uint8)  # exercises the resize
+    with torch.no_grad():
+        local = model(**processor([Image.fromarray(a) for a in images], return_tensors="pt")).logits
+    with tempfile.TemporaryDirectory(prefix="hf-lcrypt-check-") as tmp:
+        tmp_path = Path(tmp)
+        np.save(tmp_path / "images.npy", images)
+        key_file = key.save(tmp_path / "check.key")
+        env = {name: value for name, value in os.environ.items() if not name.startswith("HF_LCRYPT_")}
+        env.update(
+            {
+                KEY_ENV_VAR: str(key_file),
+                "HF_HOME": str(tmp_path / "hf-home"),
+                "HF_HUB_OFFLINE": "1",
+                "PYTHONPATH": "",
+                "TRANSFORMERS_VERBOSITY": "error",
+            }
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", _REMOTE_CHECK, str(folder), str(tmp_path / "images.npy")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+        )
+    if run.returncode != 0:
+        raise RuntimeError(
+            f"The repository folder {folder} does not load with transformers alone (trust_remote_code):\n"
+            f"{run.stderr[-3000:]}"
+        )
+    remote = json.loads(run.stdout.strip().splitlines()[-1])
+    if remote["model_class"] != type(model).__name__ or remote["module"].startswith("hf_lcrypt"):
+        raise RuntimeError(f"The fresh process loaded {remote['module']}.{remote['model_class']}, not the remote code.")
+    remote_logits = torch.tensor(remote["logits"])
+    if remote_logits.shape != local.shape:
+        raise RuntimeError(f"Remote logits have shape {tuple(remote_logits.shape)}, expected {tuple(local.shape)}.")
+    diff = float((remote_logits - local).abs().max())
+    if diff > atol:
+        raise RuntimeError(
+            f"The model loaded from {folder} by transformers alone gives different logits (max difference {diff:.3g})."
+        )
+    return diff
