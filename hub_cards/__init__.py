@@ -1,1 +1,3 @@
-"""Model, dataset and Space card templates (Jinja, as huggingface_hub fills them); installed as hf_lcrypt.hub.templates."""
+"""Model, dataset and Space card templates (Jinja, as huggingface_hub fills them).
+
+Installed as the package hf_lcrypt.hub.templates (see pyproject.toml)."""
