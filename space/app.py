@@ -97,7 +97,7 @@ def load_demo_key(served: ServedModel) -> LCryptKey | None:
     path = Path(os.environ.get(DEMO_KEY_ENV_VAR) or DEFAULT_DEMO_KEY)
     if not path.is_file():
         return None
-    key = LCryptKey.load(path)
+    key = LCryptKey.from_hex(path.read_text())  # public by definition: no warning about who may read the file
     if key.key_id != served.info["key_id"]:
         logger.warning("%s is not the served model's key (key_id %s); no demo key is offered.", path, key.key_id)
         return None

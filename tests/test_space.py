@@ -308,3 +308,27 @@ def test_a_public_demo_key_is_offered_only_for_the_served_model(space_app, tmp_p
     assert app.load_demo_key(served) is None
     page = app.page_html(served, None)
     assert '"demo_key": null' in html.unescape(page) and space_app.key.to_hex() not in page
+
+
+def test_build_space_ships_the_model_and_its_public_demo_key(space_app, tmp_path, monkeypatch):
+    """scripts/build_space.py: the Space's repository, whose app serves its own model and offers its demo key."""
+    spec = importlib.util.spec_from_file_location("build_space", REPO_ROOT / "scripts" / "build_space.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    other_key = LCryptKey.generate().save(tmp_path / "other.key")
+    assert builder.main([str(space_app.model_dir), str(tmp_path / "bad"), "--demo-key", str(other_key)]) == 1
+    assert not any(tmp_path.glob("*bad*"))  # nothing half-built is left behind
+    out = tmp_path / "space"
+    files = builder.build_space(space_app.model_dir, out, space_app.key)
+    assert {"app.py", "demo.key", "model/config.json", "model/model.safetensors", "static/lcrypt.mjs"} <= set(files)
+    with pytest.raises(FileExistsError):
+        builder.build_space(space_app.model_dir, out, space_app.key)
+    # The built app, with no variable set, serves model/ and offers demo.key, labelled as public.
+    for name in ("HF_LCRYPT_MODEL", "HF_LCRYPT_DEMO_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    spec = importlib.util.spec_from_file_location("built_space_app", out / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    served = app.load_model()
+    assert served.info["key_id"] == space_app.key.key_id and app.load_demo_key(served) == space_app.key
+    assert "public" in (out / "static" / "page.html").read_text()
