@@ -705,10 +705,11 @@ def test_push_to_hub_goes_through_the_publish_checks_and_never_pushes_the_key(ro
 
 
 def documented_train_commands() -> list[tuple[str, list[str]]]:
-    """Every `scripts/train.py` / `hf-lcrypt train` command in the README, docs/training.md and the configs'
-    comments, as (where, arguments); `...` (more flags of the reader's choice) is dropped."""
+    """Every `scripts/train.py` / `hf-lcrypt train` command in the README, the docs and the configs' comments, as
+    (where, arguments); `...` (more flags of the reader's choice) is dropped."""
     commands = []
-    for path in [REPO_ROOT / "README.md", REPO_ROOT / "docs" / "training.md", *(REPO_ROOT / "configs").glob("*.yaml")]:
+    docs = sorted((REPO_ROOT / "docs").glob("*.md"))
+    for path in [REPO_ROOT / "README.md", *docs, *(REPO_ROOT / "configs").glob("*.yaml")]:
         text = path.read_text().replace("\\\n", " ")
         for line in text.splitlines():
             line = line.lstrip("#").strip()
