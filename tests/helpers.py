@@ -1,6 +1,7 @@
 """Helpers shared by the tests: paths, normalisation constants and tiny ViTs."""
 
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -36,3 +37,17 @@ def tiny_vit(
     if patch_mlp is not None:
         return LCryptViTForImageClassification(LCryptViTConfig(**settings, patch_embedding_mlp_size=patch_mlp)).eval()
     return ViTForImageClassification(ViTConfig(**settings)).eval()
+
+
+def run_cli(capsys: Any, *argv: object) -> tuple[int, str, str]:
+    """`hf-lcrypt ARGV` in-process: (exit status, stdout, stderr); also checks that no key file in the working folder
+    has its secret (as written, or as hex for binary files) in anything printed."""
+    from hf_lcrypt.cli import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    for key_file in Path.cwd().rglob("*.key"):
+        data = key_file.read_bytes()
+        for secret in {data.strip().decode(errors="replace"), data.hex()}:
+            assert not secret or (secret not in out and secret not in err), f"{key_file}'s secret was printed"
+    return rc, out, err

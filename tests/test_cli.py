@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli as run
 from PIL import Image
 
 from hf_lcrypt import BlockCipher, LCryptKey
@@ -17,28 +18,7 @@ from hf_lcrypt.cli import main
 from hf_lcrypt.image_io import RESAMPLE
 from hf_lcrypt.keys import KEY_ENV_VAR
 
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """main(argv) in-process; also checks that no key file's secret appears in anything printed."""
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    for key_file in Path.cwd().rglob("*.key"):
-        secret = key_file.read_text().strip()
-        assert secret not in out and secret not in err
-    return rc, out, err
-
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(KEY_ENV_VAR, raising=False)
-
-
-@pytest.fixture
-def key_file(capsys) -> Path:
-    rc, _, _ = run(capsys, "keygen", "k.key")
-    assert rc == 0
-    return Path("k.key")
+pytestmark = pytest.mark.usefixtures("cli_workdir")
 
 
 def rgb(path: Path) -> np.ndarray:

@@ -28,16 +28,9 @@ from hf_lcrypt.attacks.model_attacks import (
 from hf_lcrypt.attacks.record import AttackReport
 from hf_lcrypt.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 KEY = LCryptKey(bytes(range(32)))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a busy machine a second spinning thread costs 50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def diverse_vit(seed: int = 0):

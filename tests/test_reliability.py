@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import IMAGENET_MEAN, IMAGENET_STD, tiny_vit
+from helpers import run_cli as run
 from PIL import Image
 
 from hf_lcrypt import BlockCipher, LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, image_io
@@ -26,23 +27,7 @@ from hf_lcrypt.image_io import to_8bit
 from hf_lcrypt.keys import KEY_ENV_VAR, MIN_PASSPHRASE_CHARS
 from hf_lcrypt.png_metadata import CHUNK_KEY
 
-
-def run(capsys, *argv: object) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(KEY_ENV_VAR, raising=False)
-
-
-@pytest.fixture
-def key_file(capsys) -> Path:
-    assert run(capsys, "keygen", "k.key")[0] == 0
-    return Path("k.key")
+pytestmark = pytest.mark.usefixtures("cli_workdir")
 
 
 def files(folder: Path) -> list[str]:

@@ -39,7 +39,7 @@ from hf_lcrypt.keys import KEY_ENV_VAR
 from hf_lcrypt.presets import PATCH_EMBEDDINGS, ModelPreset, register_model_preset, vit_preset
 from hf_lcrypt.training import RunArguments, build_parser, load_or_create_key, parse_args, run, secret_init_seed
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 NANO = "test-nano"
 register_model_preset(NANO, vit_preset(hidden_size=32, layers=2, heads=2))
@@ -69,16 +69,6 @@ def settings(root: Path, name: str, **overrides) -> RunArguments:
         **overrides,
     }
     return RunArguments.from_dict(values)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain nothing from a second thread, and spinning OpenMP threads on a busy CPU made these runs
-    several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # The key seeds the initialisation, so a fixed key makes the shared runs, and which checkpoint scores best, the same

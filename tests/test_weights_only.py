@@ -24,16 +24,10 @@ from hf_lcrypt.attacks.weights_only import (
 from hf_lcrypt.cli import main
 from hf_lcrypt.hub.cards import build_model_card
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 KEY = LCryptKey(bytes(range(32)))
 MEAN = STD = (0.5, 0.5, 0.5)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def smooth_field(rng: np.random.Generator, side: int, samples: int, length: float) -> np.ndarray:
