@@ -29,6 +29,7 @@ from transformers import (
 import hf_lcrypt
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
 from hf_lcrypt import data as data_module
+from hf_lcrypt.cipher import ALL_STEPS
 from hf_lcrypt.cli import build_parser as build_cli_parser
 from hf_lcrypt.cli import run_train
 from hf_lcrypt.data import Augment, ImageTransform, content_hashes, label_maps, load_image_dataset, split_fingerprints
@@ -38,6 +39,7 @@ from hf_lcrypt.hub import publish as publishing
 from hf_lcrypt.keys import KEY_ENV_VAR
 from hf_lcrypt.presets import PATCH_EMBEDDINGS, ModelPreset, register_model_preset, vit_preset
 from hf_lcrypt.training import RunArguments, build_parser, load_or_create_key, parse_args, run, secret_init_seed
+from hf_lcrypt.training.models import build_setup, model_to_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -746,3 +748,73 @@ def test_checkpoints_keep_the_models_parameter_names_only_while_training(tmp_pat
     assert standard != set(model.state_dict()) and any(".encoder.layer." in name for name in standard)
     reloaded = LCryptViTForImageClassification.from_pretrained(tmp_path / "model")
     assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_embedding_mitigations_are_checked_and_need_a_vit(tmp_path):
+    """The weights-only attack's mitigations (docs/security.md): flags that act on a ViT's key-bearing embeddings."""
+    with pytest.raises(ValueError, match="--patch_dropout act on a ViT's embeddings; 'resnet-small' has none"):
+        settings(tmp_path, "cnn", model="resnet-small", patch_dropout=0.1)
+    with pytest.raises(ValueError, match=r"--patch_dropout is a share of values to drop, in \[0, 1\), got 1.0"):
+        settings(tmp_path, "all", patch_dropout=1.0)
+    with pytest.raises(ValueError, match="--embedding_init_scale must be positive"):
+        settings(tmp_path, "zero", embedding_init_scale=0.0)
+    with pytest.raises(ValueError, match="--embedding_weight_decay must be >= 0"):
+        settings(tmp_path, "negative", embedding_weight_decay=-1.0)
+    with pytest.raises(ValueError, match="not --from_plain weights"):
+        settings(tmp_path, "hub", from_plain="google/vit-base-patch16-224-in21k", embedding_init_scale=2.0)
+    parsed = parse_args(["--patch-dropout", "0.2", "--embedding_weight_decay", "0.5", "--embedding-init-scale", "4"])
+    assert (parsed.model.patch_dropout, parsed.model.embedding_weight_decay, parsed.model.embedding_init_scale) == (
+        0.2,
+        0.5,
+        4.0,
+    )
+
+
+def fresh_setup(tmp_path: Path, **overrides):
+    """The test preset's setup from one fixed initialisation seed."""
+    torch.manual_seed(0)
+    return build_setup(settings(tmp_path, "setup", **overrides), {0: "a", 1: "b"}, {"a": 0, "b": 1})
+
+
+def test_embedding_init_scale_multiplies_the_key_bearing_embeddings_only(tmp_path):
+    base = fresh_setup(tmp_path).model.state_dict()
+    scaled = fresh_setup(tmp_path, embedding_init_scale=4.0).model.state_dict()
+    chosen = {"vit.embeddings.patch_embeddings.projection.weight", "vit.embeddings.position_embeddings"}
+    for name, value in base.items():
+        assert torch.equal(scaled[name], 4.0 * value if name in chosen else value), name
+
+
+def test_patch_dropout_drops_patch_values_while_training_and_keeps_the_fold_exact(tmp_path):
+    steps = list(ALL_STEPS)
+    reference = fresh_setup(tmp_path).model.eval()
+    setup = fresh_setup(tmp_path)
+    keyed = model_to_train(setup, "encrypted", setup.folder(KEY, steps), patch_dropout=0.5)
+    plain = model_to_train(fresh_setup(tmp_path), "fold", setup.folder(KEY, steps), patch_dropout=0.5)
+    pixels = torch.rand(4, 3, 32, 32) * 2 - 1
+    encrypted = LCryptImageProcessor(image_size=32, block_size=setup.block_size, key=KEY).cipher(32, 32)
+    ciphertext = encrypted.encrypt((pixels + 1) / 2) * 2 - 1
+    with torch.no_grad():
+        expected = reference(pixels).logits
+        assert torch.allclose(plain.eval()(pixels).logits, expected, atol=1e-5)
+        assert torch.allclose(keyed.eval()(ciphertext).logits, expected, atol=1e-5)
+        patches = plain.train().vit.embeddings.patch_embeddings
+        torch.manual_seed(1)
+        dropped = patches(pixels)
+        torch.manual_seed(1)
+        mask = torch.nn.functional.dropout(torch.ones_like(pixels), 0.5)
+        assert 0.4 < (mask == 0).float().mean() < 0.6
+        assert torch.allclose(dropped, reference.vit.embeddings.patch_embeddings(pixels * mask), atol=1e-6)
+
+
+def test_embedding_weight_decay_is_a_parameter_group_of_its_own_that_resumes(tmp_path):
+    options = dict(mode="encrypted", embedding_weight_decay=0.5, attack_max_images=8, max_steps=2)
+    result = run(settings(tmp_path, "decay", **options))
+    assert result.metrics["config"]["embedding_weight_decay"] == 0.5
+    saved = torch.load(tmp_path / "decay" / "checkpoint-2" / "optimizer.pt", weights_only=True)["param_groups"]
+    assert [group["weight_decay"] for group in saved] == [0.05, 0.0, 0.5]
+    assert len(saved[-1]["params"]) == 2  # the patch-embedding weight and the position embeddings
+    assert len({group["lr"] for group in saved}) == 1  # the scheduler drives the new group too
+    model = LCryptViTForImageClassification.from_pretrained(tmp_path / "decay" / "model")
+    assert sum(len(group["params"]) for group in saved) == len(list(model.parameters()))
+    resumed = run(settings(tmp_path, "decay", resume_from_checkpoint="last", **{**options, "max_steps": 4}))
+    assert resumed.metrics["training"]["global_step"] == 4

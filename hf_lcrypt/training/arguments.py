@@ -75,12 +75,49 @@ class ModelArguments:
     dropout: float = field(
         default=0.0, metadata={"help": "dropout of preset ViTs (keep 0 for encrypted training to track plain)"}
     )
+    patch_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "while training, drop this share of the patch embedding's input values (each value of each "
+            "patch); a mitigation of the weights-only key attack, docs/security.md"
+        },
+    )
+    embedding_weight_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "weight decay of the patch-embedding weights and the position embeddings (default: weight_decay)"
+        },
+    )
+    embedding_init_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "multiply the preset's initial patch-embedding weights and position embeddings by this; the "
+            "secret initialisation then weighs more in the trained weights (docs/security.md)"
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_choice("patch_embedding", self.patch_embedding, PATCH_EMBEDDINGS)
         if self.from_plain is None and self.model not in MODEL_PRESETS:
             raise ValueError(f"Unknown model preset {self.model!r}; choose from {sorted(MODEL_PRESETS)}.")
-        if self.patch_embedding != "linear" and (self.from_plain is not None or not MODEL_PRESETS[self.model].foldable):
+        vit = self.from_plain is not None or MODEL_PRESETS[self.model].foldable
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(f"--patch_dropout is a share of values to drop, in [0, 1), got {self.patch_dropout}.")
+        if self.embedding_init_scale <= 0:
+            raise ValueError(f"--embedding_init_scale must be positive, got {self.embedding_init_scale}.")
+        if self.embedding_weight_decay is not None and self.embedding_weight_decay < 0:
+            raise ValueError(f"--embedding_weight_decay must be >= 0, got {self.embedding_weight_decay}.")
+        embedding_flags = {
+            "--patch_dropout": self.patch_dropout != 0.0,
+            "--embedding_weight_decay": self.embedding_weight_decay is not None,
+            "--embedding_init_scale": self.embedding_init_scale != 1.0,
+        }
+        if not vit and any(embedding_flags.values()):
+            used = [flag for flag, given in embedding_flags.items() if given]
+            raise ValueError(f"{', '.join(used)} act on a ViT's embeddings; {self.model!r} has none. Leave them out.")
+        if self.from_plain is not None and embedding_flags["--embedding_init_scale"]:
+            raise ValueError("--embedding_init_scale scales a preset's fresh initialisation, not --from_plain weights.")
+        if self.patch_embedding != "linear" and (self.from_plain is not None or not vit):
             raise ValueError(
                 f"--patch_embedding {self.patch_embedding} applies to the ViT presets trained from scratch, not to "
                 f"{self.from_plain or repr(self.model)}; leave it out or pick a ViT preset such as micro."

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import torch
+from torch import nn
 from transformers import AutoConfig, PreTrainedModel, ViTForImageClassification
 from transformers.image_processing_base import ImageProcessingMixin
 from transformers.trainer_utils import get_last_checkpoint
@@ -97,6 +99,10 @@ def build_setup(args: RunArguments, id2label: dict[int, str], label2id: dict[str
                 f"Preset {model_args.model!r} ignores --patch_embedding mlp (its build function does not read "
                 "ModelSpec.patch_embedding); build it with vit_preset, or leave the flag out."
             )
+        if model_args.embedding_init_scale != 1.0:
+            with torch.no_grad():
+                for parameter in key_bearing_parameters(model):
+                    parameter.mul_(model_args.embedding_init_scale)
         return Setup(model, preset.foldable, image_size, block_size, list(HALF), list(HALF))
 
     source = model_args.from_plain
@@ -123,14 +129,33 @@ def build_setup(args: RunArguments, id2label: dict[int, str], label2id: dict[str
     return Setup(model, True, actual_size, patch, list(mean)[:channels], list(std)[:channels])
 
 
-def model_to_train(setup: Setup, mode: str, fold: Callable[[PreTrainedModel], PreTrainedModel]) -> PreTrainedModel:
+def model_to_train(
+    setup: Setup, mode: str, fold: Callable[[PreTrainedModel], PreTrainedModel], patch_dropout: float = 0.0
+) -> PreTrainedModel:
     """On ciphertext (encrypted and plain mode) a ViT starts from the folded copy of its initialisation; a CNN, and
-    fold mode's plain ViT, start as built."""
+    fold mode's plain ViT, start as built. `patch_dropout` > 0 drops patch values while it trains."""
     if mode == "fold" and not setup.foldable:
         raise ValueError("--mode fold needs a ViT; this preset trains in --mode encrypted or plain.")
     model = fold(setup.model) if mode != "fold" and setup.foldable else setup.model
     checkpoints_keep_parameter_names(model, True)
+    if patch_dropout > 0:
+        model.vit.embeddings.patch_embeddings.register_forward_pre_hook(partial(_drop_patch_values, patch_dropout))
     return model
+
+
+def key_bearing_parameters(model: PreTrainedModel) -> list[nn.Parameter]:
+    """The weights a key folds into (docs/architecture.md): the first patch-embedding layer, whose columns it permutes
+    and sign-flips, and the position embeddings, whose rows it permutes. The weights-only attack reads these."""
+    embeddings = model.vit.embeddings
+    return [embeddings.patch_embeddings.projection.weight, embeddings.position_embeddings]
+
+
+def _drop_patch_values(p: float, module: nn.Module, args: tuple) -> tuple:
+    """Dropout of the pixel values a patch embedding reads. Under the presets' normalisation (mean = std = 0.5) zero is
+    the grey that negation keeps, so dropping ciphertext values drops plain values: encrypted training still tracks
+    plain training."""
+    pixels, *rest = args
+    return (nn.functional.dropout(pixels, p, module.training), *rest)
 
 
 def checkpoints_keep_parameter_names(model: PreTrainedModel, keep: bool) -> None:

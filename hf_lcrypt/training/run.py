@@ -74,7 +74,7 @@ def run(args: RunArguments) -> TrainResult:
             f"--push_to_hub publishes keyed ViTs; {args.model.model!r} is not one. Upload its folder yourself."
         )
     fold = setup.folder(key, args.cipher.cipher_steps)
-    model = model_to_train(setup, mode, fold)
+    model = model_to_train(setup, mode, fold, args.model.patch_dropout)
     trainer, callbacks = build_trainer(args, model, setup, key, dataset, data_summary, fold, resumed_from)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(

@@ -18,7 +18,7 @@ from ..evaluation import make_compute_metrics
 from ..keys import LCryptKey
 from ..weight_averaging import WeightAverage
 from .arguments import RunArguments
-from .models import Setup
+from .models import Setup, key_bearing_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +90,31 @@ def build_trainer(
         callbacks=trainer_callbacks,
     )
     if teacher is None and mixup is None:
-        return Trainer(**kwargs), callbacks
-    distillation = args.distillation
-    trainer = DistillationTrainer(
-        **kwargs,
-        teacher=teacher,
-        alpha=distillation.distill_alpha,
-        kind=distillation.distillation,
-        temperature=distillation.distill_temperature,
-        label_smoothing=training.label_smoothing_factor,
-    )
+        trainer = Trainer(**kwargs)
+    else:
+        distillation = args.distillation
+        trainer = DistillationTrainer(
+            **kwargs,
+            teacher=teacher,
+            alpha=distillation.distill_alpha,
+            kind=distillation.distillation,
+            temperature=distillation.distill_temperature,
+            label_smoothing=training.label_smoothing_factor,
+        )
+    if args.model.embedding_weight_decay is not None:
+        set_embedding_weight_decay(trainer, args.model.embedding_weight_decay)
     return trainer, callbacks
+
+
+def set_embedding_weight_decay(trainer: Trainer, weight_decay: float) -> None:
+    """Create the Trainer's optimizer now, with the key-bearing embeddings in a group of their own `weight_decay`.
+
+    The Trainer keeps an optimizer that exists when training starts and builds its scheduler over these groups; a
+    resumed run rebuilds the same groups before it loads the optimizer's state."""
+    optimizer = trainer.create_optimizer()
+    embeddings = key_bearing_parameters(trainer.model)
+    chosen = {id(parameter) for parameter in embeddings}
+    for group in optimizer.param_groups:
+        group["params"] = [parameter for parameter in group["params"] if id(parameter) not in chosen]
+    optimizer.param_groups = [group for group in optimizer.param_groups if group["params"]]
+    optimizer.add_param_group({"params": embeddings, "weight_decay": weight_decay})
