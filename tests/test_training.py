@@ -818,3 +818,26 @@ def test_embedding_weight_decay_is_a_parameter_group_of_its_own_that_resumes(tmp
     assert sum(len(group["params"]) for group in saved) == len(list(model.parameters()))
     resumed = run(settings(tmp_path, "decay", resume_from_checkpoint="last", **{**options, "max_steps": 4}))
     assert resumed.metrics["training"]["global_step"] == 4
+
+
+def test_attack_weights_only_scores_the_final_model_for_its_card(tmp_path):
+    from hf_lcrypt.hub.cards import build_model_card
+
+    result = run(settings(tmp_path, "weights", mode="encrypted", attack_weights_only=True, max_steps=2))
+    folder = tmp_path / "weights" / "model"
+    assert result.paths["weights_only_attack"] == folder / "weights_only_attack.json"
+    scores = json.loads((folder / "weights_only_attack.json").read_text())
+    assert scores["num_images"] == 32 and scores["reference_model"] is False
+    shares = ("flips_right", "pixels_in_place", "blocks_in_place", "recognised_decrypted", "recognised_plain")
+    assert all(0.0 <= scores[name] <= 1.0 for name in shares)
+    # The plain twin on the plain test images is the keyed model on their ciphertexts, which metrics.json scored.
+    report = json.loads((folder / "attack_report.json").read_text())
+    assert scores["recognised_plain"] == pytest.approx(report["accuracy"]["clean"])
+    card = " ".join(build_model_card(folder, "someone/keyed").text.split())
+    assert f"{100 * scores['flips_right']:.0f} % of the negative-positive flips" in card
+    assert (
+        f"(this one's plain twin) classifies those decryptions with accuracy {scores['recognised_decrypted']:.2f}"
+        in card
+    )
+    with pytest.raises(ValueError, match="--attack_weights_only reads a ViT's embeddings; 'resnet-small' has none"):
+        run(settings(tmp_path, "cnn", model="resnet-small", attack_weights_only=True))

@@ -224,6 +224,14 @@ class AttackArguments:
     _argument_group_name = "attack evaluation"
 
     attack_max_images: int = field(default=256, metadata={"help": "images the attack evaluation uses per split"})
+    attack_weights_only: bool = field(
+        default=False,
+        metadata={
+            "help": "also guess the key from the final model's weights alone and score the guess (docs/security.md): "
+            "weights_only_attack.json in the model folder, which its card quotes (seconds at 48 values a block, "
+            "minutes at 768)"
+        },
+    )
 
 
 def _default(name: str, value: Any) -> Any:

@@ -31,7 +31,7 @@ from .models import (
     secret_init_seed,
 )
 from .record import BestValidation, ModelSummary, RunMetrics, Timings, TrainingProgress, hardware_info, write_rank_file
-from .scoring import attack_on_test, evaluate_on_test
+from .scoring import attack_on_test, evaluate_on_test, weights_only_on_test
 from .trainer import build_trainer
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,10 @@ def run(args: RunArguments) -> TrainResult:
     set_seed(secret_init_seed(key, training.seed))
     setup = build_setup(args, id2label, label2id)
     set_seed(training.seed)
+    if args.attack.attack_weights_only and not setup.foldable:
+        raise ValueError(
+            f"--attack_weights_only reads a ViT's embeddings; {args.model.model!r} has none. Leave it out."
+        )
     if training.push_to_hub and not setup.foldable:
         raise ValueError(
             f"--push_to_hub publishes keyed ViTs; {args.model.model!r} is not one. Upload its folder yourself."
@@ -137,6 +141,10 @@ def run(args: RunArguments) -> TrainResult:
     )
     if training.process_index == 0:
         paths.update(write_attack_report(suite, attack_results, model_dir, history=callbacks.attacks.history))
+        if args.attack.attack_weights_only:
+            paths["weights_only_attack"] = model_dir / "weights_only_attack.json"
+            scores = weights_only_on_test(test.keyed, suite, key)
+            paths["weights_only_attack"].write_text(json.dumps(scores, indent=2) + "\n")
         paths["confusion_matrix"] = plot_confusion_matrix(
             test.labels.numpy(),
             test.logits.argmax(-1).numpy(),

@@ -13,11 +13,15 @@ import torch
 from datasets import DatasetDict
 from transformers import PreTrainedModel
 
+from ..attacks.model_attacks import Target
 from ..attacks.suite import AttackSuite, load_plain_images, predict_logits, sample_indices
+from ..attacks.weights_only import weights_only_experiment
 from ..cipher import BlockCipher
 from ..data import Augment
 from ..evaluation import compute_classification_metrics
 from ..image_processing_lcrypt import LCryptImageProcessor
+from ..keys import LCryptKey
+from ..modeling_lcrypt import LCryptViTForImageClassification
 from ..weight_averaging import WeightAverage, score_weight_average
 from .arguments import RunArguments
 from .models import Setup
@@ -141,3 +145,13 @@ def attack_on_test(
         split="test",
     )
     return suite, suite.run(test.keyed)
+
+
+def weights_only_on_test(keyed: LCryptViTForImageClassification, suite: AttackSuite, key: LCryptKey) -> dict[str, Any]:
+    """The key guessed from the final model's weights alone, scored with the key on the test sample
+    (`hf-lcrypt attack --weights-only`'s scores): what anyone holding the published weights could read."""
+    config = keyed.config
+    plain = Target(keyed.to_plain(key).eval(), config.folded_image_mean, config.folded_image_std)
+    unseen = suite.images.permute(0, 2, 3, 1).contiguous().numpy()
+    scores, _ = weights_only_experiment(keyed, suite.cipher, unseen, suite.labels, plain, suite.batch_size)
+    return {**scores, "reference_model": False}
