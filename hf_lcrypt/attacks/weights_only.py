@@ -83,21 +83,45 @@ def recover_flips(columns: np.ndarray, neighbours: int = SIGN_NEIGHBOURS) -> np.
     """Guess the negative-positive mask, up to one global flip, from (hidden, C*M*M) patch-embedding columns.
 
     Maximises the agreement s_i s_j corr_ij over each column's `neighbours` strongest correlations (where the sign is
-    trustworthy; with C channels, about 5 C - 1 reach past the pixel's own channels to its 4 neighbours): a spectral
-    start (the leading eigenvector of that signed graph), then single flips while any helps.
+    trustworthy; with C channels, about 5 C - 1 reach past the pixel's own channels to its 4 neighbours). Two starts,
+    each refined by single flips while any helps; the better objective wins. The spectral start (the leading
+    eigenvector of that signed graph) can settle with whole groups of columns flipped; the tree start follows the
+    signs along the maximum spanning tree of |corr|, the most trustworthy chain to every column.
     """
     corr = column_correlations(columns)
     graph = np.where(_strongest(np.abs(corr), neighbours), corr, 0.0)
-    sign = np.where(np.linalg.eigh(graph)[1][:, -1] < 0, -1.0, 1.0)
+    spectral = np.where(np.linalg.eigh(graph)[1][:, -1] < 0, -1.0, 1.0)
+    starts = (spectral, _signs_along_the_strongest_tree(corr))
+    sign = max((_single_flips(graph, start) for start in starts), key=lambda s: s @ graph @ s)
+    if (sign < 0).sum() > len(sign) / 2:  # report the orientation with fewer flips (either is as likely)
+        sign = -sign
+    return sign < 0
+
+
+def _signs_along_the_strongest_tree(corr: np.ndarray) -> np.ndarray:
+    """Relative signs read along the maximum spanning tree of |corr| (Prim's algorithm, grown from column 0)."""
+    weight = np.abs(corr)
+    sign, inside = np.ones(len(corr)), np.zeros(len(corr), dtype=bool)
+    inside[0] = True
+    best, parent = weight[0].copy(), np.zeros(len(corr), dtype=int)
+    for _ in range(len(corr) - 1):
+        node = int(np.where(inside, -np.inf, best).argmax())
+        inside[node] = True
+        sign[node] = sign[parent[node]] * (1.0 if corr[parent[node], node] >= 0 else -1.0)
+        closer = ~inside & (weight[node] > best)
+        best[closer], parent[closer] = weight[node][closer], node
+    return sign
+
+
+def _single_flips(graph: np.ndarray, sign: np.ndarray) -> np.ndarray:
+    """Flip the column that disagrees most with its neighbours while that raises s' graph s."""
+    sign = sign.copy()
     while True:
         support = sign * (graph @ sign)  # flipping i changes the objective by -4 support[i]
         worst = int(support.argmin())
         if support[worst] >= 0:
-            break
+            return sign
         sign[worst] = -sign[worst]
-    if (sign < 0).sum() > len(sign) / 2:  # report the orientation with fewer flips (either is as likely)
-        sign = -sign
-    return sign < 0
 
 
 def grid_symmetries(height: int, width: int) -> list[np.ndarray]:
