@@ -150,6 +150,12 @@ def test_the_guess_decrypts_held_back_images_only_from_a_smooth_model():
         assert results[smooth]["chance_blocks_in_place"] < 0.1
     assert results[True]["decrypted_ssim"] > 0.8 > results[True]["encrypted_ssim"]
     assert results[False]["decrypted_ssim"] < 0.3
+    # Smooth: the search finds the true layouts, whose objective is the highest. Random: it finds layouts that
+    # score higher than the truth, which the correlations do not single out.
+    for part in ("pixel", "block"):
+        smooth_true, smooth_guess = (results[True][f"{part}_objective_{which}"] for which in ("true", "guess"))
+        assert smooth_guess == pytest.approx(smooth_true, rel=0.05)
+        assert results[False][f"{part}_objective_guess"] > results[False][f"{part}_objective_true"] + 1.0
 
 
 def test_attack_command_weights_only(tmp_path, capsys):

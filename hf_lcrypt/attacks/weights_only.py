@@ -196,6 +196,12 @@ def _refine(similarity: np.ndarray, kernel: np.ndarray, cell: np.ndarray, slots:
     return cell
 
 
+def distance_kernel(grid: tuple[int, int], width: float = 1.0) -> np.ndarray:
+    """Gaussian of the distance between the cells of `grid` (cells x cells): how near two cells are."""
+    coords = np.stack(np.indices(grid), axis=-1).reshape(-1, 2).astype(np.float64)
+    return np.exp(-((coords[:, None] - coords[None]) ** 2).sum(axis=-1) / (2 * width**2))
+
+
 def place_on_grid(
     similarity: np.ndarray,
     grid: tuple[int, int],
@@ -220,9 +226,8 @@ def place_on_grid(
     similarity = similarity.copy()
     np.fill_diagonal(similarity, 0.0)
     coords = np.stack(np.indices(grid), axis=-1).reshape(-1, 2).astype(np.float64)
-    dist2 = ((coords[:, None] - coords[None]) ** 2).sum(axis=-1)
     widths = np.geomspace(max(max(grid) / 2, 1.0), 1.0, 4)
-    kernels = [np.exp(-dist2 / (2 * w**2)) for w in widths] if template is None else [template]
+    kernels = [distance_kernel(grid, w) for w in widths] if template is None else [template]
     rng = np.random.default_rng(seed)
     starts = _spectral_starts(similarity, coords, slots) + [rng.permutation(n) // slots for _ in range(RANDOM_STARTS)]
     best, best_value = None, -np.inf
@@ -343,6 +348,27 @@ def _neighbours_kept(guess: np.ndarray, truth: np.ndarray, grid: tuple[int, int]
     return float((kept & adjacent).sum() / adjacent.sum()) if adjacent.any() else 1.0
 
 
+def layout_objectives(
+    model: ViTForImageClassification, guess: WeightsOnlyGuess, cipher: BlockCipher
+) -> dict[str, float]:
+    """The placement objective (under the one-cell distance kernel) of the true layouts and of the guessed ones, the
+    pixels' with the guessed flips. Where the truth scores lower than the guess, no better search of this objective
+    would find it: the correlations themselves do not single the true layout out."""
+    columns, positions = _embeddings(model)
+    block = cipher.block_size
+    pixels = column_correlations(columns * np.where(guess.flip_mask, -1.0, 1.0))
+    blocks = _position_similarity(positions)
+    for similarity in (pixels, blocks):
+        np.fill_diagonal(similarity, 0.0)
+    pixel_kernel, block_kernel = distance_kernel((block, block)), distance_kernel(cipher.grid)
+    return {
+        "pixel_objective_true": _objective(pixels, pixel_kernel, cipher.pixel_perm % block**2),
+        "pixel_objective_guess": _objective(pixels, pixel_kernel, guess.pixel_cell),
+        "block_objective_true": _objective(blocks, block_kernel, cipher.block_perm),
+        "block_objective_guess": _objective(blocks, block_kernel, guess.block_perm),
+    }
+
+
 def align_to_key(guess: WeightsOnlyGuess, cipher: BlockCipher) -> tuple[WeightsOnlyGuess, dict[str, float]]:
     """Score a guess against the true key, modulo what weights cannot tell, and return it so aligned.
 
@@ -407,8 +433,8 @@ def weights_only_experiment(
     held-back uint8 images `unseen` (k, H, W, C) with the guess aligned to the key (`align_to_key`); `reference` as
     for `recover_key_from_weights_alone`.
 
-    Returns the scores (with `chance_scores` as `chance_<score>`), the decryptions' mean SSIM (next to the
-    ciphertexts' own, the level of no attack) and, with `plain` and `labels`, how recognisable they are: a plain
+    Returns the scores (with `chance_scores` as `chance_<score>`), `layout_objectives`, the decryptions' mean SSIM (next
+    to the ciphertexts' own, the level of no attack) and, with `plain` and `labels`, how recognisable they are: a plain
     model's accuracy on them, on the true images and on the ciphertexts (next to the majority class's share); and the
     decryptions themselves.
     """
@@ -418,6 +444,7 @@ def weights_only_experiment(
     decrypted = aligned.transform(cipher).decrypt(encrypted)
     results: dict[str, Any] = {
         **scores,
+        **layout_objectives(keyed, guess, cipher),
         **{f"chance_{name}": value for name, value in chance_scores(cipher).items()},
         "decrypted_ssim": float(np.mean([ssim(d, u) for d, u in zip(decrypted, unseen, strict=True)])),
         "encrypted_ssim": float(np.mean([ssim(e, u) for e, u in zip(encrypted, unseen, strict=True)])),
