@@ -16,15 +16,19 @@ from typing import Any
 from transformers import PreTrainedModel, Trainer, set_seed
 
 from ..attacks.suite import write_attack_report
+from ..cipher import BlockCipher
 from ..data import label_maps, load_training_data
+from ..encrypted_datasets import EncryptedDatasetError, check_image_metadata, read_encrypted_source
 from ..evaluation import plot_confusion_matrix
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import KEY_ENV_VAR, LCryptKey
 from ..weight_averaging import check_score_metric
 from .arguments import RunArguments, parse_args
+from .keyless import prepare_ciphertext_run
 from .models import (
     build_setup,
     checkpoints_keep_parameter_names,
+    fresh_init_seed,
     load_or_create_key,
     model_to_train,
     resume_checkpoint,
@@ -55,18 +59,25 @@ def run(args: RunArguments) -> TrainResult:
     output_dir = Path(training.output_dir)
     model_dir = output_dir / "model"
 
-    with training.main_process_first(local=False, desc="key file"):  # one process creates it, the others read it
-        key = load_or_create_key(args.key_path)
-    resumed_from = resume_checkpoint(training.resume_from_checkpoint, output_dir, key)
-    if training.dataloader_num_workers > 0:
+    encrypted = read_encrypted_source(args.data.data)  # the dataset holds ciphertexts: no key needed
+    if encrypted is not None:
+        key = prepare_ciphertext_run(args, encrypted)
+    else:
+        with training.main_process_first(local=False, desc="key file"):  # one process creates it, the others read it
+            key = load_or_create_key(args.key_path)
+    key_id = encrypted.key_id if encrypted is not None else key.key_id
+    resumed_from = resume_checkpoint(training.resume_from_checkpoint, output_dir, key_id)
+    if training.dataloader_num_workers > 0 and encrypted is None:
         os.environ[KEY_ENV_VAR] = str(args.key_path.resolve())  # for DataLoader workers started by spawn
     with training.main_process_first(desc="dataset loading"):
         dataset, data_summary = load_training_data(args.data.data, args.data.split_seed, args.data.max_per_class)
+        if encrypted is not None:
+            check_image_metadata(dataset, encrypted, args.data.data)
     id2label, label2id = label_maps(dataset)
     if training.ema_decay is not None:
         check_score_metric(training.metric_for_best_model, id2label)
 
-    set_seed(secret_init_seed(key, training.seed))
+    set_seed(secret_init_seed(key, training.seed) if key is not None else fresh_init_seed())
     setup = build_setup(args, id2label, label2id)
     set_seed(training.seed)
     if args.attack.attack_weights_only and not setup.foldable:
@@ -77,13 +88,20 @@ def run(args: RunArguments) -> TrainResult:
         raise ValueError(
             f"--push_to_hub publishes keyed ViTs; {args.model.model!r} is not one. Upload its folder yourself."
         )
-    fold = setup.folder(key, args.cipher.cipher_steps)
+    if encrypted is not None and not setup.foldable:
+        raise ValueError(
+            f"{args.model.model!r} cannot be bound to a key; on an encrypted dataset train a ViT preset, whose "
+            "config names the dataset's key_id so that the key holder can use it."
+        )
+    steps = args.cipher.cipher_steps
+    fold = setup.folder(key, steps) if key is not None else setup.binder(key_id, steps)
     model = model_to_train(setup, mode, fold, args.model.patch_dropout)
-    trainer, callbacks = build_trainer(args, model, setup, key, dataset, data_summary, fold, resumed_from)
+    trainer, callbacks = build_trainer(args, model, setup, key, dataset, data_summary, fold, resumed_from, encrypted)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
-        "Mode %s, key %s, %s (%.2fM parameters), images %dx%d in blocks of %d, world size %d",
-        *(mode, key.key_id, args.model.from_plain or f"preset {args.model.model!r}", n_params / 1e6),
+        "Mode %s, key %s%s, %s (%.2fM parameters), images %dx%d in blocks of %d, world size %d",
+        *(mode, key_id, " (not held: ciphertexts only)" if key is None else ""),
+        *(args.model.from_plain or f"preset {args.model.model!r}", n_params / 1e6),
         *(setup.image_size, setup.image_size, setup.block_size, training.world_size),
     )
 
@@ -95,18 +113,18 @@ def run(args: RunArguments) -> TrainResult:
 
     # The test split and the attacks, every process alike (sharded models need all of them for a forward).
     eval_start = time.perf_counter()
-    keyed_processor = setup.processor(key, args.cipher.cipher_steps)
-    test = evaluate_on_test(trainer.model, args, setup, dataset, keyed_processor, fold, callbacks.averager, id2label)
+    cipher = None if encrypted is not None else BlockCipher(key, setup.image_size, setup.block_size, steps=steps)
+    resize = setup.processor(None, steps)
+    test = evaluate_on_test(trainer.model, args, setup, dataset, resize, cipher, fold, callbacks.averager, id2label)
     eval_seconds = time.perf_counter() - eval_start
-    cipher = keyed_processor.cipher(setup.image_size, setup.image_size)
-    suite, attack_results = attack_on_test(test, cipher, setup, args)
+    suite, attack_results = attack_on_test(test, cipher, setup, args, encrypted and encrypted.describe())
     attack_seconds = time.perf_counter() - eval_start - eval_seconds
     save_model_folder(trainer, test.keyed, mode, model_dir)
 
     paths: dict[str, Path] = {"model_folder": model_dir, "metrics": model_dir / "metrics.json"}
     metrics = RunMetrics(
         mode=mode,
-        key_id=key.key_id,
+        key_id=key_id,
         dataset=args.data.data,
         base_model=args.model.from_plain,
         folded_from_public=args.model.from_plain is not None and not Path(args.model.from_plain).exists(),
@@ -138,6 +156,8 @@ def run(args: RunArguments) -> TrainResult:
         hardware=hardware_info(training),
         config=args.settings(),
         training_args=training.to_dict(),
+        trained_without_key=encrypted is not None and key is None,
+        dataset_encryption=encrypted and {**encrypted.describe(), "dataset": encrypted.dataset_info},
     )
     if training.process_index == 0:
         paths.update(write_attack_report(suite, attack_results, model_dir, history=callbacks.attacks.history))
@@ -156,7 +176,7 @@ def run(args: RunArguments) -> TrainResult:
         paths["log_history"] = output_dir / "log_history.json"
         paths["log_history"].write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
         if training.push_to_hub:
-            paths["hub"] = Path(push_to_hub(args, model_dir, key, metrics.folded_from_public))
+            paths["hub"] = Path(push_to_hub(args, model_dir, key, metrics.folded_from_public))  # key None: keyless
     trainer.accelerator.wait_for_everyone()
     return TrainResult(metrics.to_dict() if training.process_index == 0 else {}, paths, trainer.state.log_history)
 
@@ -186,10 +206,11 @@ def _hub_token(token: str | None) -> Iterator[None]:
             os.environ.pop("HF_TOKEN") if previous is None else os.environ.update(HF_TOKEN=previous)
 
 
-def push_to_hub(args: RunArguments, model_dir: Path, key: LCryptKey, folded_from_public: bool) -> str:
+def push_to_hub(args: RunArguments, model_dir: Path, key: LCryptKey | None, folded_from_public: bool) -> str:
     """`--push_to_hub`: the final folder through `publish_model`'s checks (a fresh process loads it with transformers
     alone, no file holds the key, the card's model-index reads back), then one upload to `--hub_model_id` (default:
-    the output folder's name). The key and the checkpoints stay behind."""
+    the output folder's name). The key and the checkpoints stay behind. Without the key (a run on ciphertexts) the
+    fresh process compares logits on ciphertexts, and there is no secret to scan for."""
     from ..hub.publish import publish_model
 
     training = args.training
@@ -233,7 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.training.process_index == 0:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    result = run(args)
+    try:
+        result = run(args)
+    except EncryptedDatasetError as err:  # settings that do not fit an encrypted dataset: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if result.metrics:
         print_summary(result)
     return 0
