@@ -13,9 +13,12 @@ pydicom's own warnings are silenced while reading, since they may quote any elem
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +131,22 @@ def image_names(path: Path, info: MedicalInfo, options: MedicalOptions) -> list[
     return [f"{stem(path)}_{label}{i:0{digits}d}" for i in range(info.count)]
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """pydicom's and nibabel's warnings and log lines off: they may quote any header element's value."""
+    loggers = [logging.getLogger(name) for name in ("pydicom", "nibabel")]
+    disabled = [logger.disabled for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.disabled = True
+        try:
+            yield
+        finally:
+            for logger, was in zip(loggers, disabled, strict=True):
+                logger.disabled = was
+
+
 # -- DICOM -----------------------------------------------------------------------------------------------------------
 def _pydicom():
     try:
@@ -143,8 +162,7 @@ def _pydicom():
 def _dataset(path: Path, mtime: float):
     pydicom = _pydicom()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():
             ds = pydicom.dcmread(path, force=True)
             ds.get("Rows"), ds.get("PhotometricInterpretation")  # parse the pixel module now, not at first use
     except Exception:
@@ -210,8 +228,7 @@ def _dicom_pixels(path: Path, mtime: float) -> np.ndarray:
     ds = _dataset(path, mtime)
     _check_decoder(ds)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():
             array = ds.pixel_array
     except Exception as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
@@ -234,12 +251,12 @@ def dicom_frame(path: Path, index: int, options: MedicalOptions) -> tuple[np.nda
         offset = 2 ** (int(ds.BitsStored) - 1) if int(ds.PixelRepresentation) == 1 else 0
         return (stored.astype(np.int32) + offset).astype(np.uint16)[:, :, None], offset
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(stored, ds)  # some writers declare 16-bit LUTs whose entries fit in 8 bits
+        with quiet():
+            rgb = apply_color_lut(stored, ds)  # some writers declare 16-bit LUTs whose entries fit in 8 bits
         return _scale(rgb, 0, 65535 if rgb.max(initial=0) > 255 else 255), 0
     if stored.ndim == 3:  # RGB; YBR already converted to RGB by pydicom
         return _scale(stored, 0, 2 ** int(ds.BitsStored) - 1), 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         values = apply_modality_lut(stored, ds)
         grey = _window(values, ds, options.window)
     if photometric == "MONOCHROME1":
@@ -259,7 +276,7 @@ def _window(values: np.ndarray, ds, window: str | tuple[float, float]) -> np.nda
         centres = ds.get("WindowCenter")
         count = 0 if centres is None else len(centres) if isinstance(centres, MultiValue) else 1
         if has_lut or count > index:
-            out = apply_voi_lut(values.astype(np.float64), ds, index=index, prefer_lut=True)
+            out = apply_voi_lut(values, ds, index=index, prefer_lut=True)
             lo, hi = voi_output_range(ds, has_lut, index)
             return _scale(out, lo, hi)
         if index:
@@ -314,7 +331,8 @@ def _nibabel():
 def _volume(path: Path, mtime: float):
     nibabel = _nibabel()
     try:
-        image = nibabel.load(path)
+        with quiet():
+            image = nibabel.load(path)
         shape = image.shape
     except Exception:
         raise MedicalReadError("is not a readable NIfTI file (damaged, truncated or not NIfTI)") from None
@@ -328,7 +346,8 @@ def _voxels(path: Path, mtime: float, scaled: bool) -> np.ndarray:
     """The whole volume, read once for all its slices: scaled by scl_slope/scl_inter, or the stored integers."""
     proxy = _volume(path, mtime).dataobj
     try:
-        return np.asarray(proxy) if scaled else np.asarray(proxy.get_unscaled())
+        with quiet():
+            return np.asarray(proxy) if scaled else np.asarray(proxy.get_unscaled())
     except Exception:
         raise MedicalReadError("has voxel data that cannot be read (damaged or truncated)") from None
 
