@@ -496,12 +496,15 @@ def add_classify(sub: argparse._SubParsersAction) -> None:
             """
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[medical_options()],
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="address of a running hf-lcrypt app (or a Space id): gets ciphertext only")
     where.add_argument("--model", metavar="DIR", help="a keyed model folder to run on this machine instead")
     add_key_file_argument(parser, "key file the model is folded with; never sent anywhere")
-    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, or folders of images")
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGES", help="image files (also DICOM and NIfTI), or folders of images"
+    )
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
     parser.add_argument("--top", type=positive_int, default=1, help="classes per image in the table (default: 1)")
     parser.set_defaults(handler=run_classify)
@@ -512,9 +515,10 @@ def run_classify(args: argparse.Namespace) -> int:
 
     from .client import LocalClassifier, RemoteClassifier, expand_images, format_table
     from .keys import LCryptKey
+    from .medical_io import MedicalOptions
 
     key = LCryptKey.load(args.key_file)
-    images = expand_images(args.images)
+    images = expand_images(args.images, MedicalOptions(args.window, args.keep_bits, args.axis))
     classifier = RemoteClassifier(args.url, key) if args.url else LocalClassifier(args.model, key)
     predictions = classifier.classify(images, progress=True)
     if args.json:

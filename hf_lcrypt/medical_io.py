@@ -425,3 +425,75 @@ def stored_values(png: str | os.PathLike) -> np.ndarray:
     with Image.open(png) as image:
         offset = int(image.info.get(OFFSET_CHUNK, 0))
         return np.asarray(image, dtype=np.int32) - offset
+
+
+# -- images for datasets and classify --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MedicalImage:
+    """One frame or slice of a DICOM or NIfTI file, named after the file (`scan.dcm`, `cine.dcm#frame007`)."""
+
+    path: Path
+    index: int
+    name: str
+    options: MedicalOptions = MedicalOptions()
+
+    def to_pil(self):
+        """As a PIL image: 8-bit RGB, or 16-bit greyscale with `keep_bits`."""
+        from PIL import Image
+
+        pixels, _ = read_medical(self.path, self.index, self.options)
+        return Image.fromarray(pixels[:, :, 0] if pixels.dtype == np.uint16 else pixels)
+
+
+def medical_images(path: str | os.PathLike, options: MedicalOptions | None = None) -> list[MedicalImage]:
+    """The images of one file, one per frame or slice."""
+    path, options = Path(path), options or MedicalOptions()
+    info = medical_info(path, options)
+    if info.count == 1 and not is_nifti(path):
+        return [MedicalImage(path, 0, str(path), options)]
+    names = image_names(path, info, options)
+    return [MedicalImage(path, i, f"{path}#{name[len(stem(path)) + 1 :]}", options) for i, name in enumerate(names)]
+
+
+def image_folder(root: Path, options: MedicalOptions | None = None):
+    """An image folder holding DICOM or NIfTI files as a DatasetDict, laid out as `datasets`' imagefolder reads
+    one (`CLASS/...` or `SPLIT/CLASS/...`, split folders train/validation/test): `image` (8-bit RGB, one row per
+    frame or slice, with its PNG and JPEG neighbours) and a `label` ClassLabel. Unreadable files stop it with
+    their name and one line."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    splits = {"train", "validation", "valid", "val", "test"}
+    tops = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    by_split = {p.name: p for p in tops if p.name in splits} or {"train": root}
+    rename = {"valid": "validation", "val": "validation"}
+    classes = sorted({c.name for folder in by_split.values() for c in folder.iterdir() if c.is_dir()})
+    if not classes:
+        raise ValueError(f"{root} has no class sub-folders: put each class's images in a folder named after it.")
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=classes)})
+    result = {}
+    for split, folder in by_split.items():
+        images, labels = [], []
+        for label, name in enumerate(classes):
+            for path in sorted(p for p in (folder / name).rglob("*") if p.is_file()):
+                try:
+                    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+                        with Image.open(path) as opened:
+                            images.append(opened.convert("RGB"))
+                        labels.append(label)
+                    elif is_medical(path):
+                        for image in medical_images(path, options):
+                            images.append(image.to_pil())
+                            labels.append(label)
+                except MedicalReadError as err:
+                    raise MedicalReadError(f"{path}: {err}") from None
+        result[rename.get(split, split)] = Dataset.from_dict({"image": images, "label": labels}, features=features)
+    return DatasetDict(result)
+
+
+def holds_medical(root: Path) -> bool:
+    """Whether a folder tree holds any DICOM or NIfTI file (PNG and JPEG files are not opened)."""
+    return any(
+        p.is_file() and p.suffix.lower() not in (".png", ".jpg", ".jpeg") and is_medical(p) for p in root.rglob("*")
+    )

@@ -277,3 +277,59 @@ def test_encrypt_does_not_import_pydicom_for_png_folders(cli_workdir):
     code = "import sys; from hf_lcrypt import image_io; print('pydicom' in sys.modules, 'nibabel' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.slow
+def test_dataset_train_and_classify_on_dicom_folders_leak_no_patient_data(tmp_path, capsys, caplog, monkeypatch):
+    """A DICOM image folder (two classes, one multi-frame file) through load_image_dataset, a saved encrypted
+    dataset, a tiny training run and `hf-lcrypt classify`: no sentinel in any byte written or line printed."""
+    import logging
+
+    from hf_lcrypt import BlockCipher, LCryptKey
+    from hf_lcrypt.data import encrypt_dataset, load_image_dataset, save_encrypted
+    from hf_lcrypt.presets import register_model_preset, vit_preset
+    from hf_lcrypt.training import RunArguments, run
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.chdir(tmp_path)
+    images = tmp_path / "scans"
+    for label, shift in (("normal", 0), ("tumour", 600)):
+        (images / label).mkdir(parents=True)
+        for i in range(6):
+            write_ct(images / label / f"IM{i:04d}", ct_pixels(seed=i) // 4 + shift)
+        write_ct(images / label / "cine.dcm", ct_pixels(frames=2, seed=9) // 4 + shift)
+    dataset = load_image_dataset(images, val_fraction=0.25, test_fraction=0.25)
+    assert sum(len(split) for split in dataset.values()) == 16 and dataset["train"].features["label"].names == [
+        "normal",
+        "tumour",
+    ]
+    key = LCryptKey.generate()
+    key.save(tmp_path / "k.key")
+    cipher = BlockCipher(key, 32, 8)
+    save_encrypted(encrypt_dataset(dataset, cipher), tmp_path / "dataset", cipher)
+
+    register_model_preset("test-medical-nano", vit_preset(hidden_size=32, layers=1, heads=2))
+    settings = {
+        "data": str(images),
+        "model": "test-medical-nano",
+        "image_size": 32,
+        "block_size": 8,
+        "per_device_train_batch_size": 4,
+        "max_steps": 2,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "augment": False,
+        "attack_max_images": 4,
+        "output_dir": str(tmp_path / "run"),
+        "key_file": str(tmp_path / "k.key"),
+        "report_to": "none",
+    }
+    run(RunArguments.from_dict(settings))
+    rc, out, err = run_classify(capsys, tmp_path / "run" / "model", images / "tumour")
+    assert rc == 0 and out.count('"image"') == 8 and "cine.dcm#frame001" in out
+    texts = [out, err, *capsys.readouterr(), *(record.getMessage() for record in caplog.records)]
+    assert_no_phi(texts, [p for p in files_under(tmp_path) if images not in p.parents])
+
+
+def run_classify(capsys, model: Path, folder: Path) -> tuple[int, str, str]:
+    return run(capsys, "classify", "--model", model, "--key-file", "k.key", folder, "--json")
