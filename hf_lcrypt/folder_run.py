@@ -16,14 +16,26 @@ import sys
 import threading
 import warnings
 from argparse import Namespace
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from . import DOCS_URL
 from .cipher import BlockCipher
-from .image_io import LOSSY_SUFFIXES, READ_ERRORS, ImageInfo, Job, inspect_image, plan_jobs, read_pixels, write_png
+from .image_io import (
+    LOSSY_SUFFIXES,
+    READ_ERRORS,
+    ImageInfo,
+    Job,
+    inspect_image,
+    inspect_source,
+    plan_jobs,
+    read_source,
+    write_png,
+)
 from .keys import SPEC_VERSION, LCryptKey
-from .png_metadata import cipher_params, mismatches
+from .medical_io import OFFSET_CHUNK, MedicalOptions
+from .png_metadata import SOURCE_KEY, cipher_params, mismatches
 
 # Peak memory of one image, measured by scripts/bench_memory.py (docs/reliability.md): about 6x its decoded size,
 # plus what importing the library takes. `--help` states the same bound.
@@ -94,10 +106,14 @@ class CipherRun:
         self.resize = None if args.inverse else args.image_size
         if args.image_size is not None:
             check_memory(*args.image_size, "--image-size")
-        self.jobs = plan_jobs(args.src, args.dst, overwrite=args.force, resume=args.resume)
+        self.medical = MedicalOptions(
+            getattr(args, "window", "file"), getattr(args, "keep_bits", False), getattr(args, "axis", "axial")
+        )
+        self.jobs = plan_jobs(args.src, args.dst, overwrite=args.force, resume=args.resume, medical=self.medical)
         self.failures: list[tuple[Job, str]] = []
         self.ciphers: dict[tuple[int, int, int], BlockCipher] = {}
         self.infos: dict[Job, ImageInfo] = {}
+        self.tags: dict[Path, str] = {}
         self.written = 0
 
     def run(self) -> int:
@@ -158,14 +174,15 @@ class CipherRun:
                 f"; the {self.written} output(s) written are complete: rerun with --resume" if self.written else ""
             )
             raise ValueError(f"{job.source}: {message}{written}. Pass --skip-errors to go on past such files.")
-        self.failures.append((job, message))
+        if all(job.source != failed.source for failed, _ in self.failures):  # one line per file, not per frame
+            self.failures.append((job, message))
         return False
 
     def check(self, job: Job) -> bool:
         """Whether `job` can run: readable, of a size the block size divides, and (decrypt) made with these options."""
         args, size = self.args, self.args.image_size
         try:
-            info = inspect_image(job.source)
+            info = inspect_source(job, self.medical)
         except READ_ERRORS as err:
             return self.fail(job, read_failure(job, err))
         self.infos[job] = info
@@ -226,7 +243,7 @@ class CipherRun:
             return False
         try:
             info = inspect_image(job.target)
-            if info.source != self.key.tag(job.source.read_bytes()):  # made from another version of the input
+            if info.source != self.source_tag(job):  # made from another version of the input
                 return False
         except READ_ERRORS:
             return False
@@ -240,20 +257,33 @@ class CipherRun:
         expected = cipher_params(self.cipher(shape, channels).describe(), 16 if channels == 1 else 8)
         return info.params is not None and not mismatches(info.params, expected)
 
+    def source_tag(self, job: Job) -> str:
+        """The keyed tag of the job's input file (once per file: a volume's slices share it)."""
+        if job.source not in self.tags:
+            self.tags[job.source] = self.key.tag(job.source.read_bytes())
+        return self.tags[job.source]
+
     def transform(self, job: Job) -> bool:
         try:
-            pixels = read_pixels(job.source, self.resize, keep_16_bit=not self.args.to_8bit)
+            pixels, offset = read_source(job, self.medical, self.resize, keep_16_bit=not self.args.to_8bit)
         except READ_ERRORS as err:
             return self.fail(job, read_failure(job, err))
         cipher = self.cipher(pixels.shape[:2], pixels.shape[2])
         overwrite = self.args.force or self.args.resume
-        source = self.key.tag(job.source.read_bytes())
+        text = {SOURCE_KEY: self.source_tag(job)}
         try:
             if self.args.inverse:
-                write_png(cipher.decrypt(pixels), job.target, overwrite, source=source)
+                # --keep-bits ciphertexts of signed images say what was added to their stored values; the plain PNG
+                # says it again, so that medical_io.stored_values gives them back exactly.
+                offset = (self.infos[job].params or {}).get("offset")
+                if offset:
+                    text[OFFSET_CHUNK] = str(int(offset))
+                write_png(cipher.decrypt(pixels), job.target, overwrite, text=text)
             else:
                 params = cipher_params(cipher.describe(), bits=pixels.dtype.itemsize * 8)
-                write_png(cipher.encrypt(pixels), job.target, overwrite, params, source)
+                if offset:
+                    params["offset"] = offset
+                write_png(cipher.encrypt(pixels), job.target, overwrite, params, text)
         except FileExistsError:
             raise
         except OSError as err:
