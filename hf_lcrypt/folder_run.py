@@ -8,9 +8,13 @@ with one line. The command line imports it only when it runs (it needs torch).
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 import warnings
 from argparse import Namespace
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from tqdm.auto import tqdm
 
@@ -71,8 +75,7 @@ class CipherRun:
         done = [job for job in todo if args.resume and self.is_done(job)]
         todo = [job for job in todo if job not in done]
         try:
-            for job in tqdm(todo, desc=self.action, unit="img", file=sys.stderr):
-                self.written += self.transform(job)
+            self.transform_all(todo)
         except KeyboardInterrupt:
             print(
                 f"hf-lcrypt {self.action}: interrupted; {self.written} of {len(todo)} image(s) written, each "
@@ -166,11 +169,44 @@ class CipherRun:
         expected = cipher_params(self.cipher(shape, channels).describe(), 16 if channels == 1 else 8)
         return info.params is not None and not mismatches(info.params, expected)
 
-    def transform(self, job: Job) -> bool:
+    def transform_all(self, todo: list[Job]) -> None:
+        """Each job in order, in this process or in `--num-proc` worker processes (forked: they share the key and
+        the ciphers already made). Failures come back in the order of the jobs, and are handled here."""
+        processes = min(getattr(self.args, "num_proc", 1) or 1, len(todo))
+        progress = tqdm(total=len(todo), desc=self.action, unit="img", file=sys.stderr)
+        if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            for job in todo:
+                self.written += self.handle(job, self.transform(job))
+                progress.update()
+            progress.close()
+            return
+        global _ACTIVE
+        _ACTIVE = self
+        chunk = max(1, min(16, len(todo) // (4 * processes)))
+        pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"))
+        try:
+            for job, message in zip(todo, pool.map(_transform, todo, chunksize=chunk), strict=True):
+                self.written += self.handle(job, message)
+                progress.update()
+        except BrokenProcessPool:
+            raise OSError(
+                f"a worker process died (killed, or out of memory); the {self.written} output(s) written are "
+                "complete: rerun with --resume, with a smaller --num-proc"
+            ) from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # what runs finishes its file: complete or absent
+            progress.close()
+            _ACTIVE = None
+
+    def handle(self, job: Job, message: str | None) -> bool:
+        return True if message is None else self.fail(job, message)
+
+    def transform(self, job: Job) -> str | None:
+        """Read, transform and write one image; None, or what is wrong with the input."""
         try:
             pixels, offset = read_source(job, self.medical, self.resize, keep_16_bit=not self.args.to_8bit)
         except READ_ERRORS as err:
-            return self.fail(job, f"cannot be read ({err}); fix or remove it")
+            return f"cannot be read ({err}); fix or remove it"
         cipher = self.cipher(pixels.shape[:2], pixels.shape[2])
         overwrite = self.args.force or self.args.resume
         if self.args.inverse:
@@ -184,4 +220,16 @@ class CipherRun:
             if offset:
                 params["offset"] = offset
             write_png(cipher.encrypt(pixels), job.target, overwrite, params)
-        return True
+        return None
+
+
+_ACTIVE: CipherRun | None = None  # the run a forked worker process works for
+
+
+def _transform(job: Job) -> str | None:
+    return _ACTIVE.transform(job)
+
+
+def default_processes() -> int:
+    """All the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

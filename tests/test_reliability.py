@@ -283,7 +283,7 @@ def test_skip_errors_goes_on_and_lists_the_failures(capsys, key_file):
 
 def test_ctrl_c_stops_cleanly_and_resume_finishes(capsys, key_file, monkeypatch):
     rgb_images(Path("plain"), 5)
-    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc"]
+    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 1, "plain", "enc"]
     real_write = image_io.write_png
     calls = []
 
