@@ -199,6 +199,12 @@ def cipher_options() -> argparse.ArgumentParser:
         action="store_true",
         help="go on past unreadable images and list them at the end (exit status 1 if any failed)",
     )
+    parser.add_argument(
+        "--num-proc",
+        metavar="N",
+        type=positive_int,
+        help="images transformed by N processes at once (default: all cores); outputs are the same for any N",
+    )
     return parser
 
 
@@ -287,8 +293,9 @@ def steps(text: str) -> tuple[str, ...]:
 
 
 def run_cipher(args: argparse.Namespace) -> int:
-    from .folder_run import CipherRun
+    from .folder_run import CipherRun, default_processes
 
+    args.num_proc = args.num_proc or default_processes()
     action = "decrypt" if args.inverse else "encrypt"
     with one_line_warnings(action):
         return CipherRun(args).run()

@@ -10,12 +10,16 @@ The command line imports it only when it runs (it needs torch).
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import signal
 import sys
 import threading
 import warnings
 from argparse import Namespace
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -142,8 +146,7 @@ class CipherRun:
         main_thread = threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
         previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
         try:
-            for job in tqdm(todo, desc=self.action, unit="img", file=sys.stderr):
-                self.written += self.transform(job)
+            self.transform_all(todo)
         except KeyboardInterrupt as err:
             how = f"stopped by {err}" if isinstance(err, Terminated) else "interrupted"
             print(
@@ -263,29 +266,79 @@ class CipherRun:
             self.tags[job.source] = self.key.tag(job.source.read_bytes())
         return self.tags[job.source]
 
-    def transform(self, job: Job) -> bool:
+    def transform_all(self, todo: list[Job]) -> None:
+        """Each job in order, in this process or in `--num-proc` worker processes (forked: they share the key and
+        the ciphers already made). Failures come back in the order of the jobs, and are handled here."""
+        processes = min(getattr(self.args, "num_proc", 1) or 1, len(todo))
+        progress = tqdm(total=len(todo), desc=self.action, unit="img", file=sys.stderr)
+        if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            for job in todo:
+                self.written += self.handle(job, self.written_or_raise(job, lambda job=job: self.transform(job)))
+                progress.update()
+            progress.close()
+            return
+        global _ACTIVE
+        _ACTIVE = self
+        chunk = max(1, min(16, len(todo) // (4 * processes)))
+        pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"))
         try:
-            pixels, offset = read_source(job, self.medical, self.resize, keep_16_bit=not self.args.to_8bit)
-        except READ_ERRORS as err:
-            return self.fail(job, read_failure(job, err))
-        cipher = self.cipher(pixels.shape[:2], pixels.shape[2])
-        overwrite = self.args.force or self.args.resume
-        text = {SOURCE_KEY: self.source_tag(job)}
+            results = pool.map(_transform, todo, chunksize=chunk)
+            for job in todo:
+                self.written += self.handle(job, self.written_or_raise(job, lambda: next(results)))
+                progress.update()
+        except BrokenProcessPool:
+            raise OSError(
+                f"a worker process died (killed, or out of memory); the {self.written} output(s) written are "
+                "complete: rerun with --resume, with a smaller --num-proc"
+            ) from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # what runs finishes its file: complete or absent
+            progress.close()
+            _ACTIVE = None
+
+    def handle(self, job: Job, message: str | None) -> bool:
+        return True if message is None else self.fail(job, message)
+
+    def written_or_raise(self, job: Job, result: Callable[[], str | None]) -> str | None:
+        """`result()`, with a failed write (disk full, read-only folder) told in words: it stops the run."""
         try:
-            if self.args.inverse:
-                # --keep-bits ciphertexts of signed images say what was added to their stored values; the plain PNG
-                # says it again, so that medical_io.stored_values gives them back exactly.
-                offset = (self.infos[job].params or {}).get("offset")
-                if offset:
-                    text[OFFSET_CHUNK] = str(int(offset))
-                write_png(cipher.decrypt(pixels), job.target, overwrite, text=text)
-            else:
-                params = cipher_params(cipher.describe(), bits=pixels.dtype.itemsize * 8)
-                if offset:
-                    params["offset"] = offset
-                write_png(cipher.encrypt(pixels), job.target, overwrite, params, text)
+            return result()
         except FileExistsError:
             raise
         except OSError as err:
             raise OSError(write_failure(job, err, self.written)) from err
-        return True
+
+    def transform(self, job: Job) -> str | None:
+        """Read, transform and write one image; None, or what is wrong with the input."""
+        try:
+            pixels, offset = read_source(job, self.medical, self.resize, keep_16_bit=not self.args.to_8bit)
+        except READ_ERRORS as err:
+            return read_failure(job, err)
+        cipher = self.cipher(pixels.shape[:2], pixels.shape[2])
+        overwrite = self.args.force or self.args.resume
+        text = {SOURCE_KEY: self.source_tag(job)}
+        if self.args.inverse:
+            # --keep-bits ciphertexts of signed images say what was added to their stored values; the plain PNG
+            # says it again, so that medical_io.stored_values gives them back exactly.
+            offset = (self.infos[job].params or {}).get("offset")
+            if offset:
+                text[OFFSET_CHUNK] = str(int(offset))
+            write_png(cipher.decrypt(pixels), job.target, overwrite, text=text)
+        else:
+            params = cipher_params(cipher.describe(), bits=pixels.dtype.itemsize * 8)
+            if offset:
+                params["offset"] = offset
+            write_png(cipher.encrypt(pixels), job.target, overwrite, params, text)
+        return None
+
+
+_ACTIVE: CipherRun | None = None  # the run a forked worker process works for
+
+
+def _transform(job: Job) -> str | None:
+    return _ACTIVE.transform(job)
+
+
+def default_processes() -> int:
+    """All the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -283,7 +283,7 @@ def test_skip_errors_goes_on_and_lists_the_failures(capsys, key_file):
 
 def test_ctrl_c_stops_cleanly_and_resume_finishes(capsys, key_file, monkeypatch):
     rgb_images(Path("plain"), 5)
-    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc"]
+    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 1, "plain", "enc"]
     real_write = image_io.write_png
     calls = []
 
@@ -446,7 +446,7 @@ def test_sigterm_stops_like_ctrl_c_and_a_rerun_removes_what_sigkill_left(capsys,
     import sys
 
     rgb_images(Path("plain"), 5)
-    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc"]
+    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 1, "plain", "enc"]
     real_write = image_io.write_png
     calls = []
 
@@ -685,13 +685,27 @@ def test_disk_full_names_the_file_the_count_and_resume(capsys, key_file, monkeyp
         real_save(self, fp, format=format, **params)
 
     monkeypatch.setattr(Image.Image, "save", full)
-    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc"]
+    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 1, "plain", "enc"]
     rc, _, err = run(capsys, *args)
     assert rc == 1 and "enc/02.png cannot be written: the disk is full" in err and "2 output(s)" in err
     assert "--resume" in err and "Errno" not in err and ".tmp" not in err
     assert files(Path("enc")) == ["00.png", "01.png"]
     monkeypatch.setattr(Image.Image, "save", real_save)
     assert run(capsys, *args, "--resume")[0] == 0 and files(Path("enc")) == [f"{i:02d}.png" for i in range(4)]
+
+
+def test_disk_full_in_a_worker_process_is_told_the_same_way(capsys, key_file, monkeypatch):
+    import errno
+
+    rgb_images(Path("plain"), 4)
+
+    def full(self, fp, format=None, **params):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)  # forked workers inherit it
+    rc, _, err = run(capsys, "encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 2, "plain", "enc")
+    assert rc == 1 and "enc/00.png cannot be written: the disk is full" in err and "--resume" in err
+    assert files(Path("enc")) == [] and "Errno" not in err
 
 
 def test_a_read_only_folder_is_named_not_a_hidden_temporary(capsys, key_file, monkeypatch):
