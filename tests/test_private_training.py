@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from helpers import REPO_ROOT, run_cli
 from PIL import Image
 
 from hf_lcrypt import BlockCipher, LCryptKey
+from hf_lcrypt.client import LocalClassifier
 from hf_lcrypt.data import Augment, load_image_dataset
 from hf_lcrypt.encrypted_datasets import build_encrypted_dataset, image_params
 from hf_lcrypt.hub.publish import push_encrypted_dataset
@@ -212,7 +212,8 @@ def test_three_roles_in_three_processes(tmp_path):
 def test_two_processes_train_without_the_key(owner, tmp_path):
     _, ds, key_id = owner
     command = [
-        str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+        # `-m`: this interpreter (and this checkout) in every process, whatever the `accelerate` script's shebang says
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         str(REPO_ROOT / "scripts" / "train.py"), "--data", str(ds), "--output_dir", str(tmp_path / "run"),
         "--model", "micro", "--max_steps", "2", "--per_device_train_batch_size", "4", "--attack_max_images", "8",
@@ -224,3 +225,44 @@ def test_two_processes_train_without_the_key(owner, tmp_path):
     assert sorted(r["rank"] for r in ranks) == [0, 1] and all(r["world_size"] == 2 for r in ranks)
     metrics = json.loads((tmp_path / "run" / "model" / "metrics.json").read_text())
     assert metrics["key_id"] == key_id and metrics["hardware"]["world_size"] == 2 and metrics["trained_without_key"]
+
+
+def test_the_owner_key_file_trains_without_encrypting_twice(owner, tmp_path, monkeypatch):
+    """With the dataset's own key file the run uses the ciphertexts as they are: the key holder's accuracy on the plain
+    test images (encrypted once, by the classifier) equals the run's."""
+    key_file, ds, key_id = owner
+    monkeypatch.delenv("HF_LCRYPT_KEY_FILE", raising=False)
+    run = tmp_path / "run"
+    assert train_main([str(a) for a in ("--data", ds, "--output_dir", run, "--key_file", key_file, *QUICK)]) == 0
+    metrics = json.loads((run / "model" / "metrics.json").read_text())
+    assert metrics["key_id"] == key_id and not metrics["trained_without_key"]
+    plain = load_image_dataset("default", max_per_class=24)["test"]
+    predictions = LocalClassifier(run / "model", key_file).classify(list(plain["image"]))
+    names = plain.features["label"].names
+    correct = sum(p.label == names[label] for p, label in zip(predictions, plain["label"], strict=True))
+    assert correct / len(plain) == metrics["test"]["accuracy"]
+
+
+def test_a_hub_dataset_is_detected_by_its_lcrypt_json(owner, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from hf_lcrypt.encrypted_datasets import read_encrypted_source
+
+    _, ds, key_id = owner
+    asked = []
+
+    def download(repo_id, filename, repo_type=None):
+        asked.append((repo_id, filename, repo_type))
+        if repo_id == "hospital/plain":
+            raise EntryNotFoundError("no lcrypt.json")
+        return str(ds / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    source = read_encrypted_source("hospital/brain-encrypted")
+    assert source.key_id == key_id and source.block_size == 4 and source.dataset_info["augment_copies"] == 2
+    assert read_encrypted_source("hospital/plain") is None
+    assert asked == [
+        ("hospital/brain-encrypted", "lcrypt.json", "dataset"),
+        ("hospital/plain", "lcrypt.json", "dataset"),
+    ]
