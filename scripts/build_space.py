@@ -16,6 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from hf_lcrypt.hub.checks import check_weights_keep_the_key
 from hf_lcrypt.hub.publish import stage_model_folder
 from hf_lcrypt.keys import LCryptKey
 
@@ -23,8 +24,11 @@ SPACE = Path(__file__).resolve().parents[1] / "space"
 SPACE_FILES = ("app.py", "README.md", "requirements.txt", "static", "examples")
 
 
-def build_space(model_dir: Path, out: Path, demo_key: LCryptKey | None = None) -> list[str]:
-    """Write the Space into `out` (which must not exist yet); returns the files written, relative to `out`."""
+def build_space(
+    model_dir: Path, out: Path, demo_key: LCryptKey | None = None, allow_leaky_weights: bool = False
+) -> list[str]:
+    """Write the Space into `out` (which must not exist yet); returns the files written, relative to `out`. The
+    weights pass `hf-lcrypt publish`'s check of what they alone give away of the key."""
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new folder for the Space.")
     staging = out.with_name(f".{out.name}.partial")
@@ -39,6 +43,7 @@ def build_space(model_dir: Path, out: Path, demo_key: LCryptKey | None = None) -
                 shutil.copy2(source, staging / name)
         (staging / "model").mkdir()
         stage_model_folder(model_dir, staging / "model")
+        check_weights_keep_the_key(staging / "model", demo_key, allow_leak=allow_leaky_weights)
         if demo_key is not None:
             model_key_id = json.loads((staging / "model" / "config.json").read_text()).get("key_id")
             if demo_key.key_id != model_key_id:
@@ -59,9 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_dir", type=Path, help="keyed model folder (weights, config, processor, remote code)")
     parser.add_argument("out", type=Path, help="new folder for the Space's repository")
     parser.add_argument("--demo-key", type=Path, help="key file of the model, published as the Space's PUBLIC demo key")
+    parser.add_argument(
+        "--allow-leaky-weights", action="store_true", help="build even if the weights give part of the key away"
+    )
     args = parser.parse_args(argv)
     try:
-        files = build_space(args.model_dir, args.out, LCryptKey.load(args.demo_key) if args.demo_key else None)
+        demo_key = LCryptKey.load(args.demo_key) if args.demo_key else None
+        files = build_space(args.model_dir, args.out, demo_key, args.allow_leaky_weights)
     except (ValueError, OSError) as err:
         print(f"build_space: error: {err}", file=sys.stderr)
         return 1
