@@ -18,9 +18,7 @@ decoded, uploads never classified are deleted within a minute, and Gradio's moni
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import html
 import io
 import json
@@ -45,6 +43,7 @@ from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassifi
 from hf_lcrypt.cipher import size_pair  # noqa: E402
 from hf_lcrypt.hub.cards import dataset_title, sort_results  # noqa: E402
 from hf_lcrypt.keys import KEY_ENV_VAR  # noqa: E402
+from hf_lcrypt.page_integrity import compute_manifest  # noqa: E402
 
 logger = logging.getLogger("hf_lcrypt.space")
 
@@ -60,13 +59,6 @@ EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_PIXELS = 20_000_000  # what the page accepts as a plain image (checked in the browser)
 MAX_BYTES = 10 * 2**20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Each module the page loads, with its Subresource Integrity hash: the browser refuses a file that differs.
-MODULES = (
-    "page.mjs",
-    "lcrypt.mjs",
-    "pixels.mjs",
-    *(f"vendor/noble-hashes/{p.name}" for p in sorted((STATIC / "vendor" / "noble-hashes").glob("*.js"))),
-)
 DISCLAIMER = "A research demonstration of encrypted inference, not a medical device: not for diagnosis."
 
 mimetypes.add_type("text/javascript", ".mjs")  # browsers refuse ES modules served with another type
@@ -279,20 +271,15 @@ def file_url(path: Path) -> str:
     return f"/gradio_api/file={path}"
 
 
-def integrity(path: Path) -> str:
-    """The Subresource Integrity value of a file (sha384, as `openssl dgst -sha384 -binary | base64` prints it)."""
-    return "sha384-" + base64.b64encode(hashlib.sha384(path.read_bytes()).digest()).decode()
-
-
 def page_head() -> str:
-    """The page's stylesheet and module, each pinned by its SRI hash; an import map pins the modules it imports."""
-    imports = {"integrity": {file_url(STATIC / name): integrity(STATIC / name) for name in MODULES}}
-    css = STATIC / "page.css"
+    """The page's stylesheet and module, each pinned by its SRI hash; an import map pins the modules it imports, so
+    the browser refuses any file that differs (`hf-lcrypt verify-page` compares the hashes with the published ones)."""
+    hashes = compute_manifest(STATIC)
+    modules = {file_url(STATIC / name): value for name, value in hashes.items() if name != "page.css"}
     return (
-        f'<script type="importmap">{json.dumps(imports)}</script>'
-        f'<link rel="stylesheet" href="{file_url(css)}" integrity="{integrity(css)}">'
-        f'<script type="module" src="{file_url(STATIC / "page.mjs")}" integrity="{integrity(STATIC / "page.mjs")}">'
-        "</script>"
+        f'<script type="importmap">{json.dumps({"integrity": modules})}</script>'
+        f'<link rel="stylesheet" href="{file_url(STATIC / "page.css")}" integrity="{hashes["page.css"]}">'
+        f'<script type="module" src="{file_url(STATIC / "page.mjs")}" integrity="{hashes["page.mjs"]}"></script>'
     )
 
 

@@ -1,7 +1,5 @@
 """The Space, run as `python space/app.py` on a tiny keyed model, without any key, and driven through gradio_client."""
 
-import base64
-import hashlib
 import html
 import importlib.util
 import io
@@ -31,6 +29,7 @@ from PIL.PngImagePlugin import PngInfo
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, png_metadata
 from hf_lcrypt.cli import main as cli
 from hf_lcrypt.hub.checks import find_secrets
+from hf_lcrypt.page_integrity import compute_manifest, integrity, published_manifest
 
 pytestmark = pytest.mark.slow  # the app runs in its own process
 
@@ -305,20 +304,23 @@ def test_the_page_shows_the_model_facts_and_pins_its_scripts(space_app):
         "not for diagnosis",
     ):
         assert fact in page, fact
-    # Every module and the stylesheet carry the SRI hash of the file served.
-    static = REPO_ROOT / "space" / "static"
-    modules = [
-        static / "page.mjs",
-        static / "lcrypt.mjs",
-        static / "pixels.mjs",
-        *sorted((static / "vendor" / "noble-hashes").glob("*.js")),
-    ]
-    for path in [*modules, static / "page.css"]:
-        digest = "sha384-" + base64.b64encode(hashlib.sha384(path.read_bytes()).digest()).decode()
-        assert digest in page, path
-        with urllib.request.urlopen(f"{space_app.url}gradio_api/file={path}", timeout=10) as response:
-            assert hashlib.sha384(response.read()).digest() == base64.b64decode(digest.removeprefix("sha384-"))
-    assert len(re.findall(r"sha384-[A-Za-z0-9+/=]+", page)) >= len(modules) + 1
+
+
+def test_the_published_hashes_are_the_page_files(space_app, capsys, monkeypatch):
+    """The package publishes the page files' SRI hashes; `hf-lcrypt verify-page` checks a served page against them."""
+    assert published_manifest() == compute_manifest(REPO_ROOT / "space" / "static"), (
+        "hf_lcrypt/assets/space-page-integrity.json is out of date: run python -m hf_lcrypt.page_integrity"
+    )
+    assert set(published_manifest()) >= {"page.mjs", "lcrypt.mjs", "pixels.mjs", "vendor/noble-hashes/sha2.js"}
+    assert cli(["verify-page", space_app.url]) == 0
+    out = capsys.readouterr().out
+    assert f"All {len(published_manifest())} files pinned and served as published" in out
+    # A page whose hashes are not the published ones fails the check.
+    altered = {**published_manifest(), "lcrypt.mjs": integrity(b"another lcrypt.mjs")}
+    monkeypatch.setattr("hf_lcrypt.page_integrity.published_manifest", lambda: altered)
+    assert cli(["verify-page", space_app.url]) == 1
+    captured = capsys.readouterr()
+    assert "DIFFERS   lcrypt.mjs" in captured.out and "do not trust this page" in captured.err
 
 
 def test_the_app_refuses_to_start_with_a_key_variable(tmp_path):
