@@ -160,6 +160,12 @@ def check_remote_load(
 # -- the key in the weights ---------------------------------------------------------------------------------------
 WEIGHTS_ONLY_FILE = "weights_only_attack.json"
 ALLOW_FLAG = "--allow-leaky-weights"
+# What the check and the card read from a weights-only attack result.
+_MEASURED = {
+    f"{prefix}{name}"
+    for name in ("flips_right", "pixel_neighbours_kept", "block_neighbours_kept")
+    for prefix in ("", "chance_")
+} | {"pixels_in_place", "blocks_in_place"}
 
 
 class LeakyWeightsError(ValueError):
@@ -181,15 +187,14 @@ def check_weights_keep_the_key(
     folder = Path(folder)
     path = folder / WEIGHTS_ONLY_FILE
     model = LCryptViTForImageClassification.from_pretrained(folder)
-    if path.is_file():
-        scores = json.loads(path.read_text())
-    elif key is None:
-        raise ValueError(
-            f"{folder} has no {WEIGHTS_ONLY_FILE} and no key was given to measure what its weights alone give away; "
-            "give the key, or run hf-lcrypt attack --weights-only first."
-        )
-    else:
-        scores = weights_only_scores(model, model.cipher(key))
+    scores = json.loads(path.read_text()) if path.is_file() else {}
+    if not set(scores) >= _MEASURED:  # none, or written by an older version
+        if key is None:
+            raise ValueError(
+                f"{folder} has no complete {WEIGHTS_ONLY_FILE} and no key was given to measure what its weights alone "
+                "give away; give the key, or run hf-lcrypt attack --weights-only first."
+            )
+        scores = {**scores, **weights_only_scores(model, model.cipher(key))}
     thresholds = leak_thresholds(model.cipher(LCryptKey(bytes(32))))  # chance depends on the geometry alone
     leaks = weights_leak(scores, thresholds)
     scores["gate"] = {"thresholds": thresholds, "leaks": leaks, "published_despite_leak": bool(leaks)}
