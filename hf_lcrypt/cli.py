@@ -138,7 +138,14 @@ def read_passphrase() -> str:
     """From the terminal (asked twice) or from stdin's first line; never from the command line, where it would be
     visible to other users and kept in shell history."""
     if not sys.stdin.isatty():
-        return sys.stdin.readline().rstrip("\r\n")
+        line = sys.stdin.buffer.readline() if hasattr(sys.stdin, "buffer") else sys.stdin.readline().encode()
+        try:
+            return line.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise CLIError(
+                "the passphrase on standard input is not UTF-8 text; pipe it as UTF-8 (e.g. through iconv -t UTF-8), "
+                "since the key is derived from its UTF-8 bytes."
+            ) from None
     phrase = getpass.getpass("Passphrase: ")
     if phrase != getpass.getpass("Passphrase again: "):
         raise CLIError("the two passphrases differ.")
@@ -532,6 +539,12 @@ def run_classify(args: argparse.Namespace) -> int:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
         print(format_table(predictions, args.top))
+    failed = [p for p in predictions if p.error is not None]
+    if failed:
+        print(f"hf-lcrypt classify: {len(failed)} of {len(predictions)} image(s) could not be read:", file=sys.stderr)
+        for prediction in failed:
+            print(f"  {prediction.image}: {prediction.error}", file=sys.stderr)
+        return 1
     return 0
 
 
