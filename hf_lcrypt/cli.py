@@ -138,7 +138,14 @@ def read_passphrase() -> str:
     """From the terminal (asked twice) or from stdin's first line; never from the command line, where it would be
     visible to other users and kept in shell history."""
     if not sys.stdin.isatty():
-        return sys.stdin.readline().rstrip("\r\n")
+        line = sys.stdin.buffer.readline() if hasattr(sys.stdin, "buffer") else sys.stdin.readline().encode()
+        try:
+            return line.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise CLIError(
+                "the passphrase on standard input is not UTF-8 text; pipe it as UTF-8 (e.g. through iconv -t UTF-8), "
+                "since the key is derived from its UTF-8 bytes."
+            ) from None
     phrase = getpass.getpass("Passphrase: ")
     if phrase != getpass.getpass("Passphrase again: "):
         raise CLIError("the two passphrases differ.")
@@ -149,7 +156,11 @@ def read_passphrase() -> str:
 def cipher_options() -> argparse.ArgumentParser:
     """Options shared by encrypt and decrypt (an argparse parent parser)."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("src", metavar="SRC", help="an image, or a folder searched recursively for PNG/JPEG images")
+    parser.add_argument(
+        "src",
+        metavar="SRC",
+        help="an image, or a folder searched recursively for PNG/JPEG images (encrypt: also DICOM and NIfTI)",
+    )
     parser.add_argument("dst", metavar="DST", help="output .png file, or folder (the layout under SRC is kept)")
     add_key_file_argument(parser, "secret key file from `hf-lcrypt keygen`")
     parser.add_argument(
@@ -188,21 +199,66 @@ def cipher_options() -> argparse.ArgumentParser:
         action="store_true",
         help="go on past unreadable images and list them at the end (exit status 1 if any failed)",
     )
+    parser.add_argument(
+        "--num-proc",
+        metavar="N",
+        type=positive_int,
+        help="images transformed by N processes at once (default: all cores); outputs are the same for any N",
+    )
     return parser
 
 
+def medical_options() -> argparse.ArgumentParser:
+    """How encrypt reads DICOM files and NIfTI volumes (the `[medical]` extra); an argparse parent parser."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("DICOM and NIfTI (pip install 'hf-lcrypt[medical]')")
+    group.add_argument(
+        "--window",
+        metavar="W",
+        type=window,
+        default="file",
+        help="intensity window to 8 bits, after the modality LUT (e.g. CT to Hounsfield units): file (the file's "
+        "first VOI window or LUT, else its full range; file:2 for its second), full (each image's range), "
+        "CENTRE,WIDTH (e.g. 40,80), or a preset: brain, subdural, stroke, soft-tissue, mediastinum, liver, lung, "
+        "bone. MONOCHROME1 is inverted; colour is read as RGB (default: file)",
+    )
+    group.add_argument(
+        "--keep-bits",
+        action="store_true",
+        help="keep the exact stored values as 16-bit greyscale instead of windowing (signed images are offset to "
+        "unsigned, and the ciphertext records the offset); greyscale with at most 16 bits stored only",
+    )
+    group.add_argument(
+        "--axis",
+        choices=("axial", "coronal", "sagittal"),
+        default="axial",
+        help="NIfTI volumes give one image per slice along this axis (default: axial)",
+    )
+    return parser
+
+
+def window(text: str) -> str | tuple[float, float]:
+    from .medical_io import parse_window
+
+    try:
+        return parse_window(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_encrypt_decrypt(sub: argparse._SubParsersAction) -> None:
-    common = cipher_options()
+    common, medical = cipher_options(), medical_options()
     for name, inverse, summary in (
         ("encrypt", False, "Encrypt images block by block with a secret key"),
         ("decrypt", True, "Decrypt images encrypted by `hf-lcrypt encrypt` with the same key and options"),
     ):
         parser = sub.add_parser(
             name,
-            parents=[common],
+            parents=[common] if inverse else [common, medical],
             help=summary.lower(),
             description=wrap(
-                f"{summary}. 8-bit images are read as RGB, 16-bit greyscale PNGs keep their 16 bits; outputs are "
+                f"{summary}. 8-bit images are read as RGB, 16-bit greyscale PNGs keep their 16 bits; DICOM files "
+                "(found by content) give one image per frame and NIfTI volumes one per slice; outputs are "
                 f"lossless PNGs (JPEG would destroy the ciphertext: {DOCS_URL}/lossless.md), each written completely "
                 "or not at all, and every input is checked before the first is written. Each ciphertext carries its "
                 "public parameters (key_id, geometry, steps; never the key), so decrypting with another key, block "
@@ -237,8 +293,9 @@ def steps(text: str) -> tuple[str, ...]:
 
 
 def run_cipher(args: argparse.Namespace) -> int:
-    from .folder_run import CipherRun
+    from .folder_run import CipherRun, default_processes
 
+    args.num_proc = args.num_proc or default_processes()
     action = "decrypt" if args.inverse else "encrypt"
     with one_line_warnings(action):
         return CipherRun(args).run()
@@ -453,12 +510,15 @@ def add_classify(sub: argparse._SubParsersAction) -> None:
             """
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[medical_options()],
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="address of a running hf-lcrypt app (or a Space id): gets ciphertext only")
     where.add_argument("--model", metavar="DIR", help="a keyed model folder to run on this machine instead")
     add_key_file_argument(parser, "key file the model is folded with; never sent anywhere")
-    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, or folders of images")
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGES", help="image files (also DICOM and NIfTI), or folders of images"
+    )
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
     parser.add_argument("--top", type=positive_int, default=1, help="classes per image in the table (default: 1)")
     parser.set_defaults(handler=run_classify)
@@ -469,15 +529,58 @@ def run_classify(args: argparse.Namespace) -> int:
 
     from .client import LocalClassifier, RemoteClassifier, expand_images, format_table
     from .keys import LCryptKey
+    from .medical_io import MedicalOptions
 
     key = LCryptKey.load(args.key_file)
-    images = expand_images(args.images)
+    images = expand_images(args.images, MedicalOptions(args.window, args.keep_bits, args.axis))
     classifier = RemoteClassifier(args.url, key) if args.url else LocalClassifier(args.model, key)
     predictions = classifier.classify(images, progress=True)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
         print(format_table(predictions, args.top))
+    failed = [p for p in predictions if p.error is not None]
+    if failed:
+        print(f"hf-lcrypt classify: {len(failed)} of {len(predictions)} image(s) could not be read:", file=sys.stderr)
+        for prediction in failed:
+            print(f"  {prediction.image}: {prediction.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- verify-page -------------------------------------------------------------------------------------------------------
+def add_verify_page(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "verify-page",
+        help="check that a Space's page pins the published hashes of its scripts, and serves those files",
+        description=wrap(
+            "Fetch the page of an hf-lcrypt app (space/app.py) and compare the Subresource Integrity hashes it "
+            "declares for its modules and stylesheet, and the hashes of the files it serves, with those published "
+            "in this package. A browser refuses a file that differs from the declared hash; this checks that the "
+            "declared hashes are this version's. It cannot show that the server sends every visitor the same page: "
+            "for real data, encrypt on your own machine with hf-lcrypt classify --url."
+        ),
+    )
+    parser.add_argument("url", help="address of the app, e.g. http://127.0.0.1:7860/ or https://user-space.hf.space/")
+    parser.set_defaults(handler=run_verify_page)
+
+
+def run_verify_page(args: argparse.Namespace) -> int:
+    from .page_integrity import check_page
+
+    checks = check_page(args.url)
+    for check in checks:
+        if check.ok:
+            print(f"ok        {check.name}  {check.published}")
+        else:
+            problem = "not pinned" if check.declared is None else "DIFFERS"
+            print(
+                f"{problem:<9} {check.name}  published {check.published}, page {check.declared}, served {check.served}"
+            )
+    bad = sum(not c.ok for c in checks)
+    if bad:
+        raise CLIError(f"{bad} of {len(checks)} files are not the published ones: do not trust this page with a key.")
+    print(f"All {len(checks)} files pinned and served as published (hf-lcrypt {__version__}).")
     return 0
 
 
@@ -500,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_attack(sub)
     add_classify(sub)
+    add_verify_page(sub)
     return parser
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install hf-lcrypt with its test extras, CPU PyTorch first.
+# Create .venv and install hf-lcrypt with its test extras (which include [medical]: DICOM and NIfTI), CPU PyTorch first.
 # torch==2.13.0 is installed before anything else so that no dependency pulls a multi-GB CUDA build;
 # GPU users: set TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128").
 set -euo pipefail

@@ -32,7 +32,7 @@ def make_images(root: Path, size: tuple[int, int] = (32, 48)) -> list[Path]:
     h, w = size
     files = {
         "a.png": Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)),
-        "sub/b.png": Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8)),
+        "sub/b.png": Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8)).convert("RGB").convert("RGBA"),
         "sub/deeper/c.png": Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)),
         "sub/d.png": Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).quantize(16),
         "e.JPG": Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)),
@@ -165,7 +165,7 @@ def test_decrypting_jpeg_warns(capsys, key_file):
         (None, ["--key-file", "missing.key", "plain", "enc"], "hf-lcrypt keygen"),
         ("bad-key", ["--key-file", "bad.key", "plain", "enc"], "not an hf-lcrypt key file"),
         (None, ["--key-file", "k.key", "nowhere", "enc"], "does not exist"),
-        ("empty", ["--key-file", "k.key", "empty", "enc"], "No PNG or JPEG images"),
+        ("empty", ["--key-file", "k.key", "empty", "enc"], "No PNG, JPEG, DICOM or NIfTI images"),
         (None, ["--key-file", "k.key", "plain", "plain/enc"], "must not be inside"),
         (None, ["--key-file", "k.key", "plain/a.png", "a.jpg"], "must be a .png"),
         (None, ["--key-file", "k.key", "plain/a.png", "plain/a.png"], "replace its own input"),
