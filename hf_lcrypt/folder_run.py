@@ -12,9 +12,7 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
-import signal
 import sys
-import threading
 import warnings
 from argparse import Namespace
 from collections.abc import Callable
@@ -40,6 +38,7 @@ from .image_io import (
 from .keys import SPEC_VERSION, LCryptKey
 from .medical_io import OFFSET_CHUNK, MedicalOptions
 from .png_metadata import SOURCE_KEY, cipher_params, mismatches
+from .signals import describe, exit_status, stop_on_sigterm
 
 # Peak memory of one image, measured by scripts/bench_memory.py (docs/reliability.md): about 6x its decoded size,
 # plus what importing the library takes. `--help` states the same bound.
@@ -87,18 +86,6 @@ def read_failure(job: Job, err: Exception) -> str:
     return text[len(own) :].rstrip(".") if text.startswith(own) else f"cannot be read ({err}); fix or remove it"
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the run is, so that it stops as Ctrl-C does."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated(signum)
-
-
 class CipherRun:
     """One `encrypt`/`decrypt` over files: everything is checked before the first output is written, then each image
     is read, transformed and written atomically; --skip-errors and --resume decide what a bad or done file does."""
@@ -143,21 +130,16 @@ class CipherRun:
             check_memory(largest.height, largest.width, "The largest image is")
         done = [job for job in todo if args.resume and self.is_done(job)]
         todo = [job for job in todo if job not in done]
-        main_thread = threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
-        previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
         try:
-            self.transform_all(todo)
+            with stop_on_sigterm():  # before the workers fork: they stop as on Ctrl-C too
+                self.transform_all(todo)
         except KeyboardInterrupt as err:
-            how = f"stopped by {err}" if isinstance(err, Terminated) else "interrupted"
             print(
-                f"hf-lcrypt {self.action}: {how}; {self.written} of {len(todo)} image(s) written, each "
+                f"hf-lcrypt {self.action}: {describe(err)}; {self.written} of {len(todo)} image(s) written, each "
                 "complete (no partial files). Run the same command with --resume to do the rest.",
                 file=sys.stderr,
             )
-            return 128 + (err.signum if isinstance(err, Terminated) else signal.SIGINT)
-        finally:
-            if main_thread:
-                signal.signal(signal.SIGTERM, previous)
+            return exit_status(err)
         kept = f" ({len(done)} complete output(s) kept)" if done else ""
         print(
             f"{self.action}ed {self.written} image(s) with key {self.key.key_id} into {args.dst}{kept}", file=sys.stderr
