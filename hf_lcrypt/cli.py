@@ -549,6 +549,42 @@ def run_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- verify-page -------------------------------------------------------------------------------------------------------
+def add_verify_page(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "verify-page",
+        help="check that a Space's page pins the published hashes of its scripts, and serves those files",
+        description=wrap(
+            "Fetch the page of an hf-lcrypt app (space/app.py) and compare the Subresource Integrity hashes it "
+            "declares for its modules and stylesheet, and the hashes of the files it serves, with those published "
+            "in this package. A browser refuses a file that differs from the declared hash; this checks that the "
+            "declared hashes are this version's. It cannot show that the server sends every visitor the same page: "
+            "for real data, encrypt on your own machine with hf-lcrypt classify --url."
+        ),
+    )
+    parser.add_argument("url", help="address of the app, e.g. http://127.0.0.1:7860/ or https://user-space.hf.space/")
+    parser.set_defaults(handler=run_verify_page)
+
+
+def run_verify_page(args: argparse.Namespace) -> int:
+    from .page_integrity import check_page
+
+    checks = check_page(args.url)
+    for check in checks:
+        if check.ok:
+            print(f"ok        {check.name}  {check.published}")
+        else:
+            problem = "not pinned" if check.declared is None else "DIFFERS"
+            print(
+                f"{problem:<9} {check.name}  published {check.published}, page {check.declared}, served {check.served}"
+            )
+    bad = sum(not c.ok for c in checks)
+    if bad:
+        raise CLIError(f"{bad} of {len(checks)} files are not the published ones: do not trust this page with a key.")
+    print(f"All {len(checks)} files pinned and served as published (hf-lcrypt {__version__}).")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -568,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_attack(sub)
     add_classify(sub)
+    add_verify_page(sub)
     return parser
 
 

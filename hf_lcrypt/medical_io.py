@@ -106,7 +106,7 @@ def is_dicom(path: Path) -> bool:
         return False
     if head[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
         return True
-    return len(head) >= 132 and head[:2] in _DICOM_GROUPS and head[2:4] < b"\x00\x02"
+    return len(head) >= 132 and head[:2] in _DICOM_GROUPS and int.from_bytes(head[2:4], "little") < 0x200
 
 
 def is_medical(path: Path) -> bool:

@@ -183,6 +183,7 @@ def test_encrypt_decrypt_keep_bits_round_trip_without_patient_data(cli_workdir, 
     write_ct(scans / "ct.dcm", multi := ct_pixels(frames=3))
     write_ct(scans / "IM0001", single := ct_pixels(seed=1))  # no suffix: found by its DICM marker
     write_ct(scans / "nopreamble.dcm", ct_pixels(seed=2), preamble=False)
+    write_ct(scans / "IM0002", ct_pixels(seed=4), preamble=False)  # neither: found by its first element's tag
     (scans / "broken.dcm").write_bytes((scans / "IM0001").read_bytes()[:900])  # header cut short
     (scans / "notes.txt").write_text("not an image")
     texts = []
@@ -194,7 +195,8 @@ def test_encrypt_decrypt_keep_bits_round_trip_without_patient_data(cli_workdir, 
         texts += [o, e]
         assert rc == 1 and "broken.dcm" in e and e.count("broken.dcm") == 1
         names = sorted(p.name for p in out.iterdir())
-        assert names == ["IM0001.png", "ct_frame000.png", "ct_frame001.png", "ct_frame002.png", "nopreamble.png"]
+        expected = ["IM0001.png", "IM0002.png", "ct_frame000.png", "ct_frame001.png", "ct_frame002.png"]
+        assert names == [*expected, "nopreamble.png"]
         rc, o, e = run(capsys, "decrypt", *cipher, out, plain)
         texts += [o, e]
         assert rc == 0
