@@ -72,7 +72,9 @@ def test_a_finished_run_is_refused_unless_resumed_or_overwritten(tmp_path, capsy
     resumed = json.loads((out / "model" / "metrics.json").read_text())["training"]
     assert resumed["resumed_from"] == "checkpoint-1" and resumed["global_step"] == 2
 
+    (out / "model" / "weights_only_attack.json").write_text("{}")  # e.g. left by an earlier run's option
     assert main(flags(out, "--overwrite_output_dir")) == 0  # or start again from scratch, with the same key
+    assert not (out / "model" / "weights_only_attack.json").exists()  # nothing of the old model outlives it
     again = json.loads((out / "model" / "metrics.json").read_text())["training"]
     assert again["resumed_from"] is None and again["global_step"] == 1
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]  # none of the old run's left

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -205,7 +206,11 @@ def prepare(args: RunArguments) -> tuple[str | None, DatasetDict, DataSummary]:
 
 
 def save_model_folder(trainer: Trainer, keyed: PreTrainedModel, mode: str, model_dir: Path) -> None:
-    """The keyed model and its processor in the standard layout (no secret, no pickle)."""
+    """The keyed model and its processor in the standard layout (no secret, no pickle), in a fresh folder: nothing of
+    a model it replaces (`--overwrite_output_dir`, a resumed run), such as an attack report, outlives it."""
+    if trainer.args.process_index == 0 and model_dir.exists():
+        shutil.rmtree(model_dir)
+    trainer.accelerator.wait_for_everyone()
     if mode != "fold":
         checkpoints_keep_parameter_names(trainer.model, False)  # the standard layout, as in fold mode
         trainer.save_model(str(model_dir))  # every process: gathers sharded weights; writes model and processor
