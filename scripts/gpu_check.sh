@@ -7,7 +7,8 @@
 # 2. a CNN teacher (resnet-small, plain images) and then a `small` ViT from scratch on encrypted brain MRI at 224/16,
 #    bf16, distilled from that teacher, through scripts/train.py: test accuracy and training images/s.
 # Without internet: wheels that scripts/gpu_wheels.sh downloaded into .whl/ (GPU_CHECK_WHEELS) are installed into a
-# temporary folder put on PYTHONPATH (GPU_CHECK_WHEELS= , empty, skips that). The versions it runs with go to stderr and into the summary.
+# temporary folder put on PYTHONPATH (GPU_CHECK_WHEELS= , empty, skips that). The versions it runs with go to stderr
+# and into the summary.
 # It prints one JSON summary on stdout (format: docs/training.md); each step's log is in $GPU_CHECK_OUT/logs, and when
 # OUT is set (a folder whose files are fetched back), the summary and the logs are copied there, also after a failure.
 # GPU_CHECK_TINY=1 runs the same steps at tiny sizes on a CPU in about a minute (tests/test_gpu_check.py does).
@@ -152,7 +153,8 @@ import json
 import sys
 from pathlib import Path
 
-out, tiny, quick, seconds, steps = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1", int(sys.argv[4]), sys.argv[5]
+out, tiny, quick = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1"
+seconds, steps = int(sys.argv[4]), sys.argv[5]
 
 
 def run_summary(folder: Path) -> dict:

@@ -4,8 +4,9 @@
 #   bash scripts/gpu_wheels.sh
 # Made for an image with Python 3.12, torch, transformers 5.17, huggingface-hub 1.33, accelerate, pyarrow, pandas,
 # fsspec, aiohttp, xxhash, safetensors, tokenizers, scikit-learn and matplotlib, but no datasets, evaluate or gradio.
-# Settings: GPU_WHEELS_DIR (default .whl), GPU_WHEELS_PYTHON_VERSION (3.12), GPU_WHEELS_MAX_MIB (60: a device call
-# carries 64 MiB in all), PYTHON (the python whose pip downloads; default python3).
+# It also prints what the checkout, the wheels and .gpu-data/ (the images gpu_check.sh falls back to) weigh together,
+# and fails above 64 MiB, a transfer's limit. Settings: GPU_WHEELS_DIR (default .whl), GPU_WHEELS_PYTHON_VERSION
+# (3.12), GPU_WHEELS_MAX_MIB (60, for the wheels alone), PYTHON (the python whose pip downloads; default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -58,5 +59,18 @@ echo "total: $(mib "$total") MiB in $(ls "$DEST"/*.whl | wc -l) wheels for CPyth
 if [ "$total" -gt $(( MAX_MIB * 1048576 )) ]; then
   echo "gpu_wheels: the wheels take $(mib "$total") MiB, over the $MAX_MIB MiB limit (GPU_WHEELS_MAX_MIB):" \
     "a device call carries 64 MiB with the checkout; pin smaller versions or carry fewer." >&2
+  exit 1
+fi
+
+# The whole transfer: the files git would copy, the wheels and the data folder gpu_check.sh falls back to.
+bytes_of() { awk '{ s += $1 } END { print s + 0 }'; }
+tree=$( (git ls-files -z --cached --others --exclude-standard 2>/dev/null | xargs -0 -r stat -c %s -- 2>/dev/null \
+  || true) | bytes_of)
+data=$( (find .gpu-data -type f -printf '%s\n' 2>/dev/null || true) | bytes_of)
+carry=$(( tree + total + data ))
+echo "to carry with the checkout ($(mib "$tree") MiB) and .gpu-data/ ($(mib "$data") MiB): $(mib "$carry") MiB of 64"
+if [ "$carry" -gt $(( 64 * 1048576 )) ]; then
+  echo "gpu_wheels: the checkout, the wheels and .gpu-data/ take $(mib "$carry") MiB, over a 64 MiB transfer;" \
+    "carry fewer images in .gpu-data/." >&2
   exit 1
 fi

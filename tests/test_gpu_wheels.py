@@ -112,6 +112,8 @@ def test_the_wheels_are_pinned_and_their_size_is_checked():
     assert "transformers-5.24.0-py3-none-any.whl" in names and "multiprocess-0.70.19-py312-none-any.whl" in names
     total = float(re.search(r"total: ([\d.]+) MiB in 6 wheels for CPython 3.12", done.stdout).group(1))
     assert 5 < total < 60
+    carry = re.search(r"checkout \(([\d.]+) MiB\) and \.gpu-data/ \(([\d.]+) MiB\): ([\d.]+) MiB of 64", done.stdout)
+    assert carry and float(carry[3]) == pytest.approx(float(carry[1]) + float(carry[2]) + total, abs=0.16)
     too_big = wheels("3.12", GPU_WHEELS_MAX_MIB=str(int(total) - 1))
     assert too_big.returncode == 1 and f"over the {int(total) - 1} MiB limit" in too_big.stderr
 

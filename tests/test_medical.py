@@ -266,13 +266,21 @@ def test_nibabel_volumes_give_one_image_per_slice(cli_workdir, key_file, capsys)
     assert np.array_equal(kept[:, :, 0].astype(int) - offset, np.rot90(volume.dataobj.get_unscaled()[:, :, 7]))
     sagittal = medical_info(data / "anatomical.nii", MedicalOptions(axis="sagittal"))
     assert sagittal.count == values.shape[0]
-    with pytest.raises(MedicalReadError, match="4-D"):
-        medical_info(data / "example4d.nii.gz", MedicalOptions())
-    shutil.copy(data / "anatomical.nii", cli_workdir / "anat.nii")
-    rc, _, _ = run(
-        capsys, "encrypt", "--key-file", key_file, "--block-size", "1", "--window", "full", "anat.nii", "out"
-    )
+    four = nibabel.load(data / "example4d.nii.gz")  # (128, 96, 24, 2): two volumes of 24 axial slices
+    info4 = medical_info(data / "example4d.nii.gz", MedicalOptions())
+    assert (info4.count, info4.volumes) == (48, 2)
+    last, _ = read_medical(data / "example4d.nii.gz", 47, MedicalOptions(window="full"))
+    expected = np.rot90(np.asarray(four.dataobj, dtype=np.float64)[:, :, 23, 1])
+    lo, hi = expected.min(), expected.max()
+    assert np.abs(last[:, :, 0].astype(int) - np.rint((expected - lo) * 255 / (hi - lo))).max() <= 1
+    with pytest.raises(MedicalReadError, match="2-D image"):
+        medical_info(data / "row_major.dconn.nii", MedicalOptions())
+    (cli_workdir / "vols").mkdir()
+    shutil.copy(data / "anatomical.nii", cli_workdir / "vols" / "anat.nii")
+    shutil.copy(data / "example4d.nii.gz", cli_workdir / "vols" / "fmri.nii.gz")
+    rc, _, _ = run(capsys, "encrypt", "--key-file", key_file, "--block-size", "1", "--window", "full", "vols", "out")
     assert rc == 0 and len(list(Path("out").glob("anat_axial0*.png"))) == info.count
+    assert Path("out/fmri_t001_axial023.png").is_file() and len(list(Path("out").glob("fmri_t*.png"))) == 48
 
 
 def test_encrypt_does_not_import_pydicom_for_png_folders(cli_workdir):
