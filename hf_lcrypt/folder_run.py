@@ -50,15 +50,18 @@ def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(height: int, width: int, what: str) -> None:
-    """Refuse an image size whose transform would not fit in this machine's memory, before anything is read."""
-    needed = MEMORY_MULTIPLE * height * width * 3 + MEMORY_BASE
+def check_memory(height: int, width: int, what: str, at_once: int = 1) -> None:
+    """Refuse an image size whose transform would not fit in this machine's memory (`at_once` images at a time, one
+    per worker process), before any pixel is read."""
+    needed = MEMORY_MULTIPLE * height * width * 3 * at_once + MEMORY_BASE
     available = physical_memory()
     if needed > available:
+        images = f"{at_once} such images at once (--num-proc)" if at_once > 1 else "the image"
+        fix = "a smaller --image-size or --num-proc" if at_once > 1 else "a smaller --image-size"
         raise ValueError(
-            f"{what} {height}x{width} needs about {needed / 1e9:.3g} GB of memory ({MEMORY_MULTIPLE}x the "
-            f"{height * width * 3 / 1e9:.3g} GB image, plus {MEMORY_BASE / 1e9:.1f} GB), more than this machine's "
-            f"{available / 1e9:.3g} GB; pick a smaller --image-size."
+            f"{what} {height}x{width} needs about {needed / 1e9:.3g} GB of memory ({MEMORY_MULTIPLE}x "
+            f"{images}, {height * width * 3 / 1e9:.3g} GB each, plus {MEMORY_BASE / 1e9:.1f} GB), more than this "
+            f"machine's {available / 1e9:.3g} GB; pick {fix}."
         )
 
 
@@ -95,12 +98,13 @@ class CipherRun:
         self.action = "decrypt" if args.inverse else "encrypt"
         self.key = LCryptKey.load(args.key_file)
         self.resize = None if args.inverse else args.image_size
-        if args.image_size is not None:
-            check_memory(*args.image_size, "--image-size")
         self.medical = MedicalOptions(
             getattr(args, "window", "file"), getattr(args, "keep_bits", False), getattr(args, "axis", "axial")
         )
         self.jobs = plan_jobs(args.src, args.dst, overwrite=args.force, resume=args.resume, medical=self.medical)
+        self.at_once = min(getattr(args, "num_proc", 1) or 1, len(self.jobs))
+        if args.image_size is not None:
+            check_memory(*args.image_size, "--image-size", self.at_once)
         self.failures: list[tuple[Job, str]] = []
         self.ciphers: dict[tuple[int, int, int], BlockCipher] = {}
         self.infos: dict[Job, ImageInfo] = {}
@@ -127,7 +131,7 @@ class CipherRun:
             )
         if self.infos and self.resize is None:
             largest = max(self.infos.values(), key=lambda info: info.height * info.width)
-            check_memory(largest.height, largest.width, "The largest image is")
+            check_memory(largest.height, largest.width, "The largest image is", self.at_once)
         done = [job for job in todo if args.resume and self.is_done(job)]
         todo = [job for job in todo if job not in done]
         try:
