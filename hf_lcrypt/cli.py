@@ -26,6 +26,7 @@ from pathlib import Path
 from . import DOCS_URL, __version__
 from .attacks import ATTACK_NAMES, CIPHER_ATTACKS
 from .keys import ALL_STEPS, KEY_ENV_VAR, MIN_PASSPHRASE_CHARS
+from .signals import describe, exit_status, stop_on_sigterm
 
 # Measured by scripts/bench_memory.py (docs/reliability.md).
 MEMORY_BOUND = (
@@ -412,6 +413,12 @@ def add_publish(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the weights are a public checkpoint with a key folded in (the key is then recoverable; warns)",
     )
+    parser.add_argument(
+        "--allow-leaky-weights",
+        action="store_true",
+        help="publish even if the weights alone give the key's flips or pixel layout away above chance (measured "
+        "from weights_only_attack.json, or now with the key); the card then says so",
+    )
     parser.add_argument("--license", default="apache-2.0", help="licence for the card (default: apache-2.0)")
     parser.add_argument("--dataset", help="Hub id or name of the training data, for the card")
     parser.add_argument("--base-model", help="Hub id of the plain model the keyed one was made from, for the card")
@@ -437,6 +444,7 @@ def run_publish(args: argparse.Namespace) -> int:
             license=args.license,
             dataset=args.dataset,
             base_model=args.base_model,
+            allow_leaky_weights=args.allow_leaky_weights,
         )
     except (SecretLeakError, RuntimeError) as err:
         raise CLIError(str(err)) from err
@@ -444,6 +452,12 @@ def run_publish(args: argparse.Namespace) -> int:
     if result.skipped:
         print(f"Left out: {', '.join(result.skipped)}")
     print(f"Fresh-process logits match (max difference {result.max_logit_diff:.2g}); no secret in any file.")
+    scores, gate = result.weights_only, result.weights_only["gate"]
+    print(
+        f"Weights alone: {scores['flips_right']:.2f} of the flips (chance {scores['chance_flips_right']:.2f}), pixel "
+        f"neighbours {scores['pixel_neighbours_kept']:.2f} (chance {scores['chance_pixel_neighbours_kept']:.2f}); "
+        + (f"ABOVE CHANCE ({', '.join(gate['leaks'])}), published as allowed" if gate["leaks"] else "at chance")
+    )
     print(f"Dry run: the repository is in {result.folder}" if result.url is None else f"Uploaded to {result.url}")
     return 0
 
@@ -509,6 +523,13 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
         "weights_only_attack.json, which the model card quotes when copied into the model folder",
     )
     parser.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="with --weights-only: the attacker who knows the key-hiding initialisation, with stronger searches "
+        "(every correlation for the flips, scipy's quadratic-assignment solver from many starts for the layouts; "
+        "seconds to minutes more) = --attacks weights-only-adaptive",
+    )
+    parser.add_argument(
         "--max-images", metavar="N", type=positive_int, default=128, help="images sampled (default 128)"
     )
     parser.add_argument("--split", default="test", help="split of --data, carved by content hash (default: test)")
@@ -539,9 +560,10 @@ def run_attack(args: argparse.Namespace) -> int:
     key = LCryptKey.load(args.key_file)
     if args.weights_only and args.attacks not in (None, ("weights-only",)):
         raise CLIError("--weights-only runs one attack; leave out --attacks, or name weights-only there instead.")
-    attacks = (
-        ("weights-only",) if args.weights_only else args.attacks or (ATTACK_NAMES if args.model else CIPHER_ATTACKS)
-    )
+    if args.adaptive and not args.weights_only:
+        raise CLIError("--adaptive strengthens --weights-only; add --weights-only, or name weights-only-adaptive.")
+    weights_only = ("weights-only-adaptive" if args.adaptive else "weights-only",)
+    attacks = weights_only if args.weights_only else args.attacks or (ATTACK_NAMES if args.model else CIPHER_ATTACKS)
     sample, sources = load_sample(
         args.data,
         key,
@@ -631,6 +653,42 @@ def run_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- verify-page -------------------------------------------------------------------------------------------------------
+def add_verify_page(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "verify-page",
+        help="check that a Space's page pins the published hashes of its scripts, and serves those files",
+        description=wrap(
+            "Fetch the page of an hf-lcrypt app (space/app.py) and compare the Subresource Integrity hashes it "
+            "declares for its modules and stylesheet, and the hashes of the files it serves, with those published "
+            "in this package. A browser refuses a file that differs from the declared hash; this checks that the "
+            "declared hashes are this version's. It cannot show that the server sends every visitor the same page: "
+            "for real data, encrypt on your own machine with hf-lcrypt classify --url."
+        ),
+    )
+    parser.add_argument("url", help="address of the app, e.g. http://127.0.0.1:7860/ or https://user-space.hf.space/")
+    parser.set_defaults(handler=run_verify_page)
+
+
+def run_verify_page(args: argparse.Namespace) -> int:
+    from .page_integrity import check_page
+
+    checks = check_page(args.url)
+    for check in checks:
+        if check.ok:
+            print(f"ok        {check.name}  {check.published}")
+        else:
+            problem = "not pinned" if check.declared is None else "DIFFERS"
+            print(
+                f"{problem:<9} {check.name}  published {check.published}, page {check.declared}, served {check.served}"
+            )
+    bad = sum(not c.ok for c in checks)
+    if bad:
+        raise CLIError(f"{bad} of {len(checks)} files are not the published ones: do not trust this page with a key.")
+    print(f"All {len(checks)} files pinned and served as published (hf-lcrypt {__version__}).")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -651,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_attack(sub)
     add_classify(sub)
+    add_verify_page(sub)
     return parser
 
 
@@ -661,13 +720,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "needs_key_file", False) and not args.key_file:
         parser.error(f"{args.command} needs a key: pass --key-file K, or set {KEY_ENV_VAR} to the key file's path")
     try:
-        return args.handler(args)
+        with stop_on_sigterm():
+            return args.handler(args)
     except (CLIError, ValueError, OSError) as err:
         print(f"hf-lcrypt {args.command}: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"hf-lcrypt {args.command}: interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"hf-lcrypt {args.command}: {describe(err)}.", file=sys.stderr)
+        return exit_status(err)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ a named preset or the full range) to 8 bits; MONOCHROME1 is inverted; colour is 
 
 No header value leaves this module: outputs are named after files, and every message is written here from the
 file's name and pixel-module facts (transfer syntax, photometric interpretation), never from patient or study tags.
-pydicom's own warnings are silenced while reading, since they may quote any element's value.
+pydicom's own warnings are silenced while reading, since they may quote any element's value, and its value
+validation is off for hf-lcrypt's reads only (`dicom_reading`).
 """
 
 from __future__ import annotations
@@ -66,12 +67,14 @@ class MedicalOptions:
 
 @dataclass(frozen=True)
 class MedicalInfo:
-    """One file: how many images it gives (frames or slices), their size, and their bits per sample."""
+    """One file: how many images it gives (frames, or slices of each of `volumes` volumes), their size, and their
+    bits per sample."""
 
     count: int
     height: int
     width: int
     bits: int
+    volumes: int = 1
 
 
 def parse_window(text: str) -> str | tuple[float, float]:
@@ -106,7 +109,7 @@ def is_dicom(path: Path) -> bool:
         return False
     if head[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
         return True
-    return len(head) >= 132 and head[:2] in _DICOM_GROUPS and head[2:4] < b"\x00\x02"
+    return len(head) >= 132 and head[:2] in _DICOM_GROUPS and int.from_bytes(head[2:4], "little") < 0x200
 
 
 def is_medical(path: Path) -> bool:
@@ -123,12 +126,21 @@ def stem(path: Path) -> str:
 
 
 def image_names(path: Path, info: MedicalInfo, options: MedicalOptions) -> list[str]:
-    """Output stems: the file's stem, plus `_frame007` (DICOM multi-frame) or `_axial042` (NIfTI slices)."""
+    """Output stems: the file's stem, plus `_frame007` (DICOM multi-frame) or `_axial042` (NIfTI slices;
+    `_t002_axial042` in 4-D volumes)."""
     if info.count == 1 and not is_nifti(path):
         return [stem(path)]
     label = options.axis if is_nifti(path) else "frame"
-    digits = max(3, len(str(info.count - 1)))
-    return [f"{stem(path)}_{label}{i:0{digits}d}" for i in range(info.count)]
+    per_volume = info.count // info.volumes
+    digits, volume_digits = max(3, len(str(per_volume - 1))), max(3, len(str(info.volumes - 1)))
+    names = [f"{stem(path)}_{label}{i:0{digits}d}" for i in range(per_volume)]
+    if info.volumes == 1:
+        return names
+    return [
+        f"{stem(path)}_t{t:0{volume_digits}d}_{name[len(stem(path)) + 1 :]}"
+        for t in range(info.volumes)
+        for name in names
+    ]
 
 
 @contextlib.contextmanager
@@ -151,20 +163,29 @@ def quiet() -> Iterator[None]:
 def _pydicom():
     try:
         import pydicom
-        from pydicom import config
     except ImportError:
         raise MedicalReadError(f"reading DICOM files needs pydicom: {INSTALL}") from None
-    config.settings.reading_validation_mode = config.IGNORE
     return pydicom
+
+
+@contextlib.contextmanager
+def dicom_reading() -> Iterator[None]:
+    """Lenient and quiet while hf-lcrypt reads: values that break the standard (common in exports) read as they are,
+    as viewers do, instead of warning with the value or raising. pydicom's setting is global, so it is restored after:
+    a caller's own pydicom use keeps its validation. Elements are parsed at first access, so every access is inside."""
+    _pydicom()
+    from pydicom.config import disable_value_validation
+
+    with disable_value_validation(), quiet():
+        yield
 
 
 @functools.lru_cache(maxsize=4)
 def _dataset(path: Path, mtime: float):
     pydicom = _pydicom()
-    try:
-        with quiet():
-            ds = pydicom.dcmread(path, force=True)
-            ds.get("Rows"), ds.get("PhotometricInterpretation")  # parse the pixel module now, not at first use
+    try:  # inside `dicom_reading`, as everything that touches a dataset
+        ds = pydicom.dcmread(path, force=True)
+        ds.get("Rows"), ds.get("PhotometricInterpretation")  # parse the pixel module now, not at first use
     except Exception:
         raise MedicalReadError("is not a readable DICOM file (damaged, truncated or not DICOM)") from None
     if not any(name in ds for name in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -174,10 +195,6 @@ def _dataset(path: Path, mtime: float):
             pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR else pydicom.uid.ExplicitVRLittleEndian
         )
     return ds
-
-
-def read_dicom_header(path: Path):
-    return _dataset(path, os.stat(path).st_mtime)
 
 
 def _check_decoder(ds) -> None:
@@ -205,8 +222,9 @@ def _photometric(ds) -> str:
     return value
 
 
+@dicom_reading()
 def dicom_info(path: Path, options: MedicalOptions) -> MedicalInfo:
-    ds = read_dicom_header(path)
+    ds = _dataset(path, os.stat(path).st_mtime)
     _check_decoder(ds)
     colour = _photometric(ds) not in ("MONOCHROME1", "MONOCHROME2")
     if options.keep_bits:
@@ -228,8 +246,7 @@ def _dicom_pixels(path: Path, mtime: float) -> np.ndarray:
     ds = _dataset(path, mtime)
     _check_decoder(ds)
     try:
-        with quiet():
-            array = ds.pixel_array
+        array = ds.pixel_array
     except Exception as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
         raise MedicalReadError(f"has pixel data that cannot be decoded: {' '.join(lines)[:240]}") from None
@@ -237,6 +254,7 @@ def _dicom_pixels(path: Path, mtime: float) -> np.ndarray:
     return array if frames > 1 else array[None]  # (frames, H, W[, 3])
 
 
+@dicom_reading()
 def dicom_frame(path: Path, index: int, options: MedicalOptions) -> tuple[np.ndarray, int]:
     """Frame `index` as (H, W, 3) uint8, or with `options.keep_bits` (H, W, 1) uint16 stored values plus the offset
     added to make them unsigned (returned with them)."""
@@ -251,14 +269,11 @@ def dicom_frame(path: Path, index: int, options: MedicalOptions) -> tuple[np.nda
         offset = 2 ** (int(ds.BitsStored) - 1) if int(ds.PixelRepresentation) == 1 else 0
         return (stored.astype(np.int32) + offset).astype(np.uint16)[:, :, None], offset
     if photometric == "PALETTE COLOR":
-        with quiet():
-            rgb = apply_color_lut(stored, ds)  # some writers declare 16-bit LUTs whose entries fit in 8 bits
+        rgb = apply_color_lut(stored, ds)  # some writers declare 16-bit LUTs whose entries fit in 8 bits
         return _scale(rgb, 0, 65535 if rgb.max(initial=0) > 255 else 255), 0
     if stored.ndim == 3:  # RGB; YBR already converted to RGB by pydicom
         return _scale(stored, 0, 2 ** int(ds.BitsStored) - 1), 0
-    with quiet():
-        values = apply_modality_lut(stored, ds)
-        grey = _window(values, ds, options.window)
+    grey = _window(apply_modality_lut(stored, ds), ds, options.window)
     if photometric == "MONOCHROME1":
         grey = 255 - grey
     return np.repeat(grey[:, :, None], 3, axis=2), 0
@@ -336,8 +351,8 @@ def _volume(path: Path, mtime: float):
         shape = image.shape
     except Exception:
         raise MedicalReadError("is not a readable NIfTI file (damaged, truncated or not NIfTI)") from None
-    if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
-        raise MedicalReadError(f"is a {len(shape)}-D volume; hf-lcrypt slices 3-D volumes (split it first)")
+    if len(shape) not in (3, 4):
+        raise MedicalReadError(f"is a {len(shape)}-D image; hf-lcrypt slices 3-D and 4-D volumes")
     return image
 
 
@@ -365,7 +380,9 @@ def nifti_info(path: Path, options: MedicalOptions) -> MedicalInfo:
     rows, cols = (n for i, n in enumerate(image.shape[:3]) if i != axis)
     if options.keep_bits:
         _check_nifti_keep_bits(image)
-    return MedicalInfo(image.shape[axis], cols, rows, 16 if options.keep_bits else 8)  # slices are shown rotated
+    volumes = image.shape[3] if len(image.shape) == 4 else 1
+    bits = 16 if options.keep_bits else 8
+    return MedicalInfo(image.shape[axis] * volumes, cols, rows, bits, volumes)  # slices are shown rotated
 
 
 def _check_nifti_keep_bits(image) -> None:
@@ -375,10 +392,12 @@ def _check_nifti_keep_bits(image) -> None:
 
 
 def nifti_slice(path: Path, index: int, options: MedicalOptions) -> tuple[np.ndarray, int]:
-    """Slice `index` along `options.axis`, rotated for display, as `dicom_frame` returns it."""
+    """Slice `index` along `options.axis` (of the volumes one after the other in a 4-D file), rotated for display,
+    as `dicom_frame` returns it."""
     image = _volume(path, os.stat(path).st_mtime)
     axis = _slice_axis(image, options.axis)
-    where = tuple(index if i == axis else slice(None) for i in range(3)) + (0,) * (len(image.shape) - 3)
+    volume, index = divmod(index, image.shape[axis])
+    where = tuple(index if i == axis else slice(None) for i in range(3)) + (volume,) * (len(image.shape) - 3)
     if options.keep_bits:
         _check_nifti_keep_bits(image)
         dtype = image.get_data_dtype()

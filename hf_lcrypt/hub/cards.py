@@ -39,10 +39,9 @@ TAGS = ["hf-lcrypt", "privacy", "medical-imaging", "image-encryption", "vision-t
 SPACE_MAX_MEGAPIXELS = 20
 SPACE_MAX_MEGABYTES = 10
 SPACE_EXAMPLES_NOTE = (
-    "The examples in `examples/` are three brain MRI slices from the Brain Tumor MRI Dataset (M. Nickparvar, built "
-    "from the Figshare set of Cheng et al., SARTAJ and Br35H), listed as CC0 (public domain) on its host, "
-    "downscaled to 128x128 greyscale PNG: a glioma (`Tr-glTr_0000.jpg`), a pituitary tumour (`Tr-piTr_0000.jpg`) and "
-    "a scan without tumour (`Tr-noTr_0000.jpg`). They are shown for demonstration only, not for diagnosis."
+    "The examples in `examples/`, if any, are images of the served model's own dataset, chosen when the Space was "
+    "built (`scripts/build_space.py --examples DIR`); without them the page offers none. They are shown for "
+    "demonstration only, not for diagnosis."
 )
 # Standard metrics for the model-index, in the card's order: (metric id, display name).
 _MAIN_METRICS = (
@@ -133,6 +132,11 @@ def _hub_names(value: Any) -> tuple[str | None, str | None]:
     return None, path.name or value
 
 
+def dataset_title(value: Any) -> str | None:
+    """How a run's `dataset` (Hub id, local path or the shipped dataset's name) is named to readers."""
+    return _hub_names(value)[1]
+
+
 def is_folded_from_public(model_dir: str | os.PathLike, flag: bool = False) -> bool:
     """Whether the weights are a public checkpoint with a key folded in (flag, or metrics.json/config.json say so)."""
     model_dir = Path(model_dir)
@@ -196,6 +200,8 @@ def build_model_card(
         for name, value in results.attack
     ]
     height, width = _geometry(config)
+    weights_only = _read_json(model_dir / "weights_only_attack.json") or None
+    gate = (weights_only or {}).get("gate")
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification",
@@ -212,6 +218,7 @@ def build_model_card(
             "block_size": config.get("block_size"),
             "cipher_steps": config.get("cipher_steps"),
             "folded_from_public": bool(folded_from_public),
+            **({"weights_leak_allowed": gate["leaks"]} if gate else {}),
         },
     )
     id2label = config.get("id2label") or {}
@@ -245,7 +252,7 @@ def build_model_card(
         other_measurements=[{"name": _pretty(name), "value": f"{value:.6g}"} for name, value in results.other],
         library_version=_library_version(),
         extra_files=", ".join(f"`{name}`" for name in extra),
-        weights_only=_read_json(model_dir / "weights_only_attack.json") or None,
+        weights_only=weights_only,
     )
 
 

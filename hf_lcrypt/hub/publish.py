@@ -28,7 +28,13 @@ from huggingface_hub import (
 from ..cipher import BlockCipher
 from ..keys import LCryptKey
 from .cards import DEFAULT_LICENSE, _read_json, build_dataset_card, build_model_card, is_folded_from_public
-from .checks import check_card_round_trip, check_no_secrets, check_remote_load
+from .checks import (
+    WEIGHTS_ONLY_FILE,
+    check_card_round_trip,
+    check_no_secrets,
+    check_remote_load,
+    check_weights_keep_the_key,
+)
 
 # `datasets` is imported by the dataset functions only: the CLI builds its parser from this module on every command.
 if TYPE_CHECKING:
@@ -51,6 +57,7 @@ class PublishResult:
     skipped: list[str] = field(default_factory=list)
     max_logit_diff: float | None = None
     url: str | None = None
+    weights_only: dict | None = None  # what the weights alone give away, and the gate's verdict (`gate`)
 
 
 # What a model repository may hold. Everything else in a training folder (checkpoints, optimiser states, pickled
@@ -157,13 +164,17 @@ def publish_model(
     license: str = DEFAULT_LICENSE,
     dataset: str | None = None,
     base_model: str | None = None,
+    allow_leaky_weights: bool = False,
 ) -> PublishResult:
     """Build, check and (unless `dry_run_dir` is given) upload a keyed model repository.
 
-    The key is used only for the checks (the logits comparison and the secret scan) and must be the one the model is
-    folded with. `key=None` is for a trainer who never held it (a model trained on an encrypted dataset): the logits
-    are compared on ciphertexts, and no secret can have reached the folder. With `dry_run_dir`, the repository folder
-    is written there and nothing is uploaded.
+    The key is used only for the checks (what the weights alone give away of it, the logits comparison and the
+    secret scan) and must be the one the model is folded with. Weights that give the key's flips or pixel layout
+    away are refused unless `allow_leaky_weights`, which the card then records (`check_weights_keep_the_key`).
+    `key=None` is for a trainer who never held it (a model trained on an encrypted dataset): the weights check then
+    reads the key holder's `weights_only_attack.json` in the folder, the logits are compared on ciphertexts, and no
+    secret can have reached the folder. With `dry_run_dir`, the repository folder is written there and nothing is
+    uploaded.
     """
     model_dir = Path(model_dir)
     key = None if key is None else LCryptKey.coerce(key)
@@ -175,6 +186,8 @@ def publish_model(
     with _staging(dry_run_dir) as folder:
         folder.mkdir(parents=True, exist_ok=True)
         files, skipped = stage_model_folder(model_dir, folder)
+        weights_only = check_weights_keep_the_key(folder, key, allow_leak=allow_leaky_weights)
+        files = sorted({*files, WEIGHTS_ONLY_FILE})
         card = build_model_card(
             folder, repo_id, license=license, dataset=dataset, base_model=base_model, folded_from_public=folded
         )
@@ -190,6 +203,7 @@ def publish_model(
             files=sorted(files),
             skipped=skipped,
             max_logit_diff=diff,
+            weights_only=weights_only,
         )
         if folded:
             warnings.warn(

@@ -26,6 +26,10 @@ from ..cipher import ALL_STEPS
 from ..distillation import DISTILLATION_TYPES
 from ..presets import MODEL_PRESETS, PATCH_EMBEDDINGS
 
+# The key-hiding initialisation of the key-bearing embeddings: measured in docs/security.md (M3, M5 and the
+# default rows), where it takes the flips and the pixel layout the weights give away down to chance.
+SAFE_EMBEDDING_INIT_SCALE = 10.0
+
 Mode = Literal["encrypted", "fold", "plain"]
 MODES: tuple[str, ...] = Mode.__args__
 
@@ -88,11 +92,13 @@ class ModelArguments:
             "help": "weight decay of the patch-embedding weights and the position embeddings (default: weight_decay)"
         },
     )
-    embedding_init_scale: float = field(
-        default=1.0,
+    embedding_init_scale: float | None = field(
+        default=None,
         metadata={
-            "help": "multiply the preset's initial patch-embedding weights and position embeddings by this; the "
-            "secret initialisation then weighs more in the trained weights (docs/security.md)"
+            "help": f"multiply the preset's initial patch-embedding weights and position embeddings by this, so that "
+            f"the secret initialisation hides the key in the trained weights (default {SAFE_EMBEDDING_INIT_SCALE:g} "
+            "for ViT presets; 1 gives the plain preset's initialisation, which lets the weights give the key's "
+            "flips away, docs/security.md); not with --from_plain"
         },
     )
 
@@ -103,20 +109,22 @@ class ModelArguments:
         vit = self.from_plain is not None or MODEL_PRESETS[self.model].foldable
         if not 0.0 <= self.patch_dropout < 1.0:
             raise ValueError(f"--patch_dropout is a share of values to drop, in [0, 1), got {self.patch_dropout}.")
-        if self.embedding_init_scale <= 0:
+        if self.embedding_init_scale is not None and self.embedding_init_scale <= 0:
             raise ValueError(f"--embedding_init_scale must be positive, got {self.embedding_init_scale}.")
         if self.embedding_weight_decay is not None and self.embedding_weight_decay < 0:
             raise ValueError(f"--embedding_weight_decay must be >= 0, got {self.embedding_weight_decay}.")
         embedding_flags = {
             "--patch_dropout": self.patch_dropout != 0.0,
             "--embedding_weight_decay": self.embedding_weight_decay is not None,
-            "--embedding_init_scale": self.embedding_init_scale != 1.0,
+            "--embedding_init_scale": self.embedding_init_scale not in (None, 1.0),
         }
         if not vit and any(embedding_flags.values()):
             used = [flag for flag, given in embedding_flags.items() if given]
             raise ValueError(f"{', '.join(used)} act on a ViT's embeddings; {self.model!r} has none. Leave them out.")
         if self.from_plain is not None and embedding_flags["--embedding_init_scale"]:
             raise ValueError("--embedding_init_scale scales a preset's fresh initialisation, not --from_plain weights.")
+        if self.embedding_init_scale is None:  # safe by default where there is a fresh initialisation to scale
+            self.embedding_init_scale = SAFE_EMBEDDING_INIT_SCALE if vit and self.from_plain is None else 1.0
         if self.patch_embedding != "linear" and (self.from_plain is not None or not vit):
             raise ValueError(
                 f"--patch_embedding {self.patch_embedding} applies to the ViT presets trained from scratch, not to "
@@ -186,6 +194,9 @@ class DataArguments:
                 raise ValueError(f"--{name} must be 0 (off) or positive, got {getattr(self, name)}.")
         if self.block_erasing > 1 or self.contrast >= 1:
             raise ValueError("--block_erasing is a probability (at most 1) and --contrast must stay below 1.")
+        for flag, value in (("image_size", self.image_size), ("max_per_class", self.max_per_class)):
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag} must be a positive integer, got {value}.")
         if self.tta and not self.augment:
             raise ValueError("--tta averages over the flips (and rotations) of --augment; it needs --augment.")
 
@@ -217,6 +228,8 @@ class CipherArguments:
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"--block_size must be a positive integer, got {self.block_size}.")
         if self.mode == "plain":
             self.cipher_steps = []
         unknown = sorted(set(self.cipher_steps) - set(ALL_STEPS))
@@ -256,6 +269,13 @@ class AttackArguments:
             "help": "also guess the key from the final model's weights alone and score the guess (docs/security.md): "
             "weights_only_attack.json in the model folder, which its card quotes (seconds at 48 values a block, "
             "minutes at 768)"
+        },
+    )
+    allow_leaky_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "with --push_to_hub: publish even if the final weights alone give the key's flips or pixel layout "
+            "away above chance (hf-lcrypt publish's check, docs/security.md); the model card then says so"
         },
     )
 
@@ -300,6 +320,14 @@ class LCryptTrainingArguments(TrainingArguments):
     ema_decay: float | None = field(
         default=None,
         metadata={"help": "keep an exponential moving average of the weights (e.g. 0.999), the final model"},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "train again from scratch in an --output_dir that holds a run (its checkpoints are removed, its "
+            "model folder replaced at the end); without it such a folder is refused unless --resume_from_checkpoint "
+            "continues it (transformers 4's flag, which transformers 5 dropped)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -384,7 +412,15 @@ def read_config_file(path: str | os.PathLike, parser: HfArgumentParser) -> dict[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No config file {path}.")
-    loaded = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    try:
+        loaded = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ValueError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {problem}{where}."
+        ) from None
     if not isinstance(loaded or {}, dict):
         raise ValueError(f"{path} must hold a mapping of settings, got {type(loaded).__name__}.")
     values = {str(name).replace("-", "_"): value for name, value in (loaded or {}).items()}
