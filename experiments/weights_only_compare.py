@@ -3,7 +3,7 @@ and the block layout read through the first layer's attention instead of the pos
 the query-key logits between the position rows (all heads together, then each head), placed by both searches.
 Prints JSON (docs/security.md, D rows).
 
-    python experiments/weights_only_compare.py outputs/mri64-new-10ep/checkpoint-572 outputs/mri64-new.key
+    python experiments/weights_only_compare.py outputs/mri64-new-10ep/model outputs/mri64-new.key
 """
 
 import json

@@ -20,11 +20,12 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: a command line needs no notebook widget, nor asyncio's import
 
 from . import DOCS_URL
 from .cipher import BlockCipher
 from .image_io import (
+    CIPHERTEXT_COMPRESS_LEVEL,
     LOSSY_SUFFIXES,
     READ_ERRORS,
     ImageInfo,
@@ -314,7 +315,7 @@ class CipherRun:
             params = cipher_params(cipher.describe(), bits=pixels.dtype.itemsize * 8)
             if offset:
                 params["offset"] = offset
-            write_png(cipher.encrypt(pixels), job.target, overwrite, params, text)
+            write_png(cipher.encrypt(pixels), job.target, overwrite, params, text, CIPHERTEXT_COMPRESS_LEVEL)
         return None
 
 
