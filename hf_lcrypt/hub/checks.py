@@ -88,12 +88,12 @@ _REMOTE_CHECK = textwrap.dedent(
     from PIL import Image
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    folder, images_path = sys.argv[1], sys.argv[2]
+    folder, images_path, encrypt = sys.argv[1], sys.argv[2], sys.argv[3] == "encrypt"
     images = [Image.fromarray(a) for a in np.load(images_path)]
     processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)  # key: the environment's key file
     model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
     with torch.no_grad():
-        logits = model(**processor(images, return_tensors="pt")).logits
+        logits = model(**processor(images, return_tensors="pt", do_encrypt=encrypt)).logits
     print(json.dumps({"model_class": type(model).__name__, "processor_class": type(processor).__name__,
                       "module": type(model).__module__, "logits": logits.tolist()}))
     """
@@ -101,12 +101,14 @@ _REMOTE_CHECK = textwrap.dedent(
 
 
 def check_remote_load(
-    folder: str | os.PathLike, key: LCryptKey, num_images: int = 3, seed: int = 0, atol: float = 1e-4
+    folder: str | os.PathLike, key: LCryptKey | None, num_images: int = 3, seed: int = 0, atol: float = 1e-4
 ) -> float:
     """Load `folder` in a fresh process where hf_lcrypt cannot be imported and compare its logits on a few seeded
     random images with this process's; returns the largest difference.
 
     The key reaches the child through a 0600 key file named by HF_LCRYPT_KEY_FILE, never through its command line.
+    Without a key (a model trained on ciphertexts by someone who never held it) the random images stand for
+    ciphertexts, and both processes feed them with `do_encrypt=False`.
     """
     folder = Path(folder).resolve()
     model = LCryptViTForImageClassification.from_pretrained(folder).eval()
@@ -114,16 +116,17 @@ def check_remote_load(
     height, width = size_pair(model.config.image_size)
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (num_images, height + 5, width + 7, 3), dtype=np.uint8)  # exercises the resize
+    pil_images = [Image.fromarray(a) for a in images]
     with torch.no_grad():
-        local = model(**processor([Image.fromarray(a) for a in images], return_tensors="pt")).logits
+        local = model(**processor(pil_images, return_tensors="pt", do_encrypt=key is not None)).logits
     with tempfile.TemporaryDirectory(prefix="hf-lcrypt-check-") as tmp:
         tmp_path = Path(tmp)
         np.save(tmp_path / "images.npy", images)
-        key_file = key.save(tmp_path / "check.key")
         env = {name: value for name, value in os.environ.items() if not name.startswith("HF_LCRYPT_")}
+        if key is not None:
+            env[KEY_ENV_VAR] = str(key.save(tmp_path / "check.key"))
         env.update(
             {
-                KEY_ENV_VAR: str(key_file),
                 "HF_HOME": str(tmp_path / "hf-home"),
                 "HF_HUB_OFFLINE": "1",
                 "PYTHONPATH": "",
@@ -131,7 +134,14 @@ def check_remote_load(
             }
         )
         run = subprocess.run(
-            [sys.executable, "-c", _REMOTE_CHECK, str(folder), str(tmp_path / "images.npy")],
+            [
+                sys.executable,
+                "-c",
+                _REMOTE_CHECK,
+                str(folder),
+                str(tmp_path / "images.npy"),
+                "encrypt" if key else "as-is",
+            ],
             capture_output=True,
             text=True,
             env=env,
