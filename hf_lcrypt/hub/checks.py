@@ -155,3 +155,84 @@ def check_remote_load(
             f"The model loaded from {folder} by transformers alone gives different logits (max difference {diff:.3g})."
         )
     return diff
+
+
+_STANDARD_CHECK = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["hf_lcrypt"] = None  # a server without hf-lcrypt
+    import numpy as np, torch, transformers
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    folder, data = sys.argv[1], np.load(sys.argv[2])
+    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=False).eval()
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)
+    ciphertexts = [Image.fromarray(a) for a in data["ciphertexts"]]
+    with torch.no_grad():
+        same_inputs = model(pixel_values=torch.from_numpy(data["pixel_values"])).logits
+        processed = model(**processor(ciphertexts, return_tensors="pt")).logits
+    print(json.dumps({"model_class": type(model).__name__, "module": type(model).__module__,
+                      "transformers": transformers.__version__, "same_inputs": same_inputs.tolist(),
+                      "processed": processed.tolist()}))
+    """
+)
+
+
+def check_standard_load(
+    folder: str | os.PathLike,
+    model: LCryptViTForImageClassification,
+    key: LCryptKey,
+    python: str | os.PathLike | None = None,
+    num_images: int = 3,
+    seed: int = 0,
+    atol: float = 1e-4,
+) -> dict[str, float | str]:
+    """Load the standard (`vit`) export in `folder` in a fresh process (`python`, default this one) without
+    hf-lcrypt and without remote code, and compare with the keyed `model` on ciphertexts of seeded random images.
+
+    The export must give exactly the keyed model's logits on the same pixel values, and logits within `atol` when its
+    own `ViTImageProcessor` prepares the ciphertexts. Returns both differences and the child's transformers version.
+    The key encrypts the images here; the child never gets it.
+    """
+    folder = Path(folder).resolve()
+    if any(folder.glob("*.py")):
+        raise RuntimeError(f"{folder} holds Python files; a standard export must load without remote code.")
+    model = model.eval()
+    processor = LCryptImageProcessor.for_model(model, key=key)
+    height, width = size_pair(model.config.image_size)
+    rng = np.random.default_rng(seed)
+    plain = [Image.fromarray(a) for a in rng.integers(0, 256, (num_images, height, width, 3), dtype=np.uint8)]
+    ciphertexts = np.stack([np.asarray(image) for image in processor.encrypt_images(plain)])
+    server = LCryptImageProcessor.for_model(model)  # what a remote-code server does with ciphertexts
+    pixel_values = server(list(ciphertexts), do_encrypt=False, do_resize=False, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        local = model(pixel_values=pixel_values).logits
+    with tempfile.TemporaryDirectory(prefix="hf-lcrypt-check-") as tmp:
+        tmp_path = Path(tmp)
+        np.savez(tmp_path / "inputs.npz", ciphertexts=ciphertexts, pixel_values=pixel_values.numpy())
+        env = {name: value for name, value in os.environ.items() if not name.startswith("HF_LCRYPT_")}
+        env.update({"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
+        # The same thread count as here, so that the matrix products sum in the same order.
+        env.update({"TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": str(torch.get_num_threads())})
+        run = subprocess.run(
+            [str(python or sys.executable), "-c", _STANDARD_CHECK, str(folder), str(tmp_path / "inputs.npz")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+        )
+    if run.returncode != 0:
+        raise RuntimeError(f"The export in {folder} does not load without remote code:\n{run.stderr[-3000:]}")
+    child = json.loads(run.stdout.strip().splitlines()[-1])
+    if child["model_class"] != "ViTForImageClassification" or not child["module"].startswith("transformers."):
+        raise RuntimeError(f"The fresh process loaded {child['module']}.{child['model_class']}, not transformers' ViT.")
+    exact = float((torch.tensor(child["same_inputs"]) - local).abs().max())
+    processed = float((torch.tensor(child["processed"]) - local).abs().max())
+    if exact != 0.0 or processed > atol:
+        raise RuntimeError(
+            f"The export in {folder} gives other logits than the keyed model (max difference {exact:.3g} on the same "
+            f"inputs, {processed:.3g} through its own processor)."
+        )
+    return {"max_logit_diff": exact, "max_logit_diff_processor": processed, "transformers": child["transformers"]}
