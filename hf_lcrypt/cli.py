@@ -149,7 +149,11 @@ def read_passphrase() -> str:
 def cipher_options() -> argparse.ArgumentParser:
     """Options shared by encrypt and decrypt (an argparse parent parser)."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("src", metavar="SRC", help="an image, or a folder searched recursively for PNG/JPEG images")
+    parser.add_argument(
+        "src",
+        metavar="SRC",
+        help="an image, or a folder searched recursively for PNG/JPEG images (encrypt: also DICOM and NIfTI)",
+    )
     parser.add_argument("dst", metavar="DST", help="output .png file, or folder (the layout under SRC is kept)")
     add_key_file_argument(parser, "secret key file from `hf-lcrypt keygen`")
     parser.add_argument(
@@ -191,18 +195,57 @@ def cipher_options() -> argparse.ArgumentParser:
     return parser
 
 
+def medical_options() -> argparse.ArgumentParser:
+    """How encrypt reads DICOM files and NIfTI volumes (the `[medical]` extra); an argparse parent parser."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("DICOM and NIfTI (pip install 'hf-lcrypt[medical]')")
+    group.add_argument(
+        "--window",
+        metavar="W",
+        type=window,
+        default="file",
+        help="intensity window to 8 bits, after the modality LUT (e.g. CT to Hounsfield units): file (the file's "
+        "first VOI window or LUT, else its full range; file:2 for its second), full (each image's range), "
+        "CENTRE,WIDTH (e.g. 40,80), or a preset: brain, subdural, stroke, soft-tissue, mediastinum, liver, lung, "
+        "bone. MONOCHROME1 is inverted; colour is read as RGB (default: file)",
+    )
+    group.add_argument(
+        "--keep-bits",
+        action="store_true",
+        help="keep the exact stored values as 16-bit greyscale instead of windowing (signed images are offset to "
+        "unsigned, and the ciphertext records the offset); greyscale with at most 16 bits stored only",
+    )
+    group.add_argument(
+        "--axis",
+        choices=("axial", "coronal", "sagittal"),
+        default="axial",
+        help="NIfTI volumes give one image per slice along this axis (default: axial)",
+    )
+    return parser
+
+
+def window(text: str) -> str | tuple[float, float]:
+    from .medical_io import parse_window
+
+    try:
+        return parse_window(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_encrypt_decrypt(sub: argparse._SubParsersAction) -> None:
-    common = cipher_options()
+    common, medical = cipher_options(), medical_options()
     for name, inverse, summary in (
         ("encrypt", False, "Encrypt images block by block with a secret key"),
         ("decrypt", True, "Decrypt images encrypted by `hf-lcrypt encrypt` with the same key and options"),
     ):
         parser = sub.add_parser(
             name,
-            parents=[common],
+            parents=[common] if inverse else [common, medical],
             help=summary.lower(),
             description=wrap(
-                f"{summary}. 8-bit images are read as RGB, 16-bit greyscale PNGs keep their 16 bits; outputs are "
+                f"{summary}. 8-bit images are read as RGB, 16-bit greyscale PNGs keep their 16 bits; DICOM files "
+                "(found by content) give one image per frame and NIfTI volumes one per slice; outputs are "
                 f"lossless PNGs (JPEG would destroy the ciphertext: {DOCS_URL}/lossless.md), each written completely "
                 "or not at all, and every input is checked before the first is written. Each ciphertext carries its "
                 "public parameters (key_id, geometry, steps; never the key), so decrypting with another key, block "
@@ -483,12 +526,15 @@ def add_classify(sub: argparse._SubParsersAction) -> None:
             """
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[medical_options()],
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="address of a running hf-lcrypt app (or a Space id): gets ciphertext only")
     where.add_argument("--model", metavar="DIR", help="a keyed model folder to run on this machine instead")
     add_key_file_argument(parser, "key file the model is folded with; never sent anywhere")
-    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, or folders of images")
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGES", help="image files (also DICOM and NIfTI), or folders of images"
+    )
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
     parser.add_argument("--top", type=positive_int, default=1, help="classes per image in the table (default: 1)")
     parser.set_defaults(handler=run_classify)
@@ -499,9 +545,10 @@ def run_classify(args: argparse.Namespace) -> int:
 
     from .client import LocalClassifier, RemoteClassifier, expand_images, format_table
     from .keys import LCryptKey
+    from .medical_io import MedicalOptions
 
     key = LCryptKey.load(args.key_file)
-    images = expand_images(args.images)
+    images = expand_images(args.images, MedicalOptions(args.window, args.keep_bits, args.axis))
     classifier = RemoteClassifier(args.url, key) if args.url else LocalClassifier(args.model, key)
     predictions = classifier.classify(images, progress=True)
     if args.json:

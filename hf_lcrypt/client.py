@@ -19,8 +19,9 @@ from PIL import Image
 
 from .image_processing_lcrypt import LCryptImageProcessor
 from .keys import LCryptKey
+from .medical_io import MedicalImage, MedicalOptions, is_medical, medical_images
 
-ImageInput = str | os.PathLike | Image.Image
+ImageInput = str | os.PathLike | Image.Image | MedicalImage
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Prediction:
 def _open(image: ImageInput) -> tuple[str, Image.Image]:
     if isinstance(image, Image.Image):
         return "<image>", image
+    if isinstance(image, MedicalImage):
+        return image.name, image.to_pil()
     path = Path(image)
     if not path.is_file():
         raise FileNotFoundError(f"No image at {path}.")
@@ -136,18 +139,32 @@ class LocalClassifier:
         return predictions
 
 
-def expand_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given, folders as the image files directly inside them (sorted)."""
+def expand_images(
+    paths: Sequence[str | os.PathLike], medical: MedicalOptions | None = None
+) -> list[Path | MedicalImage]:
+    """Files as given, folders as the image files directly inside them (sorted); a DICOM file (found by content) or
+    NIfTI volume becomes one image per frame or slice, read with `medical`."""
     suffixes = {suffix for suffix, _ in Image.registered_extensions().items()}
-    found: list[Path] = []
+    files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes))
+            files.extend(
+                sorted(p for p in path.iterdir() if p.is_file() and (p.suffix.lower() in suffixes or is_medical(p)))
+            )
         elif path.is_file():
-            found.append(path)
+            files.append(path)
         else:
             raise FileNotFoundError(f"No image or folder at {path}.")
+    found: list[Path | MedicalImage] = []
+    for path in files:
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg") or not is_medical(path):
+            found.append(path)
+        else:
+            try:
+                found.extend(medical_images(path, medical))
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
     if not found:
         raise ValueError(f"No images found in {', '.join(map(str, paths))}.")
     return found

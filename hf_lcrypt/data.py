@@ -34,6 +34,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from datasets.table import embed_table_storage
 from PIL import Image as PILImage
 
+from . import medical_io
 from .cipher import BlockCipher, size_pair
 from .image_processing_lcrypt import LCryptImageProcessor
 
@@ -185,6 +186,8 @@ def _load_source(
         return _load_npz(path, class_names or MEDMNIST_CLASS_NAMES.get(path.stem.lower()))
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         loaded = datasets.load_from_disk(str(path))
+    elif path.is_dir() and medical_io.holds_medical(path):  # DICOM/NIfTI, which imagefolder does not read
+        loaded = medical_io.image_folder(path)
     elif path.is_dir() and not any(path.rglob("*.parquet")):
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache)
     elif not path.exists() and (path.is_absolute() or name.startswith(".")):

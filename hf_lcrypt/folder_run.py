@@ -16,8 +16,19 @@ from tqdm.auto import tqdm
 
 from . import DOCS_URL
 from .cipher import BlockCipher
-from .image_io import LOSSY_SUFFIXES, READ_ERRORS, ImageInfo, Job, inspect_image, plan_jobs, read_pixels, write_png
+from .image_io import (
+    LOSSY_SUFFIXES,
+    READ_ERRORS,
+    ImageInfo,
+    Job,
+    inspect_image,
+    inspect_source,
+    plan_jobs,
+    read_source,
+    write_png,
+)
 from .keys import LCryptKey
+from .medical_io import OFFSET_CHUNK, MedicalOptions
 from .png_metadata import cipher_params, mismatches
 
 
@@ -30,7 +41,10 @@ class CipherRun:
         self.action = "decrypt" if args.inverse else "encrypt"
         self.key = LCryptKey.load(args.key_file)
         self.resize = None if args.inverse else args.image_size
-        self.jobs = plan_jobs(args.src, args.dst, overwrite=args.force, resume=args.resume)
+        self.medical = MedicalOptions(
+            getattr(args, "window", "file"), getattr(args, "keep_bits", False), getattr(args, "axis", "axial")
+        )
+        self.jobs = plan_jobs(args.src, args.dst, overwrite=args.force, resume=args.resume, medical=self.medical)
         self.failures: list[tuple[Job, str]] = []
         self.ciphers: dict[tuple[int, int, int], BlockCipher] = {}
         self.infos: dict[Job, ImageInfo] = {}
@@ -85,14 +99,15 @@ class CipherRun:
                 f"; the {self.written} output(s) written are complete: rerun with --resume" if self.written else ""
             )
             raise ValueError(f"{job.source}: {message}{written}. Pass --skip-errors to go on past such files.")
-        self.failures.append((job, message))
+        if all(job.source != failed.source for failed, _ in self.failures):  # one line per file, not per frame
+            self.failures.append((job, message))
         return False
 
     def check(self, job: Job) -> bool:
         """Whether `job` can run: readable, of a size the block size divides, and (decrypt) made with these options."""
         args, size = self.args, self.args.image_size
         try:
-            info = inspect_image(job.source)
+            info = inspect_source(job, self.medical)
         except READ_ERRORS as err:
             return self.fail(job, f"cannot be read ({err}); fix or remove it")
         self.infos[job] = info
@@ -153,14 +168,20 @@ class CipherRun:
 
     def transform(self, job: Job) -> bool:
         try:
-            pixels = read_pixels(job.source, self.resize, keep_16_bit=not self.args.to_8bit)
+            pixels, offset = read_source(job, self.medical, self.resize, keep_16_bit=not self.args.to_8bit)
         except READ_ERRORS as err:
             return self.fail(job, f"cannot be read ({err}); fix or remove it")
         cipher = self.cipher(pixels.shape[:2], pixels.shape[2])
         overwrite = self.args.force or self.args.resume
         if self.args.inverse:
-            write_png(cipher.decrypt(pixels), job.target, overwrite)
+            # --keep-bits ciphertexts of signed images say what was added to their stored values; the plain PNG
+            # says it again, so that medical_io.stored_values gives them back exactly.
+            offset = (self.infos[job].params or {}).get("offset")
+            text = {OFFSET_CHUNK: str(int(offset))} if offset else None
+            write_png(cipher.decrypt(pixels), job.target, overwrite, text=text)
         else:
             params = cipher_params(cipher.describe(), bits=pixels.dtype.itemsize * 8)
+            if offset:
+                params["offset"] = offset
             write_png(cipher.encrypt(pixels), job.target, overwrite, params)
         return True

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from . import png_metadata
+from .medical_io import MedicalOptions, MedicalReadError, image_names, is_medical, medical_info, read_medical
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg"})
@@ -27,12 +28,33 @@ RESAMPLE = Image.Resampling.BILINEAR
 
 @dataclass(frozen=True)
 class Job:
+    """One output image: `index` is the frame (DICOM) or slice (NIfTI) of a medical file, None for PNG/JPEG."""
+
     source: Path
     target: Path
+    index: int | None = None
+
+
+def is_image_file(path: Path) -> bool:
+    """PNG/JPEG by suffix; DICOM by content (with or without .dcm) and NIfTI (.nii, .nii.gz)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_medical(path)
+
+
+def medical_jobs(source: Path, folder: Path, medical: MedicalOptions) -> list[Job]:
+    """One job per frame or slice, named after the file; an unreadable file gets one job whose check reports it."""
+    try:
+        names = image_names(source, medical_info(source, medical), medical)
+    except MedicalReadError:
+        return [Job(source, folder / f"{source.name}.png", 0)]
+    return [Job(source, folder / f"{name}.png", index) for index, name in enumerate(names)]
 
 
 def plan_jobs(
-    src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False, resume: bool = False
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    overwrite: bool = False,
+    resume: bool = False,
+    medical: MedicalOptions | None = None,
 ) -> list[Job]:
     """Pair every image under `src` (a file, or a folder searched recursively) with a PNG path under `dst`.
 
@@ -41,9 +63,16 @@ def plan_jobs(
     which leaves it to the caller to verify and skip them).
     """
     src, dst = Path(src), Path(dst)
-    if src.is_file():
+    medical = medical or MedicalOptions()
+    if src.is_file() and src.suffix.lower() not in IMAGE_SUFFIXES and is_medical(src):
+        jobs = medical_jobs(src, dst if dst.is_dir() or dst.suffix.lower() != ".png" else dst.parent, medical)
+        if dst.suffix.lower() == ".png" and not dst.is_dir():
+            if len(jobs) > 1:
+                raise ValueError(f"{src} holds {len(jobs)} images (frames or slices): give an output folder.")
+            jobs = [Job(src, dst, 0)]
+    elif src.is_file():
         if src.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(f"{src} is not a PNG or JPEG file.")
+            raise ValueError(f"{src} is not a PNG, JPEG, DICOM or NIfTI file.")
         target = dst / f"{src.stem}.png" if dst.is_dir() else dst
         if target.suffix.lower() != ".png":
             raise ValueError(f"The output {target} must be a .png file: ciphertexts must be stored losslessly.")
@@ -53,10 +82,15 @@ def plan_jobs(
             raise ValueError(f"The output folder {dst} must not be inside the input folder {src}.")
         if dst.is_file():
             raise ValueError(f"The input {src} is a folder, so the output {dst} must be a folder too, not a file.")
-        sources = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        sources = sorted(p for p in src.rglob("*") if p.is_file() and is_image_file(p))
         if not sources:
-            raise ValueError(f"No PNG or JPEG images under {src}.")
-        jobs = [Job(p, dst / p.relative_to(src).with_suffix(".png")) for p in sources]
+            raise ValueError(f"No PNG, JPEG, DICOM or NIfTI images under {src}.")
+        jobs = []
+        for p in sources:
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                jobs.append(Job(p, dst / p.relative_to(src).with_suffix(".png")))
+            else:
+                jobs.extend(medical_jobs(p, dst / p.parent.relative_to(src), medical))
     else:
         raise FileNotFoundError(f"{src} does not exist.")
 
@@ -109,6 +143,35 @@ def inspect_image(path: Path, check_data: bool = True) -> ImageInfo:
     return info
 
 
+def inspect_source(job: Job, medical: MedicalOptions) -> ImageInfo:
+    """`inspect_image` for PNG/JPEG; for a DICOM frame or NIfTI slice, its size and bits (never its header)."""
+    if job.index is None:
+        return inspect_image(job.source)
+    info = medical_info(job.source, medical)
+    return ImageInfo(info.height, info.width, info.bits, None)
+
+
+def read_source(
+    job: Job, medical: MedicalOptions, size: tuple[int, int] | None = None, keep_16_bit: bool = True
+) -> tuple[np.ndarray, int]:
+    """`read_pixels` for PNG/JPEG; a DICOM frame or NIfTI slice through `medical`. Also returns the offset added
+    to signed stored values (`--keep-bits`), 0 otherwise."""
+    if job.index is None:
+        return read_pixels(job.source, size, keep_16_bit), 0
+    pixels, offset = read_medical(job.source, job.index, medical)
+    return resize_pixels(pixels, size), offset
+
+
+def resize_pixels(pixels: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """An (H, W, 3) uint8 or (H, W, 1) uint16 array resized bilinearly to `size` = (H, W), as `read_pixels` does."""
+    if size is None or pixels.shape[:2] == size:
+        return pixels
+    if pixels.dtype == np.uint16:
+        resized = Image.fromarray(pixels[:, :, 0].astype(np.float32), "F").resize((size[1], size[0]), RESAMPLE)
+        return np.clip(np.rint(np.asarray(resized)), 0, 65535).astype(np.uint16)[:, :, None]
+    return np.asarray(Image.fromarray(pixels).resize((size[1], size[0]), RESAMPLE))
+
+
 def to_8bit(pixels: np.ndarray) -> np.ndarray:
     """16-bit samples to uint8 by linear min-max windowing over the image: its darkest value becomes 0, its brightest
     255 (a constant image becomes 0). The windowing `hf-lcrypt encrypt --to-8bit` applies."""
@@ -123,10 +186,7 @@ def read_pixels(path: Path, size: tuple[int, int] | None = None, keep_16_bit: bo
     PNGs, or their `to_8bit` windowing as RGB unless `keep_16_bit`. Resized bilinearly to `size` = (H, W) if given."""
     with Image.open(path) as image:
         if _is_16_bit(image):
-            grey = np.asarray(image, dtype=np.uint16)
-            if size is not None and grey.shape != size:
-                resized = Image.fromarray(grey.astype(np.float32), "F").resize((size[1], size[0]), RESAMPLE)
-                grey = np.clip(np.rint(np.asarray(resized)), 0, 65535).astype(np.uint16)
+            grey = resize_pixels(np.asarray(image, dtype=np.uint16)[:, :, None], size)[:, :, 0]
             if keep_16_bit:
                 return grey[:, :, None]
             return np.repeat(to_8bit(grey)[:, :, None], 3, axis=2)
@@ -136,17 +196,26 @@ def read_pixels(path: Path, size: tuple[int, int] | None = None, keep_16_bit: bo
     return np.asarray(rgb)
 
 
-def write_png(pixels: np.ndarray, path: Path, overwrite: bool = False, params: dict | None = None) -> None:
-    """Write an (H, W, 3) uint8 or (H, W, 1) uint16 image as PNG, with the hf-lcrypt parameters chunk if `params`:
-    complete under its final name, or not there at all."""
+def write_png(
+    pixels: np.ndarray,
+    path: Path,
+    overwrite: bool = False,
+    params: dict | None = None,
+    text: dict[str, str] | None = None,
+) -> None:
+    """Write an (H, W, 3) uint8 or (H, W, 1) uint16 image as PNG, with the hf-lcrypt parameters chunk if `params`
+    (and the text chunks `text`): complete under its final name, or not there at all."""
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} already exists; pass --force to overwrite.")
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(pixels[:, :, 0] if pixels.dtype == np.uint16 else pixels)
     pnginfo = None
-    if params is not None:
+    if params is not None or text:
         pnginfo = PngImagePlugin.PngInfo()
+    if params is not None:
         pnginfo.add_text(png_metadata.CHUNK_KEY, png_metadata.encode(params))
+    for name, value in (text or {}).items():
+        pnginfo.add_text(name, value)
     # A hidden sibling (same file system, so the rename is atomic), created with the usual umask-based mode.
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install hf-lcrypt with its test and ONNX extras, CPU PyTorch first.
+# Create .venv and install hf-lcrypt with its test extras (which include [medical]: DICOM and NIfTI), CPU PyTorch first.
 # torch==2.13.0 is installed before anything else so that no dependency pulls a multi-GB CUDA build;
 # GPU users: set TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128").
 set -euo pipefail
@@ -10,7 +10,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 .venv/bin/python -m pip install -q --upgrade pip
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install -q $TORCH_SPEC
-.venv/bin/python -m pip install -q -e ".[test,onnx]"
+.venv/bin/python -m pip install -q -e ".[test]"
 if .venv/bin/python -m pip show torchvision >/dev/null 2>&1; then
   echo "torchvision is installed in .venv: it breaks transformers' image processors here; uninstalling it." >&2
   .venv/bin/python -m pip uninstall -y -q torchvision

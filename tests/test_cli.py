@@ -165,7 +165,7 @@ def test_decrypting_jpeg_warns(capsys, key_file):
         (None, ["--key-file", "missing.key", "plain", "enc"], "hf-lcrypt keygen"),
         ("bad-key", ["--key-file", "bad.key", "plain", "enc"], "not an hf-lcrypt key file"),
         (None, ["--key-file", "k.key", "nowhere", "enc"], "does not exist"),
-        ("empty", ["--key-file", "k.key", "empty", "enc"], "No PNG or JPEG images"),
+        ("empty", ["--key-file", "k.key", "empty", "enc"], "No PNG, JPEG, DICOM or NIfTI images"),
         (None, ["--key-file", "k.key", "plain", "plain/enc"], "must not be inside"),
         (None, ["--key-file", "k.key", "plain/a.png", "a.jpg"], "must be a .png"),
         (None, ["--key-file", "k.key", "plain/a.png", "plain/a.png"], "replace its own input"),
