@@ -1,6 +1,7 @@
 """Gradio Space of hf-lcrypt: private inference. The visitor's browser encrypts, the server classifies ciphertext.
 
-The server holds a keyed model (HF_LCRYPT_MODEL: a folder or a Hub id) and no key. The page (static/page.mjs) reads
+The server holds a keyed model (HF_LCRYPT_MODEL: a folder or a Hub id; the remote-code model or its standard or ONNX
+export, see hf_lcrypt/serving.py) and no key. The page (static/page.mjs) reads
 the image with a plain file input, resizes it exactly as LCryptImageProcessor does, encrypts it with static/lcrypt.mjs
 (docs/key-spec.md in JavaScript) and sends only the ciphertext PNG to `/classify_encrypted`. Python clients do the
 same with `hf-lcrypt classify --url URL --key-file KEY IMAGES...`.
@@ -26,12 +27,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402  (after the analytics switch)
-import torch  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification  # noqa: E402
-from hf_lcrypt.cipher import size_pair  # noqa: E402
+from hf_lcrypt import LCryptKey  # noqa: E402
 from hf_lcrypt.keys import KEY_ENV_VAR  # noqa: E402
+from hf_lcrypt.serving import ServedModel, load_served_model  # noqa: E402
 
 logger = logging.getLogger("hf_lcrypt.space")
 
@@ -51,31 +51,6 @@ HEAD = '<link rel="stylesheet" href="{static}/page.css"><script type="module" sr
 mimetypes.add_type("text/javascript", ".mjs")  # browsers refuse ES modules served with another type
 
 
-class ServedModel:
-    """The keyed model behind `/classify_encrypted`: ciphertext in, class probabilities out, no key anywhere."""
-
-    def __init__(self, model: LCryptViTForImageClassification):
-        self.model = model.eval()
-        # Images arrive encrypted and at the model's size: the processor only rescales and normalises them.
-        self.processor = LCryptImageProcessor.for_model(model)
-        config = model.config
-        self.height, self.width = size_pair(config.image_size)
-        self.info = {
-            "image_size": [self.height, self.width],
-            "block_size": int(config.block_size),
-            "channels": int(config.num_channels),
-            "cipher_steps": list(config.cipher_steps),
-            "key_id": config.key_id,
-            "labels": [config.id2label[i] for i in range(len(config.id2label))],
-        }
-
-    def probabilities(self, image: Image.Image) -> dict[str, float]:
-        batch = self.processor([image], do_encrypt=False, do_resize=False, return_tensors="pt")
-        with torch.inference_mode():
-            probs = self.model(**batch).logits.softmax(-1)[0]
-        return {self.info["labels"][i]: float(p) for i, p in enumerate(probs.tolist())}
-
-
 def drop_secret_variables() -> None:
     """The server must not need a key: a key variable left over from a server-side deployment is ignored."""
     for name in SECRET_ENV_VARS:
@@ -86,9 +61,12 @@ def drop_secret_variables() -> None:
 def load_model() -> ServedModel:
     source = os.environ.get(MODEL_ENV_VAR) or str(DEFAULT_MODEL)
     if source == str(DEFAULT_MODEL) and not DEFAULT_MODEL.is_dir():
-        raise SystemExit(f"No model: set {MODEL_ENV_VAR} to a keyed model folder or Hub id (or put one in {source}).")
-    served = ServedModel(LCryptViTForImageClassification.from_pretrained(source))
-    logger.info("Serving %s (key_id %s); the server holds no key", source, served.info["key_id"])
+        raise SystemExit(
+            f"No model: set {MODEL_ENV_VAR} to a keyed model folder or Hub id, or its standard or ONNX export "
+            f"(hf-lcrypt export), or put one in {source}."
+        )
+    served = load_served_model(source)
+    logger.info("Serving %s (%s, key_id %s); the server holds no key", source, served.form, served.info["key_id"])
     return served
 
 

@@ -2,6 +2,7 @@
 on encrypted inputs, load without hf-lcrypt or remote code (on transformers 4.x too), and hold no key; and the remote
 code's one-line refusal of an older transformers."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -211,3 +212,55 @@ def test_transformers_4_loads_the_export_and_refuses_the_remote_code(keyed, key,
         )
         line = run.stdout.strip().splitlines()[-1]
         assert line.startswith("ImportError: ") and f"(installed: {result['transformers']})" in line, line
+
+
+# -- serving either form ----------------------------------------------------------------------------------------------
+def test_every_form_classifies_a_ciphertext_as_the_keyed_model(keyed, key, model_dir, tmp_path, capsys, cli_workdir):
+    from hf_lcrypt.serving import load_served_model
+
+    forms = {"keyed": model_dir, "vit": export_vit(keyed, tmp_path / "vit")}
+    if importlib.util.find_spec("onnxruntime"):
+        forms["onnx"] = export_onnx(keyed, tmp_path / "onnx")
+    images = ciphertexts(keyed, key, n=3)
+    expected = load_served_model(model_dir).logits(images)
+    for form, folder in forms.items():
+        served = load_served_model(folder)
+        assert served.form == form and served.info == load_served_model(model_dir).info
+        np.testing.assert_allclose(served.logits(images), expected, atol=1e-4 if form == "onnx" else 1e-5, rtol=0)
+    # The key holder's `hf-lcrypt classify --model` runs any of them, with the same answers.
+    plain = tmp_path / "scan.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(plain)
+    key_file = key.save(tmp_path / "k.key")
+    answers = {}
+    for form, folder in forms.items():
+        rc, out, _ = run_cli(capsys, "classify", "--model", folder, "--key-file", key_file, plain, "--json")
+        assert rc == 0, form
+        answers[form] = json.loads(out)[0]
+    for form, answer in answers.items():
+        assert answer["label"] == answers["keyed"]["label"]
+        assert answer["confidences"] == pytest.approx(answers["keyed"]["confidences"], abs=1e-5), form
+
+
+@pytest.mark.slow
+def test_the_space_serves_a_standard_export_as_the_remote_code_model(key, tmp_path):
+    from gradio_client import handle_file
+    from test_space import BLOCK_SIZE, IMAGE_SIZE, launch_space
+
+    from hf_lcrypt.serving import load_served_model
+
+    torch.manual_seed(0)  # launch_space folds the same tiny ViT with the same key
+    plain = tiny_vit(image_size=IMAGE_SIZE, patch_size=BLOCK_SIZE)
+    keyed = LCryptViTForImageClassification.from_plain(plain, key, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    export = export_vit(keyed, tmp_path / "vit")
+    path = tmp_path / "scan.enc.png"
+    ciphertexts(keyed, key, n=1)[0].save(path)
+    for space in launch_space(tmp_path / "space", key, env={"HF_LCRYPT_MODEL": str(export)}):
+        client = space.client()
+        info = client.predict(api_name="/model_info")
+        label = client.predict(handle_file(str(path)), api_name="/classify_encrypted")
+    assert info["key_id"] == key.key_id and info["image_size"] == [IMAGE_SIZE, IMAGE_SIZE]
+    remote_code = load_served_model(tmp_path / "space" / "model").probabilities(Image.open(path))
+    served = {c["label"]: c["confidence"] for c in label["confidences"]}
+    assert label["label"] == max(remote_code, key=remote_code.get)
+    assert served == pytest.approx(remote_code, abs=1e-6)
+    assert "Serving" in (tmp_path / "space" / "space.log").read_text()

@@ -298,7 +298,7 @@ def test_a_public_demo_key_is_offered_only_for_the_served_model(space_app, tmp_p
     spec = importlib.util.spec_from_file_location("space_app_module", APP)
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
-    served = app.ServedModel(space_app.model)
+    served = app.load_served_model(space_app.model_dir)
     monkeypatch.setenv("HF_LCRYPT_DEMO_KEY_FILE", str(space_app.key.save(tmp_path / "demo.key")))
     demo = app.load_demo_key(served)
     assert demo == space_app.key and space_app.key.to_hex() in app.page_html(served, demo)
