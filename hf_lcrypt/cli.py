@@ -318,6 +318,13 @@ def add_publish(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--license", default="apache-2.0", help="licence for the card (default: apache-2.0)")
     parser.add_argument("--dataset", help="Hub id or name of the training data, for the card")
     parser.add_argument("--base-model", help="Hub id of the plain model the keyed one was made from, for the card")
+    parser.add_argument(
+        "--format",
+        choices=("keyed", "vit"),
+        default="keyed",
+        help="keyed (default): the model with its remote code; vit: its standard export (hf-lcrypt export), checked "
+        "by a fresh process that loads it without remote code and must give the same logits",
+    )
     parser.set_defaults(handler=run_publish)
 
 
@@ -340,6 +347,7 @@ def run_publish(args: argparse.Namespace) -> int:
             license=args.license,
             dataset=args.dataset,
             base_model=args.base_model,
+            format=args.format,
         )
     except (SecretLeakError, RuntimeError) as err:
         raise CLIError(str(err)) from err

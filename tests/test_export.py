@@ -264,3 +264,39 @@ def test_the_space_serves_a_standard_export_as_the_remote_code_model(key, tmp_pa
     assert label["label"] == max(remote_code, key=remote_code.get)
     assert served == pytest.approx(remote_code, abs=1e-6)
     assert "Serving" in (tmp_path / "space" / "space.log").read_text()
+
+
+def test_publish_format_vit_checks_the_standard_export(keyed, key, model_dir, tmp_path, capsys, cli_workdir):
+    (model_dir / "training.key").write_text(key.to_hex())  # left behind: the export is written anew
+    key_file = key.save(tmp_path / "k.key")
+    out = tmp_path / "dry"
+    argv = ["publish", model_dir, "--repo-id", "someone/keyed-vit", "--key-file", key_file, "--format", "vit"]
+    rc, text, err = run_cli(capsys, *argv, "--dry-run", out)
+    assert rc == 0, err
+    assert "max difference 0" in text and "training.key" in text  # listed as left out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
+    assert json.loads((out / "config.json").read_text())["model_type"] == "vit" and find_secrets(out, key) == []
+    assert 'pipeline("image-classification", model="someone/keyed-vit")' in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_export_prints_both_runtimes_and_their_ratio(tmp_path):
+    pytest.importorskip("onnxruntime")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_export.py"
+    flags = ["--models", "micro", "--batch", "4", "--rounds", "2", "--threads", "1"]
+    run = subprocess.run(
+        [sys.executable, str(script), *flags], capture_output=True, text=True, timeout=600, cwd=tmp_path, check=True
+    )
+    assert "micro (0.8 M parameters, 28x28 in blocks of 4):" in run.stdout
+    speeds = {}
+    for arm in ("pytorch", "onnxruntime"):
+        line = next(line for line in run.stdout.splitlines() if line.strip().startswith(f"{arm}:"))
+        speeds[arm] = float(line.split()[1])
+    ratio = float(run.stdout.split("ratio onnxruntime / pytorch: ")[1].split(";")[0])
+    assert ratio == pytest.approx(speeds["onnxruntime"] / speeds["pytorch"], rel=0.02)
+    assert float(run.stdout.split("max logit difference ")[1].split()[0]) <= 1e-4

@@ -80,6 +80,28 @@ def check_no_secrets(folder: str | os.PathLike, key: LCryptKey) -> None:
         )
 
 
+def _run_fresh(
+    script: str,
+    args: list[str | os.PathLike],
+    tmp_path: Path,
+    env: dict[str, str],
+    python: str | os.PathLike | None = None,
+) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh Python (`python`, default this one), offline, in `tmp_path` with its own Hugging Face
+    cache there, without this process's HF_LCRYPT_ variables or PYTHONPATH; `env` adds variables."""
+    base = {name: value for name, value in os.environ.items() if not name.startswith("HF_LCRYPT_")}
+    base.update({"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
+    base["TRANSFORMERS_VERBOSITY"] = "error"
+    return subprocess.run(
+        [str(python or sys.executable), "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        cwd=tmp_path,
+        timeout=600,
+    )
+
+
 _REMOTE_CHECK = textwrap.dedent(
     """
     import json, sys
@@ -120,24 +142,7 @@ def check_remote_load(
         tmp_path = Path(tmp)
         np.save(tmp_path / "images.npy", images)
         key_file = key.save(tmp_path / "check.key")
-        env = {name: value for name, value in os.environ.items() if not name.startswith("HF_LCRYPT_")}
-        env.update(
-            {
-                KEY_ENV_VAR: str(key_file),
-                "HF_HOME": str(tmp_path / "hf-home"),
-                "HF_HUB_OFFLINE": "1",
-                "PYTHONPATH": "",
-                "TRANSFORMERS_VERBOSITY": "error",
-            }
-        )
-        run = subprocess.run(
-            [sys.executable, "-c", _REMOTE_CHECK, str(folder), str(tmp_path / "images.npy")],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=600,
-        )
+        run = _run_fresh(_REMOTE_CHECK, [folder, tmp_path / "images.npy"], tmp_path, env={KEY_ENV_VAR: str(key_file)})
     if run.returncode != 0:
         raise RuntimeError(
             f"The repository folder {folder} does not load with transformers alone (trust_remote_code):\n"
@@ -211,18 +216,9 @@ def check_standard_load(
     with tempfile.TemporaryDirectory(prefix="hf-lcrypt-check-") as tmp:
         tmp_path = Path(tmp)
         np.savez(tmp_path / "inputs.npz", ciphertexts=ciphertexts, pixel_values=pixel_values.numpy())
-        env = {name: value for name, value in os.environ.items() if not name.startswith("HF_LCRYPT_")}
-        env.update({"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
         # The same thread count as here, so that the matrix products sum in the same order.
-        env.update({"TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": str(torch.get_num_threads())})
-        run = subprocess.run(
-            [str(python or sys.executable), "-c", _STANDARD_CHECK, str(folder), str(tmp_path / "inputs.npz")],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=600,
-        )
+        threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+        run = _run_fresh(_STANDARD_CHECK, [folder, tmp_path / "inputs.npz"], tmp_path, env=threads, python=python)
     if run.returncode != 0:
         raise RuntimeError(f"The export in {folder} does not load without remote code:\n{run.stderr[-3000:]}")
     child = json.loads(run.stdout.strip().splitlines()[-1])

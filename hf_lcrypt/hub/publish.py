@@ -27,8 +27,15 @@ from huggingface_hub import (
 
 from ..cipher import BlockCipher
 from ..keys import LCryptKey
-from .cards import DEFAULT_LICENSE, _read_json, build_dataset_card, build_model_card, is_folded_from_public
-from .checks import check_card_round_trip, check_no_secrets, check_remote_load
+from .cards import (
+    DEFAULT_LICENSE,
+    _read_json,
+    build_dataset_card,
+    build_export_card,
+    build_model_card,
+    is_folded_from_public,
+)
+from .checks import check_card_round_trip, check_no_secrets, check_remote_load, check_standard_load
 
 # `datasets` is imported by the dataset functions only: the CLI builds its parser from this module on every command.
 if TYPE_CHECKING:
@@ -138,6 +145,24 @@ def stage_model_folder(model_dir: str | os.PathLike, folder: str | os.PathLike) 
     return sorted(p.name for p in wanted), skipped
 
 
+def _stage_standard_export(model_dir: Path, folder: Path, key: LCryptKey) -> tuple[list[str], list[str], float]:
+    """Write the standard `vit` export of `model_dir` into `folder` and check it in a fresh process without remote
+    code; returns the files written, those of `model_dir` left out, and the largest logit difference (0)."""
+    from ..export import export_vit, load_keyed
+
+    keyed = load_keyed(model_dir)
+    export_vit(keyed, folder)
+    diff = check_standard_load(folder, keyed, key)["max_logit_diff"]
+    files = sorted(p.name for p in folder.iterdir())
+    converted = {"config.json", "preprocessor_config.json"}  # and the weights: what the export is made of
+    skipped = sorted(
+        p.relative_to(model_dir).as_posix()
+        for p in model_dir.rglob("*")
+        if p.is_file() and p.name not in converted and p.suffix != ".safetensors"
+    )
+    return files, skipped, diff
+
+
 def _upload(folder: Path, repo_id: str, repo_type: str, private: bool, message: str) -> str:
     """Create (or reuse) the repository and upload the folder; HfApi reads the endpoint and token as usual."""
     api = HfApi()
@@ -157,12 +182,17 @@ def publish_model(
     license: str = DEFAULT_LICENSE,
     dataset: str | None = None,
     base_model: str | None = None,
+    format: str = "keyed",
 ) -> PublishResult:
     """Build, check and (unless `dry_run_dir` is given) upload a keyed model repository.
 
     The key is used only for the checks (the logits comparison and the secret scan) and must be the one the model is
-    folded with. With `dry_run_dir`, the repository folder is written there and nothing is uploaded.
+    folded with. With `dry_run_dir`, the repository folder is written there and nothing is uploaded. `format="vit"`
+    publishes the standard export instead (`hf_lcrypt.export`), checked by a fresh process that loads it without
+    remote code and without hf-lcrypt and must give the keyed model's logits exactly.
     """
+    if format not in ("keyed", "vit"):
+        raise ValueError(f"Unknown publish format {format!r}; choose keyed (the remote-code model) or vit.")
     model_dir = Path(model_dir)
     key = LCryptKey.coerce(key)
     key_id = _read_json(model_dir / "config.json").get("key_id")
@@ -171,15 +201,20 @@ def publish_model(
     folded = is_folded_from_public(model_dir, folded_from_public)
     with _staging(dry_run_dir) as folder:
         folder.mkdir(parents=True, exist_ok=True)
-        files, skipped = stage_model_folder(model_dir, folder)
-        card = build_model_card(
-            folder, repo_id, license=license, dataset=dataset, base_model=base_model, folded_from_public=folded
-        )
+        if format == "vit":
+            files, skipped, diff = _stage_standard_export(model_dir, folder, key)
+            card = build_export_card(folder, repo_id, license=license, base_model=base_model, folded_from_public=folded)
+        else:
+            files, skipped = stage_model_folder(model_dir, folder)
+            card = build_model_card(
+                folder, repo_id, license=license, dataset=dataset, base_model=base_model, folded_from_public=folded
+            )
         card.save(folder / "README.md")
         files.append("README.md")
         check_card_round_trip(folder / "README.md", card)
         check_no_secrets(folder, key)
-        diff = check_remote_load(folder, key)
+        if format == "keyed":
+            diff = check_remote_load(folder, key)
         result = PublishResult(
             folder=Path(dry_run_dir or folder),
             repo_id=repo_id,
