@@ -16,8 +16,14 @@ nothing secret: the key never enters this module.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +105,21 @@ def to_standard_vit(model: LCryptViTForImageClassification):
     return vit.eval()
 
 
-def _new_folder(out: str | os.PathLike) -> Path:
+@contextlib.contextmanager
+def _writing(out: str | os.PathLike) -> Iterator[Path]:
+    """A hidden sibling folder to write the export in, moved to `out` (new or empty) only when everything was
+    written and checked: a failed export leaves nothing behind."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose a new or empty output folder.")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staging.replace(out)  # also over an empty folder of that name
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -113,37 +128,46 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def export_vit(model: LCryptViTForImageClassification | str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the standard `vit` export of a keyed model into `out` (new or empty): config, safetensors weights and
-    the processor config. The model card is added by `export_model`."""
+    the processor config. `export_model` adds the model card."""
     keyed = load_keyed(model)
-    vit = to_standard_vit(keyed)
-    out = _new_folder(out)
-    vit.save_pretrained(out)
-    _write_json(out / "preprocessor_config.json", processor_config(keyed.config))
-    return out
+    with _writing(out) as folder:
+        _write_vit(keyed, folder)
+    return Path(out)
+
+
+def _write_vit(keyed: LCryptViTForImageClassification, folder: Path) -> None:
+    to_standard_vit(keyed).save_pretrained(folder)
+    _write_json(folder / "preprocessor_config.json", processor_config(keyed.config))
 
 
 def export_onnx(
     model: LCryptViTForImageClassification | str | os.PathLike, out: str | os.PathLike, atol: float = ONNX_ATOL
 ) -> Path:
     """Write `model.onnx` (dynamic batch size; pixel_values in, logits out) with config.json and the processor config
-    into `out`, and check ONNX Runtime against the keyed model at batch sizes 1 and 32."""
+    into `out` (new or empty), and check ONNX Runtime against the keyed model at batch sizes 1 and 32."""
     keyed = load_keyed(model)
-    out = _new_folder(out)
+    with _writing(out) as folder:
+        _write_onnx(keyed, folder, atol)
+    return Path(out)
+
+
+def _write_onnx(keyed: LCryptViTForImageClassification, out: Path, atol: float = ONNX_ATOL) -> None:
     height, width = size_pair(keyed.config.image_size)
     example = torch.randn(2, keyed.config.num_channels, height, width)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(
-        _LogitsOnly(keyed).eval(),
-        (example,),
-        str(out / ONNX_FILE),
-        input_names=["pixel_values"],
-        output_names=["logits"],
-        dynamic_shapes={"pixel_values": {0: batch}},
-        opset_version=ONNX_OPSET,
-        external_data=False,
-        dynamo=True,
-        verbose=False,
-    )
+    with _quiet_exporter():
+        torch.onnx.export(
+            _LogitsOnly(keyed).eval(),
+            (example,),
+            str(out / ONNX_FILE),
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_shapes={"pixel_values": {0: batch}},
+            opset_version=ONNX_OPSET,
+            external_data=False,
+            dynamo=True,
+            verbose=False,
+        )
     settings = {k: v for k, v in architecture_settings(keyed.config).items() if k not in CIPHER_FIELDS}
     mlp = keyed.config.patch_embedding_mlp_size
     _write_json(
@@ -157,7 +181,20 @@ def export_onnx(
     )
     _write_json(out / "preprocessor_config.json", processor_config(keyed.config))
     check_onnx(out / ONNX_FILE, keyed, atol=atol)
-    return out
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the exporter's notes that do not concern a ViT (torchvision operators, pytree deprecations)."""
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        exporter_log.setLevel(level)
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -218,13 +255,17 @@ def export_model(
     if format not in FORMATS:
         raise ExportError(f"Unknown export format {format!r}; choose from {', '.join(FORMATS)}.")
     out = Path(out)
-    (export_vit if format == "vit" else export_onnx)(model_dir, out)
-    card = build_export_card(
-        out,
-        repo_id or f"your-name/{out.resolve().name}",
-        license=license or DEFAULT_LICENSE,
-        base_model=base_model,
-        folded_from_public=is_folded_from_public(model_dir, folded_from_public),
-    )
-    card.save(out / "README.md")
+    keyed = load_keyed(model_dir)
+    if format == "vit":
+        to_standard_vit(keyed)  # refuses an MLP patch embedding before anything is written
+    with _writing(out) as folder:
+        (_write_vit if format == "vit" else _write_onnx)(keyed, folder)
+        card = build_export_card(
+            folder,
+            repo_id or f"your-name/{out.resolve().name}",
+            license=license or DEFAULT_LICENSE,
+            base_model=base_model,
+            folded_from_public=is_folded_from_public(model_dir, folded_from_public),
+        )
+        card.save(folder / "README.md")
     return out

@@ -129,6 +129,18 @@ def test_onnx_runtime_agrees_with_pytorch_at_any_batch_size(keyed, key, model_di
         check_onnx(out / "model.onnx", other)
 
 
+def test_a_failed_export_leaves_nothing_behind(keyed, model_dir, tmp_path, monkeypatch):
+    from hf_lcrypt import export
+
+    def broken(config):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "processor_config", broken)  # fails after the weights were written
+    with pytest.raises(OSError, match="disk full"):
+        export_model(model_dir, tmp_path / "out" / "vit")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_export_refuses_a_folder_in_use_and_an_unkeyed_model(keyed, tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
@@ -300,3 +312,42 @@ def test_bench_export_prints_both_runtimes_and_their_ratio(tmp_path):
     ratio = float(run.stdout.split("ratio onnxruntime / pytorch: ")[1].split(";")[0])
     assert ratio == pytest.approx(speeds["onnxruntime"] / speeds["pytorch"], rel=0.02)
     assert float(run.stdout.split("max logit difference ")[1].split()[0]) <= 1e-4
+
+
+_STANDALONE_SERVER = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    sys.modules["hf_lcrypt"] = None  # a server without hf-lcrypt, with serving.py copied alone
+    from PIL import Image
+    spec = importlib.util.spec_from_file_location("serving", sys.argv[1])
+    serving = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serving)
+    served = serving.load_served_model(sys.argv[2])
+    print(json.dumps({"form": served.form, "probs": served.probabilities(Image.open(sys.argv[3]))}))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["vit", "onnx"])
+def test_serving_py_alone_serves_an_export_without_hf_lcrypt(keyed, key, form, tmp_path):
+    from hf_lcrypt import serving
+
+    if form == "onnx":
+        pytest.importorskip("onnxruntime")
+    out = (export_vit if form == "vit" else export_onnx)(keyed, tmp_path / form)
+    path = tmp_path / "scan.enc.png"
+    ciphertexts(keyed, key, n=1)[0].save(path)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": ""}
+    run = subprocess.run(
+        [sys.executable, "-c", _STANDALONE_SERVER, serving.__file__, str(out), str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    answer = json.loads(run.stdout.strip().splitlines()[-1])
+    expected = serving.load_served_model(out).probabilities(Image.open(path))
+    assert answer["form"] == form and answer["probs"] == pytest.approx(expected, abs=1e-6)
