@@ -138,7 +138,14 @@ def read_passphrase() -> str:
     """From the terminal (asked twice) or from stdin's first line; never from the command line, where it would be
     visible to other users and kept in shell history."""
     if not sys.stdin.isatty():
-        return sys.stdin.readline().rstrip("\r\n")
+        line = sys.stdin.buffer.readline() if hasattr(sys.stdin, "buffer") else sys.stdin.readline().encode()
+        try:
+            return line.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise CLIError(
+                "the passphrase on standard input is not UTF-8 text; pipe it as UTF-8 (e.g. through iconv -t UTF-8), "
+                "since the key is derived from its UTF-8 bytes."
+            ) from None
     phrase = getpass.getpass("Passphrase: ")
     if phrase != getpass.getpass("Passphrase again: "):
         raise CLIError("the two passphrases differ.")
@@ -191,6 +198,12 @@ def cipher_options() -> argparse.ArgumentParser:
         "--skip-errors",
         action="store_true",
         help="go on past unreadable images and list them at the end (exit status 1 if any failed)",
+    )
+    parser.add_argument(
+        "--num-proc",
+        metavar="N",
+        type=positive_int,
+        help="images transformed by N processes at once (default: all cores); outputs are the same for any N",
     )
     return parser
 
@@ -280,8 +293,9 @@ def steps(text: str) -> tuple[str, ...]:
 
 
 def run_cipher(args: argparse.Namespace) -> int:
-    from .folder_run import CipherRun
+    from .folder_run import CipherRun, default_processes
 
+    args.num_proc = args.num_proc or default_processes()
     action = "decrypt" if args.inverse else "encrypt"
     with one_line_warnings(action):
         return CipherRun(args).run()
@@ -563,6 +577,48 @@ def run_classify(args: argparse.Namespace) -> int:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
         print(format_table(predictions, args.top))
+    failed = [p for p in predictions if p.error is not None]
+    if failed:
+        print(f"hf-lcrypt classify: {len(failed)} of {len(predictions)} image(s) could not be read:", file=sys.stderr)
+        for prediction in failed:
+            print(f"  {prediction.image}: {prediction.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- verify-page -------------------------------------------------------------------------------------------------------
+def add_verify_page(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "verify-page",
+        help="check that a Space's page pins the published hashes of its scripts, and serves those files",
+        description=wrap(
+            "Fetch the page of an hf-lcrypt app (space/app.py) and compare the Subresource Integrity hashes it "
+            "declares for its modules and stylesheet, and the hashes of the files it serves, with those published "
+            "in this package. A browser refuses a file that differs from the declared hash; this checks that the "
+            "declared hashes are this version's. It cannot show that the server sends every visitor the same page: "
+            "for real data, encrypt on your own machine with hf-lcrypt classify --url."
+        ),
+    )
+    parser.add_argument("url", help="address of the app, e.g. http://127.0.0.1:7860/ or https://user-space.hf.space/")
+    parser.set_defaults(handler=run_verify_page)
+
+
+def run_verify_page(args: argparse.Namespace) -> int:
+    from .page_integrity import check_page
+
+    checks = check_page(args.url)
+    for check in checks:
+        if check.ok:
+            print(f"ok        {check.name}  {check.published}")
+        else:
+            problem = "not pinned" if check.declared is None else "DIFFERS"
+            print(
+                f"{problem:<9} {check.name}  published {check.published}, page {check.declared}, served {check.served}"
+            )
+    bad = sum(not c.ok for c in checks)
+    if bad:
+        raise CLIError(f"{bad} of {len(checks)} files are not the published ones: do not trust this page with a key.")
+    print(f"All {len(checks)} files pinned and served as published (hf-lcrypt {__version__}).")
     return 0
 
 
@@ -586,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_attack(sub)
     add_classify(sub)
+    add_verify_page(sub)
     return parser
 
 

@@ -3,8 +3,9 @@
 `RemoteClassifier` talks to a running hf-lcrypt app (space/app.py, locally or on the Hub) through `gradio_client`: it
 asks for the served model's geometry and key id, encrypts each image locally exactly as `LCryptImageProcessor` does,
 and sends only the encrypted PNG to `/classify_encrypted`. `LocalClassifier` runs a keyed model folder, or its
-standard or ONNX export (`hf-lcrypt export`), in-process. Both return `Prediction`s; `hf-lcrypt classify` is the
-command line around them.
+standard or ONNX export (`hf-lcrypt export`), in-process.
+Both return one `Prediction` per image, in order; an image that cannot be read gets one with its `error` and the
+others are still classified. `hf-lcrypt classify` is the command line around them.
 """
 
 from __future__ import annotations
@@ -24,26 +25,40 @@ from .keys import LCryptKey
 from .medical_io import MedicalImage, MedicalOptions, is_medical, medical_images
 
 ImageInput = str | os.PathLike | Image.Image | MedicalImage
+# What reading a damaged or unsupported image raises (Pillow uses all of these).
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """The classes of one image, most likely first."""
+    """The classes of one image, most likely first; or, for an image that could not be read, `error` (then `label`
+    is empty)."""
 
     image: str
     label: str
     confidences: dict[str, float] = field(repr=False)
+    error: str | None = None
 
     @classmethod
     def from_probabilities(cls, image: str, probs: dict[str, float]) -> Prediction:
         ranked = dict(sorted(probs.items(), key=lambda item: -item[1]))
         return cls(image=image, label=next(iter(ranked)), confidences=ranked)
 
+    @classmethod
+    def failed(cls, image: str, error: Exception) -> Prediction:
+        return cls(image=image, label="", confidences={}, error=str(error))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "label": self.label, "confidences": self.confidences}
+        result = {"image": self.image, "label": self.label, "confidences": self.confidences}
+        return result if self.error is None else {**result, "error": self.error}
+
+
+def _name(image: ImageInput) -> str:
+    return "<image>" if isinstance(image, Image.Image) else str(image)
 
 
 def _open(image: ImageInput) -> tuple[str, Image.Image]:
+    """The image, decoded now, so that a damaged file fails here, by name, rather than in a batch."""
     if isinstance(image, Image.Image):
         return "<image>", image
     if isinstance(image, MedicalImage):
@@ -51,7 +66,24 @@ def _open(image: ImageInput) -> tuple[str, Image.Image]:
     path = Path(image)
     if not path.is_file():
         raise FileNotFoundError(f"No image at {path}.")
-    return str(path), Image.open(path)
+    opened = Image.open(path)
+    opened.load()
+    return str(path), opened
+
+
+def _connect(url: str) -> Any:
+    """A `gradio_client.Client` for the app at `url`, or one line saying it cannot be reached."""
+    from gradio_client import Client
+
+    try:
+        return Client(url, verbose=False, analytics_enabled=False)
+    except Exception as err:  # httpx's and huggingface_hub's connection errors share no base class with OSError
+        if isinstance(err, OSError) or type(err).__module__.split(".")[0] in ("httpx", "httpcore", "huggingface_hub"):
+            raise ConnectionError(
+                f"Cannot reach the hf-lcrypt app at {url} ({type(err).__name__}: {err}); check the address, and that "
+                "the app is running (python space/app.py) or the Space is awake."
+            ) from None
+        raise
 
 
 def _check_key(key: LCryptKey, expected_key_id: str | None, where: str) -> None:
@@ -72,13 +104,9 @@ class RemoteClassifier:
     """
 
     def __init__(self, url: str, key: Any, client: Any = None):
-        if client is None:
-            from gradio_client import Client
-
-            client = Client(url, verbose=False, analytics_enabled=False)
-        self.client = client
+        self.client = client if client is not None else _connect(url)
         self.url = url
-        self.info: dict[str, Any] = client.predict(api_name="/model_info")
+        self.info: dict[str, Any] = self.client.predict(api_name="/model_info")
         self.key = LCryptKey.coerce(key)
         _check_key(self.key, self.info.get("key_id"), f"The model at {url}")
         self.processor = encrypting_processor(self.info, self.key)
@@ -96,9 +124,14 @@ class RemoteClassifier:
         predictions = []
         with tempfile.TemporaryDirectory(prefix="hf-lcrypt-classify-") as folder:
             for index, image in enumerate(tqdm(images, desc="classify", unit="img", disable=not progress)):
-                name, opened = _open(image)
+                try:
+                    name, opened = _open(image)
+                    encrypted = self.processor.encrypt_images([opened])[0]
+                except READ_ERRORS as err:
+                    predictions.append(Prediction.failed(_name(image), err))
+                    continue
                 path = Path(folder) / f"{index}.png"
-                self.processor.encrypt_images([opened])[0].save(path, format="PNG")
+                encrypted.save(path, format="PNG")
                 label = self.client.predict(handle_file(str(path)), api_name="/classify_encrypted")
                 probs = {c["label"]: float(c["confidence"]) for c in label["confidences"]}
                 predictions.append(Prediction.from_probabilities(name, probs))
@@ -122,16 +155,37 @@ class LocalClassifier:
         from tqdm.auto import tqdm
 
         images = list(images)
-        names = self.served.info["labels"]
         predictions = []
         for start in tqdm(range(0, len(images), self.batch_size), desc="classify", unit="batch", disable=not progress):
-            opened = [_open(image) for image in images[start : start + self.batch_size]]
-            logits = self.served.logits(self.processor.encrypt_images([picture for _, picture in opened]))
-            probs = np.exp(logits - logits.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
-            for (name, _), row in zip(opened, probs, strict=True):
-                predictions.append(Prediction.from_probabilities(name, dict(zip(names, map(float, row), strict=True))))
+            opened, failed = [], {}
+            for index, image in enumerate(images[start : start + self.batch_size]):
+                try:
+                    opened.append(_open(image))
+                except READ_ERRORS as err:
+                    failed[index] = Prediction.failed(_name(image), err)
+            try:
+                results = iter(self._predict(opened) if opened else [])
+            except ValueError:  # an image the processor refuses (e.g. 16 bits): find it, keep the others
+                results = iter([self._predict_or_fail(item) for item in opened])
+            size = len(opened) + len(failed)
+            predictions.extend(failed[i] if i in failed else next(results) for i in range(size))
         return predictions
+
+    def _predict_or_fail(self, item: tuple[str, Image.Image]) -> Prediction:
+        try:
+            return self._predict([item])[0]
+        except ValueError as err:
+            return Prediction.failed(item[0], err)
+
+    def _predict(self, opened: list[tuple[str, Image.Image]]) -> list[Prediction]:
+        logits = self.served.logits(self.processor.encrypt_images([picture for _, picture in opened]))
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        names = self.served.info["labels"]
+        return [
+            Prediction.from_probabilities(name, dict(zip(names, map(float, row), strict=True)))
+            for (name, _), row in zip(opened, probs, strict=True)
+        ]
 
 
 def encrypting_processor(info: dict[str, Any], key: LCryptKey) -> LCryptImageProcessor:
@@ -179,6 +233,9 @@ def format_table(predictions: Sequence[Prediction], top: int = 1) -> str:
     width = max(len(p.image) for p in predictions)
     lines = []
     for prediction in predictions:
+        if prediction.error is not None:
+            lines.append(f"{prediction.image:<{width}}  error: {prediction.error}")
+            continue
         ranked = list(prediction.confidences.items())[:top]
         lines.append(f"{prediction.image:<{width}}  " + "  ".join(f"{name} {p:.3f}" for name, p in ranked))
     return "\n".join(lines)

@@ -2,18 +2,21 @@
 
 Ciphertexts must be stored losslessly (docs/lossless.md), so every output is a PNG, and an output file either is
 complete or does not exist: it is written under a temporary name and renamed into place. 8-bit images are read as
-RGB; 16-bit greyscale PNGs (medical scans) keep their 16 bits as one channel, never saturated to 8.
+RGB; 16-bit greyscale PNGs (medical scans) keep their 16 bits as one channel, never saturated to 8. Nothing is
+altered without a word: EXIF orientation is applied, and animated or transparent images are refused by name.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import ExifTags, Image, ImageOps, PngImagePlugin
 
 from . import png_metadata
 from .medical_io import MedicalOptions, MedicalReadError, image_names, is_medical, medical_info, read_medical
@@ -24,6 +27,8 @@ LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg"})
 READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 # The library's image processor and dataset encryption resize bilinearly; the CLI does the same.
 RESAMPLE = Image.Resampling.BILINEAR
+# The temporary name `write_png` writes under; a run killed mid-write (SIGKILL, power loss) leaves one behind.
+_DEBRIS = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
 
 
 @dataclass(frozen=True)
@@ -82,9 +87,19 @@ def plan_jobs(
             raise ValueError(f"The output folder {dst} must not be inside the input folder {src}.")
         if dst.is_file():
             raise ValueError(f"The input {src} is a folder, so the output {dst} must be a folder too, not a file.")
-        sources = sorted(p for p in src.rglob("*") if p.is_file() and is_image_file(p))
+        found = sorted(p for p in src.rglob("*") if p.is_file())
+        sources = [p for p in found if is_image_file(p)]
+        other_images = set(Image.registered_extensions()) - IMAGE_SUFFIXES
+        skipped = [p for p in found if p.suffix.lower() in other_images and p not in set(sources)]
         if not sources:
-            raise ValueError(f"No PNG, JPEG, DICOM or NIfTI images under {src}.")
+            also = f" ({len(skipped)} other image file(s), e.g. {skipped[0]}: convert them to PNG)" if skipped else ""
+            raise ValueError(f"No PNG, JPEG, DICOM or NIfTI images under {src}{also}.")
+        if skipped:
+            warnings.warn(
+                f"skipping {len(skipped)} image file(s) that are neither PNG, JPEG, DICOM nor NIfTI (convert them to "
+                f"PNG to include them): {', '.join(map(str, skipped))}",
+                stacklevel=2,
+            )
         jobs = []
         for p in sources:
             if p.suffix.lower() in IMAGE_SUFFIXES:
@@ -101,6 +116,7 @@ def plan_jobs(
         if job.target in seen:
             raise ValueError(f"{seen[job.target]} and {job.source} would both be written to {job.target}.")
         seen[job.target] = job.source
+    remove_debris(jobs)
     if not (overwrite or resume):
         existing = [job.target for job in jobs if job.target.exists()]
         if existing:
@@ -112,24 +128,81 @@ def plan_jobs(
     return jobs
 
 
+def remove_debris(jobs: list[Job]) -> int:
+    """Remove the temporary files a killed run left next to these jobs' outputs (only names `write_png` makes for
+    them); returns how many, after saying so."""
+    wanted: dict[Path, set[str]] = {}
+    for job in jobs:
+        wanted.setdefault(job.target.parent, set()).add(job.target.name)
+    removed = []
+    for folder, names in wanted.items():
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                match = _DEBRIS.fullmatch(entry.name)
+                if match and match["name"] in names and entry.is_file():
+                    entry.unlink(missing_ok=True)
+                    removed.append(entry)
+    if removed:
+        warnings.warn(
+            f"removed {len(removed)} partial file(s) an interrupted run left behind, e.g. {removed[0]}", stacklevel=3
+        )
+    return len(removed)
+
+
 @dataclass(frozen=True)
 class ImageInfo:
-    """What a file's header says: size, bits per sample (8 or 16), and the hf-lcrypt parameters if it has them."""
+    """What a file's header says: size (upright, as EXIF orientation turns it), bits per sample (8 or 16), the
+    hf-lcrypt parameters if it has them, and the keyed tag of the file it was made from if it has one."""
 
     height: int
     width: int
     bits: int
     params: dict | None
+    source: str | None = None
 
 
 def _is_16_bit(image: Image.Image) -> bool:
     return image.mode.startswith("I;16") or any(";16" in str(tile.args) for tile in image.tile)
 
 
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1: upright), read from the header: a PNG's eXIf chunk after its pixels (rare) would
+    need the whole image decoded, which is left to `read_pixels`."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    return image.getexif().get(ExifTags.Base.Orientation, 1)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: rotated or mirrored as its EXIF orientation says (a copy only then)."""
+    return ImageOps.exif_transpose(image) if _orientation(image) not in (0, 1) else image
+
+
+def _may_be_transparent(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+
+
+def _refuse_altering(image: Image.Image, path: object, pixels: bool) -> None:
+    """Refuse what reading as one RGB (or grey) image would drop without a word: frames after the first, and (with
+    `pixels`, which decodes the image) transparent pixels, from an alpha channel or palette transparency."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise ValueError(
+            f"{path} is animated ({frames} frames) and hf-lcrypt encrypts single images; extract the frames first "
+            "(e.g. ffmpeg -i IN.png frame_%03d.png) or keep the one you need."
+        )
+    if pixels and _may_be_transparent(image) and image.convert("RGBA").getchannel("A").getextrema()[0] < 255:
+        raise ValueError(
+            f"{path} has transparent pixels (an alpha channel or palette transparency), which the RGB ciphertext "
+            "cannot keep; flatten it onto the background you want first (e.g. magick IN.png -background black "
+            "-flatten OUT.png)."
+        )
+
+
 def inspect_image(path: Path, check_data: bool = True) -> ImageInfo:
     """Read the header (and, for PNGs with `check_data`, check every chunk's CRC to the end of the file, which finds
-    truncated and corrupt files before anything is written). 16-bit colour PNGs are refused: Pillow would read only
-    their top 8 bits."""
+    truncated and corrupt files before anything is written). 16-bit colour PNGs, animated and transparent images are
+    refused: Pillow would read only their top 8 bits, first frame, or colours."""
     with Image.open(path) as image:
         bits = 16 if _is_16_bit(image) else 8
         if bits == 16 and not image.mode.startswith("I;16"):
@@ -137,9 +210,16 @@ def inspect_image(path: Path, check_data: bool = True) -> ImageInfo:
                 f"{path} is a 16-bit colour PNG ({image.tile[0].args}), which hf-lcrypt cannot read at full depth. "
                 "Convert it to 16-bit greyscale or to 8 bits first (e.g. ImageMagick: magick IN -depth 8 OUT.png)."
             )
-        info = ImageInfo(image.height, image.width, bits, png_metadata.decode(image.info, path))
+        _refuse_altering(image, path, pixels=False)
+        height, width = (image.width, image.height) if _orientation(image) in (5, 6, 7, 8) else image.size[::-1]
+        params = png_metadata.decode(image.info, path)
+        info = ImageInfo(height, width, bits, params, image.info.get(png_metadata.SOURCE_KEY))
+        transparent = _may_be_transparent(image)
         if check_data and image.format == "PNG":
-            image.verify()
+            image.verify()  # before decoding, which closes the file
+    if transparent:
+        with Image.open(path) as image:
+            _refuse_altering(image, path, pixels=True)
     return info
 
 
@@ -185,7 +265,9 @@ def read_pixels(path: Path, size: tuple[int, int] | None = None, keep_16_bit: bo
     """(H, W, 3) uint8 for 8-bit images (palette, grey and RGBA all become RGB); (H, W, 1) uint16 for 16-bit greyscale
     PNGs, or their `to_8bit` windowing as RGB unless `keep_16_bit`. Resized bilinearly to `size` = (H, W) if given."""
     with Image.open(path) as image:
-        if _is_16_bit(image):
+        deep = _is_16_bit(image)
+        image = _upright(image)
+        if deep:
             grey = resize_pixels(np.asarray(image, dtype=np.uint16)[:, :, None], size)[:, :, 0]
             if keep_16_bit:
                 return grey[:, :, None]

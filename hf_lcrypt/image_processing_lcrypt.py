@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, PILImageResampling
@@ -42,6 +42,43 @@ def _deep_image(image: Any) -> str | None:
     if integer and not empty and int(image.max()) > 255:
         return f"has dtype {image.dtype} with values up to {int(image.max())}"
     return None
+
+
+def _empty_or_flat(image: Any) -> str | None:
+    """What makes an array or tensor no image at all (no pixels; a 2-D tensor, which transformers cannot read), or
+    None. Only the shape is named, never the values."""
+    if not isinstance(image, torch.Tensor | np.ndarray):
+        return None
+    shape = tuple(image.shape)
+    if 0 in shape or len(shape) < 2:
+        return f"is empty (shape {shape}): there is no pixel to process"
+    if isinstance(image, torch.Tensor) and len(shape) == 2:
+        return f"is a 2-D tensor of shape {shape}; give it a channel axis, image[None] (1, H, W) for greyscale"
+    return None
+
+
+def _upright(images: Any) -> Any:
+    """PIL images turned as their EXIF orientation says (a phone photo is stored sideways with a rotation tag), in the
+    same nesting as given; other images as they are."""
+    if isinstance(images, list | tuple):
+        return type(images)(_upright(image) for image in images)
+    if isinstance(images, Image.Image) and images.getexif().get(ExifTags.Base.Orientation, 1) not in (0, 1):
+        return ImageOps.exif_transpose(images)
+    return images
+
+
+def _unit_floats_to_bytes(images: Any) -> Any:
+    """Float arrays and tensors in [0, 1] (as the cipher takes them) as the uint8 images they scale, in the same
+    nesting; `encrypt_images` would otherwise read them as 0..255 and return black images."""
+    if isinstance(images, list | tuple):
+        return type(images)(_unit_floats_to_bytes(image) for image in images)
+    floats = (isinstance(images, np.ndarray) and images.dtype.kind == "f") or (
+        isinstance(images, torch.Tensor) and images.is_floating_point()
+    )
+    if floats and images.min() >= 0 and images.max() <= 1:
+        scaled = np.rint(np.asarray(images, dtype=np.float64) * 255).astype(np.uint8)
+        return torch.from_numpy(scaled) if isinstance(images, torch.Tensor) else scaled
+    return images
 
 
 def _flatten(images: Any) -> list[Any]:
@@ -177,13 +214,39 @@ class LCryptImageProcessor(PilBackend):
         """
         if key is not None:
             self.set_key(key)
+        images = _upright(images)
         flat = _flatten(images)
         self._check_depth(flat)
+        self._check_shapes(flat)
         if kwargs.get("do_rescale", self.do_rescale):
             self._warn_if_rescaled(flat)
         if not kwargs.get("do_encrypt", self.do_encrypt):
             self._check_encrypted(flat)
         return super().preprocess(images, *args, **kwargs)
+
+    @staticmethod
+    def _check_shapes(images: list[Any]) -> None:
+        """Refuse images that would give garbage or a message printing every value; warn about what RGB drops."""
+        for i, image in enumerate(images):
+            detail = _empty_or_flat(image)
+            if detail:
+                raise ValueError(f"Image {i} {detail}.")
+            if not isinstance(image, Image.Image):
+                continue
+            if getattr(image, "n_frames", 1) > 1:
+                warnings.warn(
+                    f"Image {i} is animated ({image.n_frames} frames); only its first frame is processed.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            if transparent and image.convert("RGBA").getchannel("A").getextrema()[0] < 255:
+                warnings.warn(
+                    f"Image {i} has transparent pixels; converting it to RGB drops the transparency (flatten it "
+                    "onto the background you want first, e.g. with PIL's Image.alpha_composite).",
+                    UserWarning,
+                    stacklevel=4,
+                )
 
     @staticmethod
     def _check_depth(images: list[Any]) -> None:
@@ -302,7 +365,11 @@ class LCryptImageProcessor(PilBackend):
         return self._transform_images(images, key, inverse=True)
 
     def _transform_images(self, images, key: Any, inverse: bool) -> list[Image.Image]:
-        prepared = self._prepare_image_like_inputs(images, do_convert_rgb=True)
+        images = _upright(images)
+        flat = _flatten(images)
+        self._check_depth(flat)
+        self._check_shapes(flat)
+        prepared = self._prepare_image_like_inputs(_unit_floats_to_bytes(images), do_convert_rgb=True)
         if inverse:  # never resample ciphertext: resizing mixes pixels across blocks
             sizes = {image.shape[1:] for image in prepared}
             expected = (self.size.height, self.size.width)

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import stat
+import string
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -77,16 +78,18 @@ class LCryptKey:
     @classmethod
     def from_hex(cls, text: str) -> LCryptKey:
         text = text.strip()
-        try:
-            raw = bytes.fromhex(text)
-        except ValueError:
+        if not re.fullmatch(r"[0-9a-fA-F]*", text):
+            bad = next(i for i, char in enumerate(text) if char not in string.hexdigits)
             raise ValueError(
-                f"A key in hex is {KEY_BYTES * 2} hexadecimal characters; got {len(text)} characters that are not all "
-                "hex digits."
-            ) from None
-        if len(raw) != KEY_BYTES:
-            raise ValueError(f"A key in hex is {KEY_BYTES * 2} hexadecimal characters, got {len(text)}.")
-        return cls(raw)
+                f"A key in hex is {KEY_BYTES * 2} hexadecimal characters; character {bad + 1} of {len(text)} is not a "
+                "hex digit (0-9, a-f)."
+            )
+        if len(text) != KEY_BYTES * 2:
+            raise ValueError(
+                f"A key in hex is {KEY_BYTES * 2} hexadecimal characters, got {len(text)} hex digits (a digit lost or "
+                "added in a copy?)."
+            )
+        return cls(bytes.fromhex(text))
 
     @classmethod
     def from_passphrase(cls, passphrase: str, allow_short: bool = False) -> LCryptKey:
@@ -96,8 +99,9 @@ class LCryptKey:
         run the same derivation on guesses. Phrases under `MIN_PASSPHRASE_CHARS` characters are refused unless
         `allow_short` (then with a warning).
         """
-        if not passphrase:
-            raise ValueError("The passphrase is empty; choose a long phrase or use LCryptKey.generate().")
+        if not passphrase.strip():
+            what = "empty" if not passphrase else f"only white space ({len(passphrase)} characters)"
+            raise ValueError(f"The passphrase is {what}; choose a long phrase or use LCryptKey.generate().")
         if len(passphrase) < MIN_PASSPHRASE_CHARS:
             message = (
                 f"The passphrase has {len(passphrase)} characters, under the minimum of {MIN_PASSPHRASE_CHARS}: "
@@ -122,7 +126,8 @@ class LCryptKey:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LCryptKey:
-        """Read a key file written by `save` (64 hex characters, surrounding white space ignored).
+        """Read a key file written by `save` (64 hex characters, surrounding white space and a UTF-8 byte order mark
+        ignored), or a pipe such as /dev/stdin or a shell's process substitution, as a secret manager hands keys over.
 
         A file that other users can read is accepted with a warning: the key is only as secret as the file.
         """
@@ -131,11 +136,14 @@ class LCryptKey:
             raise IsADirectoryError(
                 f"{path} is a folder, not a key file; name the key file itself, e.g. {path}/secret.key."
             )
-        if not path.is_file():
+        if not path.exists():
+            dangling = " (a symbolic link to nothing)" if path.is_symlink() else ""
             raise FileNotFoundError(
-                f"No key file at {path}; check the path, or create one with `hf-lcrypt keygen {path}`."
+                f"No key file at {path}{dangling}; check the path, or create one with `hf-lcrypt keygen {path}`."
             )
+        regular = path.is_file()
         raw = path.read_bytes()
+        raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte order mark some Windows editors write
         try:
             text = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -153,7 +161,7 @@ class LCryptKey:
             key = cls.from_hex(text)
         except ValueError as err:
             raise ValueError(f"{path} is not an hf-lcrypt key file: {err}") from None
-        mode = stat.S_IMODE(path.stat().st_mode)
+        mode = stat.S_IMODE(path.stat().st_mode) if regular else 0  # a pipe is gone once read
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             warnings.warn(
                 f"The key file {path} is open to other users (mode {mode:04o}); restrict it with `chmod 600 {path}`.",
@@ -169,6 +177,11 @@ class LCryptKey:
             return key
         if isinstance(key, bytes | bytearray):
             return cls(bytes(key))
+        if isinstance(key, str) and not key.strip():
+            raise ValueError(
+                "The key is an empty string; pass a key file's path, a 64-character hex key or an LCryptKey (or set "
+                f"{KEY_ENV_VAR} to the key file's path)."
+            )
         if isinstance(key, os.PathLike) or (isinstance(key, str) and Path(key).exists()):
             return cls.load(key)
         if isinstance(key, str):
@@ -192,7 +205,12 @@ class LCryptKey:
         path = Path(path)
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder; name the key file to create, e.g. {path}/secret.key.")
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        if path.is_symlink():  # never write a secret through a link someone may have planted
+            raise FileExistsError(
+                f"{path} is a symbolic link (to {os.readlink(path)}); refusing to write a key through it. Remove the "
+                "link or name another file."
+            )
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if overwrite else os.O_EXCL)
         try:
             fd = os.open(path, flags, stat.S_IRUSR | stat.S_IWUSR)
         except FileExistsError:
@@ -215,6 +233,11 @@ class LCryptKey:
             raise ValueError("client_id is empty; give each client a distinct, non-empty name.")
         msg = _field(_PREFIX + b"/derive") + _field(client_id.encode("utf-8"))
         return LCryptKey(hmac.new(self._secret, msg, hashlib.sha256).digest())
+
+    def tag(self, data: bytes) -> str:
+        """A keyed fingerprint of `data` (32 hex characters): public, since without the key it tells nothing about
+        the data, not even whether two files are a known image. Outputs carry their input's tag for `--resume`."""
+        return hmac.new(self._secret, _field(_PREFIX + b"/source") + data, hashlib.sha256).hexdigest()[:32]
 
     @property
     def key_id(self) -> str:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from helpers import IMAGENET_MEAN, IMAGENET_STD, tiny_vit
 from helpers import run_cli as run
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from hf_lcrypt import BlockCipher, LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, image_io
 from hf_lcrypt.cli import build_parser, main
@@ -283,7 +283,7 @@ def test_skip_errors_goes_on_and_lists_the_failures(capsys, key_file):
 
 def test_ctrl_c_stops_cleanly_and_resume_finishes(capsys, key_file, monkeypatch):
     rgb_images(Path("plain"), 5)
-    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc"]
+    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 1, "plain", "enc"]
     real_write = image_io.write_png
     calls = []
 
@@ -437,3 +437,336 @@ def test_a_failed_dry_run_leaves_nothing_and_the_retry_works(tmp_path, monkeypat
     result = publishing.publish_model(folder, "someone/model", key, dry_run_dir=out)
     assert result.folder == out and (out / "README.md").is_file() and (out / "png_metadata.py").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dry")]
+
+
+# -- signals and debris ------------------------------------------------------------------------------------------------
+def test_sigterm_stops_like_ctrl_c_and_a_rerun_removes_what_sigkill_left(capsys, key_file, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+
+    rgb_images(Path("plain"), 5)
+    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 1, "plain", "enc"]
+    real_write = image_io.write_png
+    calls = []
+
+    def terminated(pixels, path, *rest, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # what `docker stop` and systemd send
+        real_write(pixels, path, *rest, **kwargs)
+
+    monkeypatch.setattr("hf_lcrypt.folder_run.write_png", terminated)
+    rc, _, err = run(capsys, *args)
+    assert rc == 128 + signal.SIGTERM and "stopped by SIGTERM" in err and "--resume" in err
+    assert files(Path("enc")) == ["00.png", "01.png"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the run
+    monkeypatch.setattr("hf_lcrypt.folder_run.write_png", real_write)
+
+    # SIGKILL (the OOM killer) in the middle of a write leaves write_png's temporary file: make one for real.
+    killed = (
+        "import os, signal, numpy as np; from pathlib import Path; from PIL import Image\n"
+        "from hf_lcrypt import image_io\n"
+        "def save(self, fp, format=None, **kw):\n"
+        "    fp.write(b'half'); fp.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "Image.Image.save = save\n"
+        "image_io.write_png(np.zeros((8, 8, 3), np.uint8), Path('enc/02.png'))\n"
+    )
+    assert subprocess.run([sys.executable, "-c", killed]).returncode == -signal.SIGKILL
+    debris = [name for name in files(Path("enc")) if name.endswith(".tmp")]
+    assert len(debris) == 1 and debris[0].startswith(".02.png.")
+    Path("enc/.notes.tmp").write_text("not ours")  # a hidden file the run did not write stays
+    rc, _, err = run(capsys, *args)  # a plain rerun removes the debris, then refuses to overwrite
+    assert rc == 1 and "removed 1 partial file(s)" in err and "--resume" in err
+    rc, _, err = run(capsys, *args, "--resume")
+    assert rc == 0 and files(Path("enc")) == [".notes.tmp", *[f"{i:02d}.png" for i in range(5)]]
+    assert run(capsys, "decrypt", "--key-file", key_file, "--block-size", 8, "enc", "dec")[0] == 0
+    for i in range(5):
+        np.testing.assert_array_equal(load(Path(f"dec/{i:02d}.png")), load(Path(f"plain/{i:02d}.png")))
+
+
+# -- images altered without a word -------------------------------------------------------------------------------------
+def rotated_photo(path: Path) -> Image.Image:
+    """A 32x48 photo stored sideways with EXIF orientation 6 (turn 90 degrees clockwise to view), as phones do."""
+    stored = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored.save(path, exif=exif)
+    return stored.transpose(Image.Transpose.ROTATE_270)  # as viewed: 48x32
+
+
+def test_exif_orientation_is_honoured_by_the_cli_and_the_processor(capsys, key_file):
+    upright = rotated_photo(Path("plain/photo.png"))
+    common = ["--key-file", key_file, "--block-size", 8]
+    assert run(capsys, "encrypt", *common, "plain", "enc")[0] == 0
+    assert run(capsys, "decrypt", *common, "enc", "dec")[0] == 0
+    np.testing.assert_array_equal(load(Path("dec/photo.png")), np.asarray(upright))  # 48x32, as viewed
+    processor = LCryptImageProcessor(image_size=(48, 32), block_size=8, key=LCryptKey.load(key_file))
+    with Image.open("plain/photo.png") as stored:
+        got = processor(stored, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(got, processor(upright, return_tensors="pt")["pixel_values"], rtol=0, atol=0)
+
+
+def test_animated_and_transparent_images_are_refused_by_name_and_other_formats_listed(capsys, key_file):
+    rgb_images(Path("plain"), 1)
+    frames = [Image.fromarray(np.full((32, 32, 3), v, np.uint8)) for v in (0, 128, 255)]
+    frames[0].save("plain/animated.png", save_all=True, append_images=frames[1:])
+    common = ["--key-file", key_file, "--block-size", 8]
+    rc, _, err = run(capsys, "encrypt", *common, "plain", "enc")
+    assert rc == 1 and "plain/animated.png: is animated (3 frames)" in err and not Path("enc").exists()
+    with Image.open("plain/animated.png") as image, pytest.warns(UserWarning, match="3 frames"):
+        LCryptImageProcessor(image_size=32, block_size=8, key=LCryptKey.load(key_file))(image)
+    Path("plain/animated.png").unlink()
+
+    rgba = np.random.default_rng(0).integers(0, 256, (32, 32, 4), dtype=np.uint8)
+    Image.fromarray(rgba).save("plain/transparent.png")
+    rc, _, err = run(capsys, "encrypt", *common, "plain", "enc")
+    assert rc == 1 and "plain/transparent.png: has transparent pixels" in err and not Path("enc").exists()
+    palette = Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32) % 8, "L").convert("P")
+    palette.info["transparency"] = 3
+    Path("plain/transparent.png").unlink()
+    palette.save("plain/palette.png", transparency=3)
+    rc, _, err = run(capsys, "encrypt", *common, "plain", "enc")
+    assert rc == 1 and "plain/palette.png: has transparent pixels" in err
+    Path("plain/palette.png").unlink()
+    rgba[..., 3] = 255  # an alpha channel that hides nothing is no loss: encrypted as RGB
+    Image.fromarray(rgba).save("plain/opaque.png")
+
+    for suffix in (".tif", ".gif", ".webp", ".bmp"):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(f"plain/other{suffix}")
+    rc, _, err = run(capsys, "encrypt", *common, "plain", "enc")
+    assert rc == 0 and "skipping 4 image file(s)" in err
+    for suffix in (".tif", ".gif", ".webp", ".bmp"):
+        assert f"plain/other{suffix}" in err
+    assert files(Path("enc")) == ["00.png", "opaque.png"]
+    assert run(capsys, "decrypt", *common, "enc", "dec")[0] == 0
+    np.testing.assert_array_equal(load(Path("dec/opaque.png")), rgba[..., :3])
+
+
+def test_resume_redoes_an_output_whose_input_changed(capsys, key_file):
+    rgb_images(Path("plain"), 2)
+    common = ["--key-file", key_file, "--block-size", 8]
+    assert run(capsys, *["encrypt", *common, "plain", "enc"])[0] == 0
+    kept = Path("enc/00.png").stat().st_mtime_ns
+    changed = np.random.default_rng(7).integers(0, 256, (32, 48, 3), dtype=np.uint8)  # same size, new content
+    Image.fromarray(changed).save("plain/01.png")
+    rc, _, err = run(capsys, "encrypt", *common, "--resume", "plain", "enc")
+    assert rc == 0 and "encrypted 1 image(s)" in err and "1 complete output(s) kept" in err
+    assert Path("enc/00.png").stat().st_mtime_ns == kept
+    with Image.open("enc/01.png") as image:
+        assert CHUNK_KEY in image.info and "hf-lcrypt-source" in image.info  # a keyed tag: no plain hash
+        assert image.info["hf-lcrypt-source"] == LCryptKey.load(key_file).tag(Path("plain/01.png").read_bytes())
+    assert run(capsys, "decrypt", *common, "enc", "dec")[0] == 0
+    np.testing.assert_array_equal(load(Path("dec/01.png")), changed)
+    # decryption too: a ciphertext re-encrypted after its decryption was written is decrypted again
+    rgb_images(Path("plain2"), 2)
+    assert run(capsys, "encrypt", *common, "--force", "plain2", "enc")[0] == 0
+    rc, _, err = run(capsys, "decrypt", *common, "--resume", "enc", "dec")
+    assert rc == 0 and "decrypted 1 image(s)" in err
+    np.testing.assert_array_equal(load(Path("dec/01.png")), load(Path("plain2/01.png")))
+
+
+# -- the library's silent garbage --------------------------------------------------------------------------------------
+def test_empty_tensors_and_unit_floats_are_not_turned_into_black_images():
+    key = LCryptKey.generate()
+    processor = LCryptImageProcessor(image_size=32, block_size=8, key=key)
+    for empty in (torch.empty(0), torch.empty(3, 0, 0), np.zeros((0, 0, 3), np.float32)):
+        for call in (processor, processor.encrypt_images):
+            with pytest.raises(ValueError, match=r"is empty \(shape"):
+                call(empty)
+    flat = torch.rand(40, 40)
+    with pytest.raises(ValueError, match=r"2-D tensor of shape \(40, 40\)") as err:
+        processor(flat)
+    assert "tensor(" not in str(err.value) and len(str(err.value)) < 200  # the shape, not every value
+    floats = np.random.default_rng(0).random((32, 32, 3), dtype=np.float32)
+    as_bytes = np.rint(floats * 255).astype(np.uint8)
+    expected = np.asarray(processor.encrypt_images(as_bytes)[0])
+    np.testing.assert_array_equal(np.asarray(processor.encrypt_images(floats)[0]), expected)
+    np.testing.assert_array_equal(np.asarray(processor.encrypt_images(torch.from_numpy(floats).permute(2, 0, 1))[0]),
+                                  expected)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(processor.decrypt_images(processor.encrypt_images(floats))[0]), as_bytes)
+
+
+# -- edited parameter chunks and decrypt hints -------------------------------------------------------------------------
+def edit_chunk(path: Path, **changes) -> None:
+    with Image.open(path) as image:
+        params = {**json.loads(image.info[CHUNK_KEY]), **changes}
+        pixels = np.asarray(image)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(CHUNK_KEY, json.dumps(params))
+    Image.fromarray(pixels).save(path, pnginfo=info)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"steps": 5}, "steps is 5, not a list of step names"),
+        ({"block_size": None}, "block_size is null, not a positive integer"),
+        ({"block_size": "8"}, 'block_size is "8", not a positive integer'),
+        ({"image_size": [32]}, "image_size is [32], not [height, width]"),
+    ],
+)
+def test_an_edited_parameter_chunk_is_named_and_skip_errors_goes_on(capsys, key_file, change, message):
+    rgb_images(Path("plain"), 3)
+    common = ["--key-file", key_file, "--block-size", 8]
+    assert run(capsys, "encrypt", *common, "plain", "enc")[0] == 0
+    edit_chunk(Path("enc/01.png"), **change)
+    rc, _, err = run(capsys, "decrypt", *common, "enc", "dec")
+    assert rc == 1 and "enc/01.png" in err and message in err and "Traceback" not in err and "TypeError" not in err
+    assert not Path("dec").exists()
+    rc, _, err = run(capsys, "decrypt", *common, "--skip-errors", "enc", "dec")
+    assert rc == 1 and "1 image(s) failed" in err and message in err
+    assert files(Path("dec")) == ["00.png", "02.png"]
+    with pytest.raises(ValueError, match="edited or damaged"), Image.open("enc/01.png") as image:
+        LCryptImageProcessor(image_size=32, block_size=8, key=LCryptKey.load(key_file))(image, do_encrypt=False)
+
+
+def test_decrypt_hints_name_the_real_cause(capsys, key_file):
+    mri_16bit(Path("scans/mri.png"))
+    common = ["--key-file", key_file, "--block-size", 8]
+    assert run(capsys, "encrypt", *common, "scans", "enc")[0] == 0
+    rc, _, err = run(capsys, "decrypt", *common, "--to-8bit", "enc", "dec")
+    assert (
+        rc == 1 and "16-bit ciphertext" in err and "leave out --to-8bit" in err and "key_id" not in err.split(":")[-1]
+    )
+    edit_chunk(Path("enc/mri.png"), spec=2)
+    rc, _, err = run(capsys, "decrypt", *common, "enc", "dec")
+    assert rc == 1 and "newer hf-lcrypt (key spec 2" in err and "upgrade" in err
+    assert not Path("dec").exists()
+
+
+# -- classify ----------------------------------------------------------------------------------------------------------
+def test_classify_names_an_unreadable_image_and_prints_the_others(capsys, keyed_folder, cli_workdir):
+    folder, key, keyed = keyed_folder
+    key.save("k.key")
+    for i, image in enumerate(some_images(3)):
+        image.save(f"{i}.png")
+    Path("1.png").write_bytes(Path("1.png").read_bytes()[:60])  # truncated
+    rc, out, err = run(capsys, "classify", "--model", folder, "--key-file", "k.key", "0.png", "1.png", "2.png")
+    assert rc == 1 and "1 of 3 image(s) could not be read" in err and "1.png" in err and "Traceback" not in err
+    lines = out.strip().splitlines()
+    assert len(lines) == 3 and "class_" in lines[0] and "error" in lines[1] and "class_" in lines[2]
+    rc, out, _ = run(capsys, "classify", "--model", folder, "--key-file", "k.key", "0.png", "1.png", "--json")
+    assert rc == 1 and "error" in json.loads(out)[1] and json.loads(out)[0]["label"].startswith("class_")
+
+
+def test_classify_says_in_one_line_that_the_server_cannot_be_reached(capsys, key_file):
+    rgb_images(Path("plain"), 1)
+    rc, _, err = run(capsys, "classify", "--url", "http://127.0.0.1:9/", "--key-file", key_file, "plain")
+    assert rc == 1 and "Cannot reach the hf-lcrypt app at http://127.0.0.1:9/" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+# -- memory ------------------------------------------------------------------------------------------------------------
+def test_an_image_size_beyond_memory_is_refused_before_reading(capsys, key_file, monkeypatch):
+    rgb_images(Path("plain"), 1)
+    common = ["--key-file", key_file, "--block-size", 8]
+    rc, _, err = run(capsys, "encrypt", *common, "--image-size", 400000, "plain", "enc")
+    assert rc == 1 and "--image-size 400000x400000 needs about" in err and "smaller --image-size" in err
+    assert not Path("enc").exists()
+    monkeypatch.setattr("hf_lcrypt.folder_run.physical_memory", lambda: int(0.4e9) + 6 * 32 * 48 * 3 - 1)
+    rc, _, err = run(capsys, "encrypt", *common, "plain", "enc")  # the largest input, after the headers are read
+    assert rc == 1 and "The largest image is 32x48" in err and not Path("enc").exists()
+
+
+# -- write errors ------------------------------------------------------------------------------------------------------
+def test_disk_full_names_the_file_the_count_and_resume(capsys, key_file, monkeypatch):
+    import errno
+
+    rgb_images(Path("plain"), 4)
+    real_save, calls = Image.Image.save, []
+
+    def full(self, fp, format=None, **params):
+        calls.append(fp)
+        if len(calls) == 3:
+            fp.write(b"\x89PNG half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(self, fp, format=format, **params)
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    args = ["encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 1, "plain", "enc"]
+    rc, _, err = run(capsys, *args)
+    assert rc == 1 and "enc/02.png cannot be written: the disk is full" in err and "2 output(s)" in err
+    assert "--resume" in err and "Errno" not in err and ".tmp" not in err
+    assert files(Path("enc")) == ["00.png", "01.png"]
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert run(capsys, *args, "--resume")[0] == 0 and files(Path("enc")) == [f"{i:02d}.png" for i in range(4)]
+
+
+def test_disk_full_in_a_worker_process_is_told_the_same_way(capsys, key_file, monkeypatch):
+    import errno
+
+    rgb_images(Path("plain"), 4)
+
+    def full(self, fp, format=None, **params):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)  # forked workers inherit it
+    rc, _, err = run(capsys, "encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 2, "plain", "enc")
+    assert rc == 1 and "enc/00.png cannot be written: the disk is full" in err and "--resume" in err
+    assert files(Path("enc")) == [] and "Errno" not in err
+
+
+def test_a_read_only_folder_is_named_not_a_hidden_temporary(capsys, key_file, monkeypatch):
+    import errno
+
+    rgb_images(Path("plain"), 1)
+
+    def read_only(path, mode="r", *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(image_io, "open", read_only, raising=False)
+    rc, _, err = run(capsys, "encrypt", "--key-file", key_file, "--block-size", 8, "plain", "enc")
+    assert rc == 1 and "enc/00.png cannot be written: enc is on a read-only file system" in err
+    assert ".tmp" not in err and "writable output folder" in err
+
+
+# -- key input edge cases ----------------------------------------------------------------------------------------------
+def test_key_files_with_a_bom_from_pipes_and_one_digit_short(capsys, key_file):
+    key = LCryptKey.load(key_file)
+    Path("bom.key").write_bytes(b"\xef\xbb\xbf" + key.to_hex().encode() + b"\r\n")
+    Path("bom.key").chmod(0o600)
+    assert LCryptKey.load("bom.key") == key
+    Path("short.key").write_text(key.to_hex()[:63])
+    with pytest.raises(ValueError, match="got 63 hex digits"):
+        LCryptKey.load("short.key")
+    Path("typo.key").write_text(key.to_hex()[:10] + "g" + key.to_hex()[11:])
+    with pytest.raises(ValueError, match="character 11 of 64 is not a hex digit"):
+        LCryptKey.load("typo.key")
+    # a pipe, as /dev/stdin or a shell's <(secret-manager get key) hands it over
+    rgb_images(Path("plain"), 1)
+    read_end, write_end = os.pipe()
+    os.write(write_end, (key.to_hex() + "\n").encode())
+    os.close(write_end)
+    try:
+        rc, _, err = run(capsys, "encrypt", "--key-file", f"/dev/fd/{read_end}", "--block-size", 8, "plain", "enc")
+    finally:
+        os.close(read_end)
+    assert rc == 0 and key.key_id in err and "warning" not in err
+
+
+def test_keygen_never_writes_through_a_symbolic_link(capsys):
+    os.symlink("nowhere.key", "dangling")
+    rc, _, err = run(capsys, "keygen", "dangling")
+    assert rc == 1 and "symbolic link" in err and "overwrite=True" not in err and not Path("nowhere.key").exists()
+    Path("victim.txt").write_text("precious\n")
+    os.symlink("victim.txt", "planted")
+    rc, _, err = run(capsys, "keygen", "planted", "--force")
+    assert rc == 1 and "symbolic link" in err and Path("victim.txt").read_text() == "precious\n"
+
+
+def test_passphrases_that_are_not_utf_8_or_only_spaces_are_refused(capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("un café très long\n".encode("latin-1"))))
+    rc, _, err = run(capsys, "keygen", "--passphrase", "p.key")
+    assert rc == 1 and "not UTF-8" in err and "codec" not in err and not Path("p.key").exists()
+    monkeypatch.setattr("sys.stdin", io.StringIO(" " * 12 + "\n"))
+    rc, _, err = run(capsys, "keygen", "--passphrase", "p.key")
+    assert rc == 1 and "only white space" in err and not Path("p.key").exists()
+
+
+def test_an_empty_key_string_is_called_empty():
+    for make in (LCryptKey.coerce, lambda key: LCryptImageProcessor(image_size=32, block_size=8, key=key)):
+        with pytest.raises(ValueError, match="empty string") as err:
+            make("")
+        assert "folder" not in str(err.value)

@@ -5,10 +5,12 @@ import importlib.util
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,17 +24,23 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from helpers import IMAGENET_MEAN, IMAGENET_STD, REPO_ROOT, tiny_vit
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
-from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
+from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, png_metadata
 from hf_lcrypt.cli import main as cli
+from hf_lcrypt.hub.checks import find_secrets
+from hf_lcrypt.page_integrity import compute_manifest, integrity, published_manifest
 
 pytestmark = pytest.mark.slow  # the app runs in its own process
 
 APP = REPO_ROOT / "space" / "app.py"
-EXAMPLE = REPO_ROOT / "space" / "examples" / "glioma.png"
+EXAMPLE = REPO_ROOT / "tests" / "data" / "brain-mri" / "glioma.png"
 IMAGE_SIZE = 64
 BLOCK_SIZE = 8
 PASSPHRASE = "correct horse battery staple, space test"
+# What the page tells a visitor about the model comes from these two files of the model folder.
+METRICS = {"mode": "encrypted", "dataset": "breastmnist", "test": {"accuracy": 0.8125, "num_images": 156}}
+WEIGHTS_ONLY = {"flips_right": 0.97, "pixels_in_place": 0.19, "blocks_in_place": 0.42}
 
 
 @dataclass
@@ -43,8 +51,9 @@ class SpaceApp:
     plain: torch.nn.Module  # the plain ViT it was folded from
     log: Path
     downloads: Path
-    uploads: Path  # where gradio keeps what it received
+    uploads: Path  # gradio's cache folder, where uploads land (and must not stay)
     model_dir: Path
+    pid: int
 
     def client(self) -> Client:
         return Client(self.url, verbose=False, analytics_enabled=False, download_files=str(self.downloads))
@@ -79,6 +88,8 @@ def launch_space(folder: Path, key: LCryptKey | None = None, env: dict[str, str]
     keyed = LCryptViTForImageClassification.from_plain(plain, key, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     keyed.save_pretrained(folder / "model")
     LCryptImageProcessor.for_model(keyed).save_pretrained(folder / "model")
+    (folder / "model" / "metrics.json").write_text(json.dumps({**METRICS, "key_id": key.key_id}))
+    (folder / "model" / "weights_only_attack.json").write_text(json.dumps(WEIGHTS_ONLY))
     port = _free_port()
     app_env = {
         **{k: v for k, v in os.environ.items() if k not in ("HF_LCRYPT_KEY", "HF_LCRYPT_KEY_FILE")},
@@ -99,7 +110,15 @@ def launch_space(folder: Path, key: LCryptKey | None = None, env: dict[str, str]
         url = f"http://127.0.0.1:{port}/"
         _wait_until_up(url, process, log)
         yield SpaceApp(
-            url, key, keyed.eval(), plain.eval(), log, folder / "downloads", folder / "gradio-tmp", folder / "model"
+            url,
+            key,
+            keyed.eval(),
+            plain.eval(),
+            log,
+            folder / "downloads",
+            folder / "gradio-tmp",
+            folder / "model",
+            process.pid,
         )
     finally:
         process.terminate()
@@ -112,10 +131,7 @@ def launch_space(folder: Path, key: LCryptKey | None = None, env: dict[str, str]
 
 @pytest.fixture(scope="module")
 def space_app(tmp_path_factory) -> Iterator[SpaceApp]:
-    folder = tmp_path_factory.mktemp("space")
-    # A leftover secret variable must be ignored (and never used): the server holds no key.
-    decoy = LCryptKey.generate()
-    yield from launch_space(folder, env={"HF_LCRYPT_KEY": decoy.to_hex()})
+    yield from launch_space(tmp_path_factory.mktemp("space"))
 
 
 @pytest.fixture(scope="module")
@@ -141,15 +157,9 @@ def plain_probabilities(app: SpaceApp, image: Image.Image) -> dict[str, float]:
     return {app.plain.config.id2label[i]: float(p) for i, p in enumerate(probs)}
 
 
-def received_images(app: SpaceApp) -> list[np.ndarray]:
-    """Every readable image the server was sent (the bad-input test also sends unreadable ones)."""
-    images = []
-    for path in app.uploads.rglob("*.png"):
-        try:
-            images.append(np.asarray(Image.open(path).convert("RGB")))
-        except (OSError, SyntaxError, ValueError):
-            continue
-    return images
+def cached_files(app: SpaceApp) -> list[Path]:
+    """Whatever the server keeps of what it was sent: every file in gradio's cache folder."""
+    return [p for p in app.uploads.rglob("*") if p.is_file()]
 
 
 def confidences(label: dict) -> dict[str, float]:
@@ -163,8 +173,6 @@ def test_api_lists_the_endpoints_and_needs_no_key(space_app, client):
     info = client.predict(api_name="/model_info")
     assert info["image_size"] == [IMAGE_SIZE, IMAGE_SIZE] and info["block_size"] == BLOCK_SIZE
     assert info["key_id"] == space_app.key.key_id and info["channels"] == 3
-    log = space_app.log.read_text()
-    assert "HF_LCRYPT_KEY is set but ignored" in log
 
 
 def test_classify_encrypted_equals_the_plain_model(space_app, client, tmp_path):
@@ -174,11 +182,8 @@ def test_classify_encrypted_equals_the_plain_model(space_app, client, tmp_path):
     expected = plain_probabilities(space_app, Image.open(EXAMPLE).convert("RGB"))
     assert confidences(label) == pytest.approx(expected, abs=1e-4)
     assert label["label"] == max(expected, key=expected.get)
-    # The server received the ciphertext, byte for byte, and nothing else.
-    received = received_images(space_app)
-    assert any(np.array_equal(r, encrypted) for r in received)
-    plain = np.asarray(Image.open(EXAMPLE).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
-    assert not any(np.array_equal(r, plain) for r in received)
+    # Nothing of what the server was sent stays on its disk.
+    assert cached_files(space_app) == []
 
 
 def test_a_wrong_key_gives_another_answer(space_app, client, tmp_path):
@@ -219,10 +224,114 @@ def test_bad_inputs_get_a_clear_message(space_app, client, tmp_path):
     broken.write_bytes(buffer.getvalue()[:200])
     with pytest.raises(AppError, match="cannot be read"):
         client.predict(handle_file(broken), api_name="/classify_encrypted")
+    # A palette image with a transparent colour, and an animated PNG, are refused as the docs say.
+    palette = tmp_path / "palette.png"
+    Image.fromarray(encrypted).convert("P").save(palette, transparency=0)
+    with pytest.raises(AppError, match="transparent pixels"):
+        client.predict(handle_file(palette), api_name="/classify_encrypted")
+    animated = tmp_path / "animated.png"
+    frames = [Image.fromarray(encrypted), Image.fromarray(255 - encrypted)]
+    frames[0].save(animated, save_all=True, append_images=frames[1:])
+    with pytest.raises(AppError, match="animated"):
+        client.predict(handle_file(animated), api_name="/classify_encrypted")
     # An opaque RGBA PNG (what a browser canvas writes) is fine.
     opaque = tmp_path / "opaque.png"
     Image.fromarray(encrypted).convert("RGBA").save(opaque)
     assert client.predict(handle_file(opaque), api_name="/classify_encrypted")["label"]
+    assert cached_files(space_app) == []  # refused files are deleted too
+
+
+def save_with_params(path: Path, pixels: np.ndarray, chunk: str) -> Path:
+    info = PngInfo()
+    info.add_text(png_metadata.CHUNK_KEY, chunk)
+    Image.fromarray(pixels).save(path, pnginfo=info)
+    return path
+
+
+def test_the_processor_message_reaches_the_client(space_app, client, tmp_path):
+    """A ciphertext whose parameters chunk names another key, or is damaged, gets the processor's own message."""
+    other = LCryptKey.generate()
+    _, encrypted = encrypt_example(space_app, EXAMPLE, tmp_path, key=other)
+    params = png_metadata.cipher_params(space_app.model.cipher(other).describe())
+    wrong = save_with_params(tmp_path / "other-key.png", encrypted, png_metadata.encode(params))
+    with pytest.raises(AppError, match=f"encrypted with key_id {other.key_id} \\(expected {space_app.key.key_id}\\)"):
+        client.predict(handle_file(wrong), api_name="/classify_encrypted")
+    damaged = save_with_params(tmp_path / "damaged.png", encrypted, png_metadata.encode(params)[:-5])
+    with pytest.raises(AppError, match="damaged hf-lcrypt parameters chunk"):
+        client.predict(handle_file(damaged), api_name="/classify_encrypted")
+    # The key's own chunk is accepted.
+    right = save_with_params(
+        tmp_path / "right.png",
+        encrypt_example(space_app, EXAMPLE, tmp_path)[1],
+        png_metadata.encode(png_metadata.cipher_params(space_app.model.cipher(space_app.key).describe())),
+    )
+    assert client.predict(handle_file(right), api_name="/classify_encrypted")["label"]
+
+
+def peak_memory_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+
+
+def test_an_oversized_png_is_refused_before_it_is_decoded(space_app, client, tmp_path):
+    """13000x13000 in 1 MB of PNG: decoding it would take the server's peak memory up by about half a gigabyte."""
+    huge = tmp_path / "huge.png"
+    Image.fromarray(np.zeros((13_000, 13_000), np.uint8)).save(huge, compress_level=9)
+    assert huge.stat().st_size < 1_000_000
+    before = peak_memory_kb(space_app.pid)
+    with pytest.raises(AppError, match="is 13000x13000, but this model takes exactly"):
+        client.predict(handle_file(huge), api_name="/classify_encrypted")
+    assert peak_memory_kb(space_app.pid) - before < 50_000  # kB; decoding alone would add 169 000
+    assert cached_files(space_app) == []
+
+
+def test_no_monitoring_endpoint(space_app):
+    for path in ("monitoring", "monitoring/summary", "gradio_api/monitoring", "gradio_api/monitoring/summary"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(space_app.url + path, timeout=10)
+        assert err.value.code in (403, 404), path
+
+
+def test_the_page_shows_the_model_facts_and_pins_its_scripts(space_app):
+    with urllib.request.urlopen(space_app.url, timeout=10) as response:
+        page = html.unescape(response.read().decode())
+    for fact in (
+        "image classification into 4 classes",
+        "breastmnist",
+        "81.2% (156 images)",
+        "97.0% of the sign flips",
+        "19.0% of the in-block pixels",
+        "not for diagnosis",
+    ):
+        assert fact in page, fact
+
+
+def test_the_published_hashes_are_the_page_files(space_app, capsys, monkeypatch):
+    """The package publishes the page files' SRI hashes; `hf-lcrypt verify-page` checks a served page against them."""
+    assert published_manifest() == compute_manifest(REPO_ROOT / "space" / "static"), (
+        "hf_lcrypt/assets/space-page-integrity.json is out of date: run python -m hf_lcrypt.page_integrity"
+    )
+    assert set(published_manifest()) >= {"page.mjs", "lcrypt.mjs", "pixels.mjs", "vendor/noble-hashes/sha2.js"}
+    assert cli(["verify-page", space_app.url]) == 0
+    out = capsys.readouterr().out
+    assert f"All {len(published_manifest())} files pinned and served as published" in out
+    # A page whose hashes are not the published ones fails the check.
+    altered = {**published_manifest(), "lcrypt.mjs": integrity(b"another lcrypt.mjs")}
+    monkeypatch.setattr("hf_lcrypt.page_integrity.published_manifest", lambda: altered)
+    assert cli(["verify-page", space_app.url]) == 1
+    captured = capsys.readouterr()
+    assert "DIFFERS   lcrypt.mjs" in captured.out and "do not trust this page" in captured.err
+
+
+def test_the_app_refuses_to_start_with_a_key_variable(tmp_path):
+    """A key in the server's environment stays readable in /proc/<pid>/environ: the app does not start."""
+    key = LCryptKey.generate()
+    for name, value in (("HF_LCRYPT_KEY", key.to_hex()), ("HF_LCRYPT_KEY_FILE", str(key.save(tmp_path / "k.key")))):
+        env = {**os.environ, name: value, "HF_LCRYPT_MODEL": str(tmp_path / "no-model")}
+        result = subprocess.run([sys.executable, str(APP)], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0
+        assert f"{name} set: this app never needs the key" in result.stderr
+        assert key.to_hex() not in result.stdout + result.stderr
 
 
 def test_eight_concurrent_requests(space_app, client, tmp_path):
@@ -234,6 +343,7 @@ def test_eight_concurrent_requests(space_app, client, tmp_path):
         folder.mkdir()
         path, _ = encrypt_example(space_app, examples[i % len(examples)], folder, key=None if i % 2 == 0 else key)
         jobs.append(path)
+    # Jobs 0 and 6 are the same ciphertext, which gradio stores as one file: both must be answered.
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda p: client.predict(handle_file(p), api_name="/classify_encrypted"), jobs))
     # Each answer is the model's on its own ciphertext, whatever else ran at the same time.
@@ -275,13 +385,7 @@ def test_cli_classify_encrypts_locally_and_sends_only_ciphertext(space_app, tmp_
         assert line.startswith(str(path)) and float(line.split()[2]) == pytest.approx(
             expected[line.split()[1]], abs=1e-3
         )
-    # The server received each example's ciphertext (as the processor encrypts it) and no plain image.
-    received = received_images(space_app)
-    for path in examples:
-        _, encrypted = encrypt_example(space_app, path, tmp_path)
-        assert any(np.array_equal(r, encrypted) for r in received)
-        plain = np.asarray(Image.open(path).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
-        assert not any(np.array_equal(r, plain) for r in received)
+    assert cached_files(space_app) == []
 
 
 def test_cli_classify_refuses_a_key_the_model_was_not_folded_with(space_app, tmp_path, capsys):
@@ -298,7 +402,7 @@ def test_a_public_demo_key_is_offered_only_for_the_served_model(space_app, tmp_p
     spec = importlib.util.spec_from_file_location("space_app_module", APP)
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
-    served = app.load_served_model(space_app.model_dir)
+    served = app.load_model(str(space_app.model_dir))
     monkeypatch.setenv("HF_LCRYPT_DEMO_KEY_FILE", str(space_app.key.save(tmp_path / "demo.key")))
     demo = app.load_demo_key(served)
     assert demo == space_app.key and space_app.key.to_hex() in app.page_html(served, demo)
@@ -310,25 +414,84 @@ def test_a_public_demo_key_is_offered_only_for_the_served_model(space_app, tmp_p
     assert '"demo_key": null' in html.unescape(page) and space_app.key.to_hex() not in page
 
 
-def test_build_space_ships_the_model_and_its_public_demo_key(space_app, tmp_path, monkeypatch):
-    """scripts/build_space.py: the Space's repository, whose app serves its own model and offers its demo key."""
-    spec = importlib.util.spec_from_file_location("build_space", REPO_ROOT / "scripts" / "build_space.py")
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
-    other_key = LCryptKey.generate().save(tmp_path / "other.key")
-    assert builder.main([str(space_app.model_dir), str(tmp_path / "bad"), "--demo-key", str(other_key)]) == 1
+def load_script(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_space_refuses_to_publish_the_model_key(space_app, tmp_path):
+    builder = load_script("build_space", REPO_ROOT / "scripts" / "build_space.py")
+    model_key = space_app.key.save(tmp_path / "model.key")
+    assert builder.main([str(space_app.model_dir), str(tmp_path / "bad"), "--demo-key", str(model_key)]) == 1
+    # A fresh demo key needs the model's key to move the copy to it.
+    assert builder.main([str(space_app.model_dir), str(tmp_path / "bad"), "--demo-key"]) == 1
+    # A key file that is not the model's cannot move it either.
+    other = LCryptKey.generate().save(tmp_path / "other.key")
+    assert builder.main([str(space_app.model_dir), str(tmp_path / "bad"), "--demo-key", "--key-file", str(other)]) == 1
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    assert builder.main([str(space_app.model_dir), str(tmp_path / "bad"), "--examples", str(empty)]) == 1
     assert not any(tmp_path.glob("*bad*"))  # nothing half-built is left behind
+    # Told explicitly, the model's own key is published, and the model copied as it is.
+    out = tmp_path / "public-model-key"
+    args = [str(space_app.model_dir), str(out), "--demo-key", str(model_key), "--publish-model-key"]
+    assert builder.main(args) == 0
+    assert LCryptKey.from_hex((out / "demo.key").read_text()) == space_app.key
+    assert (out / "model" / "model.safetensors").read_bytes() == (
+        space_app.model_dir / "model.safetensors"
+    ).read_bytes()
+    assert not (out / "examples").exists()  # no examples unless given
+
+
+def test_build_space_rekeys_a_copy_of_the_model_to_a_fresh_demo_key(space_app, tmp_path, monkeypatch, capsys):
+    """scripts/build_space.py --demo-key: neither the training key nor its weights leave; the copy answers exactly."""
+    builder = load_script("build_space", REPO_ROOT / "scripts" / "build_space.py")
+    model_key = space_app.key.save(tmp_path / "model.key")
+    examples = REPO_ROOT / "tests" / "data" / "brain-mri"
     out = tmp_path / "space"
-    files = builder.build_space(space_app.model_dir, out, space_app.key)
-    assert {"app.py", "demo.key", "model/config.json", "model/model.safetensors", "static/lcrypt.mjs"} <= set(files)
+    args = [str(space_app.model_dir), str(out), "--demo-key", "--key-file", str(model_key), "--examples", str(examples)]
+    assert builder.main(args) == 0
+    demo_key = LCryptKey.from_hex((out / "demo.key").read_text())
+    assert (
+        demo_key != space_app.key and f"PUBLIC demo key (demo.key, key_id {demo_key.key_id})" in capsys.readouterr().out
+    )
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"app.py", "demo.key", "model/config.json", "model/model.safetensors", "static/lcrypt.mjs"} <= files
+    assert {f"examples/{p.name}" for p in examples.glob("*.png")} <= files
+    # No file holds the training key, its key_id, or the weights folded with it.
+    assert find_secrets(out, space_app.key) == []
+    for path in out.rglob("*"):
+        assert not path.is_file() or space_app.key.key_id.encode() not in path.read_bytes(), path
+    assert (out / "model" / "model.safetensors").read_bytes() != (
+        space_app.model_dir / "model.safetensors"
+    ).read_bytes()
+    for name in ("config.json", "preprocessor_config.json", "metrics.json"):
+        assert json.loads((out / "model" / name).read_text())["key_id"] == demo_key.key_id, name
+    # The copy under the demo key answers as the original under the training key.
+    rekeyed = LCryptViTForImageClassification.from_pretrained(out / "model").eval()
+    images = [Image.open(p) for p in sorted(examples.glob("*.png"))]
+    with torch.no_grad():
+        original = space_app.model(
+            **LCryptImageProcessor.for_model(space_app.model, key=space_app.key)(images, return_tensors="pt")
+        ).logits
+        moved = rekeyed(**LCryptImageProcessor.for_model(rekeyed, key=demo_key)(images, return_tensors="pt")).logits
+    assert torch.allclose(moved, original, atol=1e-5) and torch.equal(moved.argmax(-1), original.argmax(-1))
     with pytest.raises(FileExistsError):
-        builder.build_space(space_app.model_dir, out, space_app.key)
-    # The built app, with no variable set, serves model/ and offers demo.key, labelled as public.
-    for name in ("HF_LCRYPT_MODEL", "HF_LCRYPT_DEMO_KEY_FILE"):
+        builder.build_space(space_app.model_dir, out)
+    # The built app, with no variable set, serves model/, offers demo.key and its examples, and says so in its log.
+    for name in ("HF_LCRYPT_MODEL", "HF_LCRYPT_DEMO_KEY_FILE", "HF_LCRYPT_KEY", "HF_LCRYPT_KEY_FILE"):
         monkeypatch.delenv(name, raising=False)
-    spec = importlib.util.spec_from_file_location("built_space_app", out / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
-    served = app.load_model()
-    assert served.info["key_id"] == space_app.key.key_id and app.load_demo_key(served) == space_app.key
-    assert "public" in (out / "static" / "page.html").read_text()
+    app = load_script("built_space_app", out / "app.py")
+    launched = {}
+    monkeypatch.setattr(app.gr.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs))
+    messages = []
+    monkeypatch.setattr(app.logger, "warning", lambda msg, *a: messages.append(msg % a))
+    app.main()
+    assert launched["enable_monitoring"] is False
+    assert any(f"PUBLIC demo key (key_id {demo_key.key_id})" in m for m in messages), messages
+    served = app.load_model(str(out / "model"))
+    assert served.info["key_id"] == demo_key.key_id and app.load_demo_key(served) == demo_key
+    page = html.unescape(app.page_html(served, demo_key, app.model_facts(str(out / "model"), served)))
+    assert "glioma" in page and "public (key_id" in page and "81.2%" in page

@@ -125,11 +125,26 @@ def test_the_page_encrypts_locally_and_sends_only_ciphertext(browser, space, tmp
     page.locator("#run").click()
     page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('Done')", timeout=60_000)
     assert not page.locator("#status.error").count()
+    assert "has seen 3 encrypted images" in page.locator("#status").inner_text()
 
-    # Noise and bit flips, applied in the browser to the ciphertext, change what the model says.
+    # The model's facts and the disclaimer are on the page.
+    facts = page.locator("#model-facts").inner_text()
+    assert "81.2% (156 images)" in facts and "breastmnist" in facts and "97.0% of the sign flips" in facts
+    assert "not for diagnosis" in page.locator("#disclaimer").inner_text()
+    # The wrong key's answer is a labelled demonstration, never styled as the result.
+    demonstration = page.locator("#demonstration")
+    assert "Demonstration, not a result" in demonstration.inner_text()
+    assert demonstration.locator("#label-wrong li").count() == 4 and not page.locator(".result #label-wrong").count()
+    weight = "(el) => getComputedStyle(el).fontWeight"
+    assert page.locator("#label-key li").first.evaluate(weight) == "700"
+    assert page.locator("#label-wrong li").first.evaluate(weight) == "400"
+    assert demonstration.evaluate("(el) => getComputedStyle(el).borderStyle") == "dashed"
+
+    # Noise and bit flips, applied in the browser to the ciphertext, change what the model says; the count is true.
     clean_label = page.locator("#label-corrupted").inner_text()
     page.locator("#sigma").evaluate("(el) => { el.value = '0.3'; el.dispatchEvent(new Event('change')); }")
     page.wait_for_function("(t) => document.querySelector('#label-corrupted').innerText !== t", arg=clean_label)
+    page.wait_for_function("() => /has seen 4 encrypted images/.test(document.querySelector('#status').innerText)")
 
     # Kept under outputs/ (ignored by git) for a look at the page after the run.
     screenshot = REPO_ROOT / "outputs" / "screenshots" / "space-private-inference.png"
@@ -138,21 +153,24 @@ def test_the_page_encrypts_locally_and_sends_only_ciphertext(browser, space, tmp
     print(f"screenshot: {screenshot}")
     assert screenshot.stat().st_size > 10_000
 
-    # What the server received is exactly the Python encryption of the same resized pixels with the same key.
+    # Every upload has the same neutral name; what the server received is exactly the Python encryption of the same
+    # resized pixels with the same key (twice: the clean copy of the noise panel), the wrong key's, and the noisy one.
     uploads = recorder.uploads()
-    assert set(uploads) == {"encrypted.png", "wrong-key.png", "corrupted.png"}, list(uploads)
-    assert len(uploads["corrupted.png"]) == 2
+    assert set(uploads) == {"ciphertext.png"}, list(uploads)
+    sent_pixels = [pixels(data) for data in uploads["ciphertext.png"]]
+    assert len(sent_pixels) == 4
     processor = LCryptImageProcessor.for_model(space.model, key=space.key)
     (expected,) = processor.encrypt_images([Image.open(EXAMPLE)])
-    (sent,) = uploads["encrypted.png"]
-    assert np.array_equal(pixels(sent), np.asarray(expected))
     wrong = LCryptImageProcessor.for_model(space.model, key=space.key.derive(WRONG_KEY_LABEL), key_id=None)
-    assert np.array_equal(
-        pixels(uploads["wrong-key.png"][0]), np.asarray(wrong.encrypt_images([Image.open(EXAMPLE)])[0])
+    expected_wrong = np.asarray(wrong.encrypt_images([Image.open(EXAMPLE)])[0])
+    assert sum(np.array_equal(p, np.asarray(expected)) for p in sent_pixels) == 2
+    assert sum(np.array_equal(p, expected_wrong) for p in sent_pixels) == 1
+    assert np.mean(sent_pixels[-1] != np.asarray(expected)) > 0.3  # the noisy copy
+    sent = next(
+        d
+        for d, p in zip(uploads["ciphertext.png"], sent_pixels, strict=True)
+        if np.array_equal(p, np.asarray(expected))
     )
-    noisy = pixels(uploads["corrupted.png"][1])
-    assert np.array_equal(pixels(uploads["corrupted.png"][0]), np.asarray(expected))  # sigma 0, rate 0 at first
-    assert np.mean(noisy != np.asarray(expected)) > 0.3
 
     # The prediction shown is the model's on that ciphertext.
     probs = model_probabilities(space, pixels(sent))
@@ -184,39 +202,78 @@ def test_the_page_encrypts_locally_and_sends_only_ciphertext(browser, space, tmp
             sent_pixels = pixels(data)
             assert not np.array_equal(sent_pixels, np.asarray(plain_resized)), f"the plain image in {what}"
             assert sent_pixels.shape != plain_full.shape, f"a full-size image in {what}"
+    # Another image clears the previous image's answers; so does a file that is not an image.
+    page.locator("#plain-file").set_input_files(str(EXAMPLE.with_name("pituitary.png")))
+    page.wait_for_function("() => /Image read/.test(document.querySelector('#status').innerText)")
+    for label in ("#label-key", "#label-wrong", "#label-corrupted"):
+        assert page.locator(f"{label} li").count() == 0 and page.locator(label).get_attribute("data-label") is None
+    page.locator("#run").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('Done')", timeout=60_000)
+    assert "has seen 3 encrypted images" in page.locator("#status").inner_text()
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    page.locator("#plain-file").set_input_files(str(not_an_image))
+    page.locator("#status.error").wait_for()
+    assert page.locator("#label-key li").count() == 0 and page.locator("#run").is_disabled()
     assert PASSPHRASE not in page.locator("body").inner_text()
     assert not [e for e in recorder.console_errors if "Failed to load resource" not in e], recorder.console_errors
     page.close()
 
 
-def test_keys_from_a_file_hex_or_the_browser(browser, space, tmp_path):
+def test_a_key_that_is_not_the_models_is_refused_without_a_request(browser, space, tmp_path):
     recorder = RecordingPage(browser, space.url)
     page = recorder.page
     page.goto(space.url, wait_until="domcontentloaded")
     page.locator("#lcrypt-app[data-ready=true]").wait_for(timeout=60_000)
     assert page.locator("#demo-key").is_hidden()  # this app ships no public demo key
+    assert not page.locator("#generate-key").count()  # a new key could never be the model's
     status = page.locator("#key-status")
+    page.locator("#plain-file").set_input_files(str(EXAMPLE))
     page.locator("#key-file").set_input_files(str(space.key.save(tmp_path / "model.key")))
     page.wait_for_function("() => /key file/.test(document.querySelector('#key-status').innerText)")
-    assert f"key_id {space.key.key_id}" in status.inner_text() and "expects" not in status.inner_text()
+    assert f"key_id {space.key.key_id}, the model's key" in status.inner_text() and page.locator("#run").is_enabled()
+    page.locator("#run").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('Done')", timeout=60_000)
+    assert page.locator("#label-key li").count() == 4
+    # Another key: refused, the previous answers cleared, and nothing can be sent.
+    requests_before = len(recorder.requests)
     other = LCryptKey.generate()
     page.locator("#key-hex").fill(other.to_hex().upper())
     page.locator("#use-hex").click()
-    assert f"key_id {other.key_id}" in status.inner_text() and "expects key_id" in status.inner_text()
+    text = status.inner_text()
+    assert "refused" in text and f"key_id is {other.key_id}" in text and f"expects key_id {space.key.key_id}" in text
+    assert page.locator("#key-status.refused").count() == 1
+    assert page.locator("#label-key li").count() == 0 and page.locator("#run").is_disabled()
+    page.locator("#run").click(force=True)  # a disabled button does nothing, even when clicked
+    page.wait_for_timeout(1000)
+    assert len(recorder.requests) == requests_before
+    page.screenshot(path=str(REPO_ROOT / "outputs" / "screenshots" / "space-key-refused.png"), full_page=True)
     page.locator("#key-hex").fill("not a key")
     page.locator("#use-hex").click()
     assert "not all hex digits" in page.locator("#status.error").inner_text()
-    page.locator("#generate-key").click()
-    with page.expect_download() as download:
-        page.locator("#download-key").click()
-    path = tmp_path / "generated.key"
-    download.value.save_as(path)
-    # A browser saves downloads readable by others; loading such a key file says how to restrict it.
-    with pytest.warns(UserWarning, match="open to other users"):
-        key = LCryptKey.load(path)
-    assert f"key_id {key.key_id}" in status.inner_text() and "expects key_id" in status.inner_text()
-    for secret in (key.to_hex(), space.key.to_hex(), other.to_hex()):
+    for secret in (space.key.to_hex(), other.to_hex()):
         assert all(secret.encode() not in body and secret not in what for what, body in recorder.requests)
+    page.close()
+
+
+@pytest.mark.parametrize("module", ["page.mjs", "lcrypt.mjs", "vendor/noble-hashes/sha2.js"])
+def test_a_tampered_module_is_refused(browser, space, module):
+    """Subresource Integrity: a module that differs from the hashed one, the page's or one it imports, never runs."""
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+    def tamper(route):
+        body = route.fetch().text() + "\nglobalThis.leak = true;\n"
+        route.fulfill(status=200, body=body, headers={"content-type": "text/javascript"})
+
+    page.route(f"**/static/{module}", tamper)
+    page.goto(space.url, wait_until="domcontentloaded")
+    page.locator("#lcrypt-app").wait_for(timeout=60_000)
+    page.wait_for_timeout(3000)
+    assert page.locator("#lcrypt-app").get_attribute("data-ready") is None
+    assert not page.evaluate("() => globalThis.leak === true")
+    assert any("integrity" in e for e in errors), errors
     page.close()
 
 

@@ -38,6 +38,8 @@ USER_SCRIPT = textwrap.dedent(
     assert main(argv) == 0
     card = (work / "repo" / "README.md").read_text()
     assert key.key_id in card and key.to_hex() not in card
+    from hf_lcrypt.page_integrity import published_manifest  # the Space page's hashes ship with the package
+    assert "lcrypt.mjs" in published_manifest()
     print(json.dumps(sorted(p.name for p in (work / "repo").iterdir())))
     """
 )

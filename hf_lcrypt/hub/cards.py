@@ -39,10 +39,9 @@ TAGS = ["hf-lcrypt", "privacy", "medical-imaging", "image-encryption", "vision-t
 SPACE_MAX_MEGAPIXELS = 20
 SPACE_MAX_MEGABYTES = 10
 SPACE_EXAMPLES_NOTE = (
-    "The examples in `examples/` are three brain MRI slices from the Brain Tumor MRI Dataset (M. Nickparvar, built "
-    "from the Figshare set of Cheng et al., SARTAJ and Br35H), listed as CC0 (public domain) on its host, "
-    "downscaled to 128x128 greyscale PNG: a glioma (`Tr-glTr_0000.jpg`), a pituitary tumour (`Tr-piTr_0000.jpg`) and "
-    "a scan without tumour (`Tr-noTr_0000.jpg`). They are shown for demonstration only, not for diagnosis."
+    "The examples in `examples/`, if any, are images of the served model's own dataset, chosen when the Space was "
+    "built (`scripts/build_space.py --examples DIR`); without them the page offers none. They are shown for "
+    "demonstration only, not for diagnosis."
 )
 # Standard metrics for the model-index, in the card's order: (metric id, display name).
 _MAIN_METRICS = (
@@ -131,6 +130,11 @@ def _hub_names(value: Any) -> tuple[str | None, str | None]:
     if path.name in _GENERIC_FOLDERS and path.parent.name:
         return None, f"{path.parent.name}/{path.name}"
     return None, path.name or value
+
+
+def dataset_title(value: Any) -> str | None:
+    """How a run's `dataset` (Hub id, local path or the shipped dataset's name) is named to readers."""
+    return _hub_names(value)[1]
 
 
 def is_folded_from_public(model_dir: str | os.PathLike, flag: bool = False) -> bool:

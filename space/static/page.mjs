@@ -93,6 +93,8 @@ function showLabel(list, label) {
 }
 
 // -- the page -------------------------------------------------------------------------------------------------------
+const UPLOAD_NAME = "ciphertext.png"; // every upload has the same name: the server cannot tell which one is yours
+
 function start(root) {
   const settings = JSON.parse(root.dataset.settings);
   const [height, width] = settings.image_size;
@@ -101,6 +103,8 @@ function start(root) {
   let key = null;
   let source = null; // the decoded plain image, full size
   let encrypted = null;
+  let generation = 0; // bumped whenever the image or the key changes: answers of an older one are dropped
+  let sent = 0; // encrypted images sent for the current image and key
 
   const status = (text, error = false) => {
     $("status").textContent = text;
@@ -116,16 +120,48 @@ function start(root) {
       status(err.message, true);
     }
   };
-  const setKey = (newKey, origin) => {
-    key = newKey;
+  /** Forget every answer and ciphertext: they belonged to another image or key. */
+  const clearResults = () => {
+    generation += 1;
     encrypted = null;
-    $("key-status").textContent = `Key from ${origin}: key_id ${key.keyId}.`;
-    if (settings.key_id && key.keyId !== settings.key_id) {
-      $("key-status").textContent += ` The served model expects key_id ${settings.key_id}: expect meaningless answers.`;
+    sent = 0;
+    for (const id of ["label-key", "label-wrong", "label-corrupted"]) {
+      $(id).replaceChildren();
+      delete $(id).dataset.label;
+    }
+    for (const id of ["cipher-view", "wrong-view", "corrupted-view"]) {
+      const canvas = $(id);
+      canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    }
+    status("");
+  };
+  const send = async (canvas, current) => {
+    const label = await classifyEncrypted(await png(canvas), UPLOAD_NAME);
+    if (current !== generation) throw new Stale();
+    sent += 1;
+    return label;
+  };
+  const setKey = (newKey, origin) => {
+    clearResults();
+    key = null;
+    const keyStatus = $("key-status");
+    keyStatus.classList.remove("refused");
+    if (settings.key_id && newKey.keyId !== settings.key_id) {
+      // As the command line does: another key's answers would be meaningless, so nothing is sent.
+      keyStatus.textContent =
+        `Key from ${origin} refused: its key_id is ${newKey.keyId}, but the served model expects key_id ` +
+        `${settings.key_id}. Load the model's key (or its public demo key).`;
+      keyStatus.classList.add("refused");
+    } else {
+      key = newKey;
+      keyStatus.textContent = `Key from ${origin}: key_id ${key.keyId}, the model's key.`;
     }
     ready();
   };
   const setImage = async (blob) => {
+    clearResults();
+    source = null;
+    ready();
     status("Reading the image...");
     source = await decodeImage(blob, settings.max_pixels);
     const plain = resizeBilinear(source.rgb, source.width, source.height, 3, width, height);
@@ -133,12 +169,24 @@ function start(root) {
     status(`Image read (${source.width}x${source.height}), resized to ${width}x${height} here.`);
     ready();
   };
+  const sentStatus = () => {
+    const images = sent === 1 ? "one encrypted image" : `${sent} encrypted images`;
+    status(`Done: the server has seen ${images} of this picture, and never the picture itself.`);
+  };
 
   if (settings.channels !== 3) {
     status(`This page encrypts RGB images; the served model takes ${settings.channels} channels.`, true);
     return;
   }
-  $("plain-file").addEventListener("change", guard(async (event) => event.target.files[0] && setImage(event.target.files[0])));
+  $("plain-file").addEventListener(
+    "change",
+    guard(async (event) => {
+      const canvas = $("plain-view");
+      canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+      if (event.target.files[0]) await setImage(event.target.files[0]);
+      else clearResults();
+    }),
+  );
   for (const example of settings.examples) {
     const button = document.createElement("button");
     button.textContent = example.name;
@@ -158,18 +206,6 @@ function start(root) {
       status("Key derived.");
     }),
   );
-  $("generate-key").addEventListener(
-    "click",
-    guard(async () => {
-      const generated = LCryptKey.generate();
-      setKey(generated, "a key generated in this browser");
-      const link = $("download-key");
-      if (link.href) URL.revokeObjectURL(link.href);
-      link.href = URL.createObjectURL(new Blob([generated.toKeyFile()], { type: "text/plain" }));
-      link.download = `hf-lcrypt-${generated.keyId}.key`;
-      link.hidden = false;
-    }),
-  );
   if (settings.demo_key) {
     $("demo-key").hidden = false;
     $("demo-key").addEventListener("click", guard(async () => setKey(LCryptKey.fromHex(settings.demo_key), "the PUBLIC demo key")));
@@ -181,36 +217,53 @@ function start(root) {
     $("sigma-value").textContent = sigma;
     $("rate-value").textContent = rate;
     if (!encrypted) return;
+    const current = generation;
     draw($("corrupted-view"), corrupt(encrypted, sigma, rate), width, height);
-    showLabel($("label-corrupted"), await classifyEncrypted(await png($("corrupted-view")), "corrupted.png"));
+    showLabel($("label-corrupted"), await send($("corrupted-view"), current));
+    sentStatus();
   };
   $("run").addEventListener(
     "click",
     guard(async () => {
       $("run").disabled = true;
       try {
+        clearResults();
+        const current = generation;
         status("Encrypting here, then sending the ciphertext...");
         const plain = resizeBilinear(source.rgb, source.width, source.height, 3, width, height);
-        encrypted = new BlockCipher(key, geometry).encrypt(plain);
+        const mine = new BlockCipher(key, geometry).encrypt(plain);
         const wrong = new BlockCipher(key.derive(WRONG_KEY_LABEL), geometry).encrypt(plain);
-        draw($("cipher-view"), encrypted, width, height);
+        draw($("cipher-view"), mine, width, height);
         draw($("wrong-view"), wrong, width, height);
-        const [right, other] = await Promise.all([
-          classifyEncrypted(await png($("cipher-view")), "encrypted.png"),
-          classifyEncrypted(await png($("wrong-view")), "wrong-key.png"),
-        ]);
+        const [right, other] = await Promise.all([send($("cipher-view"), current), send($("wrong-view"), current)]);
         showLabel($("label-key"), right);
         showLabel($("label-wrong"), other);
+        encrypted = mine;
         await sendCorrupted();
-        status("Done: the server saw only the three encrypted images.");
+      } catch (err) {
+        if (!(err instanceof Stale)) throw err;
       } finally {
         ready();
       }
     }),
   );
-  for (const id of ["sigma", "rate"]) $(id).addEventListener("change", guard(sendCorrupted));
+  for (const id of ["sigma", "rate"]) {
+    $(id).addEventListener(
+      "change",
+      guard(async () => {
+        try {
+          await sendCorrupted();
+        } catch (err) {
+          if (!(err instanceof Stale)) throw err;
+        }
+      }),
+    );
+  }
   root.dataset.ready = "true";
 }
+
+/** An answer that arrived after the image or the key changed: dropped, never shown. */
+class Stale extends Error {}
 
 // Gradio renders the page after this module loads: start once the app's markup is there.
 function whenReady() {

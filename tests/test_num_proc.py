@@ -1,0 +1,53 @@
+"""`hf-lcrypt encrypt/decrypt --num-proc N`: the same outputs as one process, and the same guarantees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import run_cli as run
+from PIL import Image
+
+pytestmark = pytest.mark.usefixtures("cli_workdir")
+
+
+def images(folder: Path, count: int, bad: tuple[int, ...] = ()) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    for i in bad:  # a JPEG cut short: its header reads, its data fails only when decoded (in a worker)
+        Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(folder / f"{i:02d}x.jpg")
+        data = (folder / f"{i:02d}x.jpg").read_bytes()
+        (folder / f"{i:02d}x.jpg").write_bytes(data[: len(data) // 2])
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_processes_give_the_same_files_and_failures_as_one(capsys, key_file):
+    images(Path("plain"), 12, bad=(3, 7))
+    cipher = ["--key-file", key_file, "--block-size", 8, "--image-size", 32, "--skip-errors"]
+    results = {}
+    for n in (1, 3):
+        rc, _, err = run(capsys, "encrypt", *cipher, "--num-proc", n, "plain", f"enc{n}")
+        failures = [line for line in err.splitlines() if line.startswith("  ")]
+        results[n] = (rc, failures, tree(Path(f"enc{n}")))
+        assert rc == 1 and len(failures) == 2 and "03x.jpg" in failures[0] and "07x.jpg" in failures[1]
+    assert results[1] == results[3] and len(results[3][2]) == 12
+    rc, _, err = run(capsys, "encrypt", *cipher, "--num-proc", 3, "--resume", "plain", "enc3")
+    assert "12 complete output(s) kept" in err
+    rc, _, _ = run(capsys, "decrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 2, "enc3", "dec")
+    assert rc == 0 and len(tree(Path("dec"))) == 12
+
+
+def test_a_failure_without_skip_errors_stops_with_complete_outputs_only(capsys, key_file):
+    images(Path("plain"), 12, bad=(5,))
+    rc, _, err = run(capsys, "encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 2, "plain", "enc")
+    assert rc == 1 and "05x.jpg" in err and "--skip-errors" in err
+    for path in Path("enc").rglob("*"):  # no temporaries; every file there decodes to the end
+        assert path.suffix == ".png" and not path.name.startswith(".")
+        with Image.open(path) as image:
+            image.load()
