@@ -7,15 +7,16 @@ geometry; this is also exactly what lets a ViT with patch size M absorb the key 
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
+import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .keys import (
     ALL_STEPS,
@@ -29,19 +30,30 @@ from .keys import (
     geometry_label,
 )
 
-Array = torch.Tensor | np.ndarray
+if TYPE_CHECKING:
+    import torch
+
+    Array = torch.Tensor | np.ndarray
+
+# torch is imported only for tensors: numpy arrays (the command line's encrypt/decrypt) never load it.
 
 
 # On CPU, numpy's take gathers faster than torch's index_select (measured on 64x3x224x224: about 3x for uint8, 1.5x
 # for float32), and it releases the GIL, so a large batch is split across threads. Below this size per thread, the
 # hand-off costs more than it saves.
-_NUMPY_DTYPES = {
-    torch.uint8: np.uint8,
-    torch.int16: np.int16,  # 16-bit images, reinterpreted (see BlockCipher._apply)
-    torch.float16: np.float16,
-    torch.float32: np.float32,
-    torch.float64: np.float64,
-}
+@functools.cache
+def _numpy_dtypes() -> dict[torch.dtype, type]:
+    import torch
+
+    return {
+        torch.uint8: np.uint8,
+        torch.int16: np.int16,  # 16-bit images, reinterpreted (see BlockCipher._apply)
+        torch.float16: np.float16,
+        torch.float32: np.float32,
+        torch.float64: np.float64,
+    }
+
+
 _MIN_BYTES_PER_THREAD = 1 << 20
 # The flat gather needs an int64 index per value (8x a uint8 image, and several times that to build it). Images with
 # more values than this are transformed block by block instead, in chunks, with only small key-sized indices: a
@@ -50,8 +62,15 @@ _BLOCKWISE_MIN_VALUES = 1 << 22
 _BLOCKWISE_CHUNK_BYTES = 32 << 20
 # The integer dtypes flip as XOR with all bits set: 255 ^ x = 255 - x for bytes; for 16-bit images, viewed as
 # int16, -1 (0xFFFF) ^ x has the bits of 65535 - x.
-_XOR_ALL = {torch.uint8: 255, torch.int16: -1}
+_XOR_ALL = {np.dtype(np.uint8): 255, np.dtype(np.int16): -1}
 _pools: dict[int, ThreadPoolExecutor] = {}  # by number of threads, which follows torch.get_num_threads()
+
+
+def _threads() -> int:
+    """Threads for one gather: torch's setting once torch is loaded; one without it (the command line, which runs
+    several processes instead)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else 1
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
@@ -83,11 +102,16 @@ def _flip(values: Array, flip: Array | None) -> None:
 def _transform(src: torch.Tensor, index: torch.Tensor, flip: torch.Tensor | None, dst: torch.Tensor) -> None:
     """dst[b, l] = flip_l(src[b, index[l]]) for 2-D src and dst: the whole cipher, once its plan is known."""
     if not _numpy_ok(src):
+        import torch
+
         torch.index_select(src, 1, index, out=dst)
         _flip(dst, flip)
         return
-    s, i, d = src.numpy(), index.numpy(), dst.numpy()
-    f = None if flip is None else flip.numpy()
+    _gather(src.numpy(), index.numpy(), None if flip is None else flip.numpy(), dst.numpy())
+
+
+def _gather(s: np.ndarray, i: np.ndarray, f: np.ndarray | None, d: np.ndarray) -> None:
+    """`_transform` on numpy arrays: d[b, l] = flip_l(s[b, i[l]])."""
 
     def run(lo: int, hi: int) -> None:
         # mode="wrap" changes nothing (the indices are valid), but unlike the default "raise" it does not make
@@ -95,7 +119,7 @@ def _transform(src: torch.Tensor, index: torch.Tensor, flip: torch.Tensor | None
         np.take(s[lo:hi], i, axis=1, out=d[lo:hi], mode="wrap")
         _flip(d[lo:hi], f)
 
-    workers = min(torch.get_num_threads(), s.shape[0], s.nbytes // _MIN_BYTES_PER_THREAD)
+    workers = min(_threads(), s.shape[0], s.nbytes // _MIN_BYTES_PER_THREAD)
     if workers <= 1:
         run(0, s.shape[0])
         return
@@ -106,7 +130,7 @@ def _transform(src: torch.Tensor, index: torch.Tensor, flip: torch.Tensor | None
 
 def _numpy_ok(t: torch.Tensor) -> bool:
     """Whether numpy can work on `t` directly (the CPU fast paths)."""
-    return t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES and not t.requires_grad
+    return t.device.type == "cpu" and t.dtype in _numpy_dtypes() and not t.requires_grad
 
 
 def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -115,8 +139,10 @@ def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     On CPU it comes from numpy, which asks Linux for transparent huge pages for large arrays: writing the result
     then takes far fewer page faults than in torch's allocation (which made encrypt about 1.5x slower).
     """
-    if like.device.type == "cpu" and like.dtype in _NUMPY_DTYPES:
-        return torch.from_numpy(np.empty(shape, dtype=_NUMPY_DTYPES[like.dtype]))
+    import torch
+
+    if like.device.type == "cpu" and like.dtype in _numpy_dtypes():
+        return torch.from_numpy(np.empty(shape, dtype=_numpy_dtypes()[like.dtype]))
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
@@ -253,6 +279,8 @@ class BlockCipher:
         self, layout: str, inverse: bool, device: torch.device, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Index and flip operand on `device`: XOR bits for integers, a (sign, offset) pair stacked for floats."""
+        import torch
+
         cache_key = (layout, inverse, str(device), dtype)
         cached = self._device_cache.get(cache_key)
         if cached is not None:
@@ -261,14 +289,31 @@ class BlockCipher:
         index = torch.from_numpy(plan.index).to(device)
         flip = None
         if plan.flip.any():
-            if dtype in _XOR_ALL:
-                flip = torch.from_numpy(plan.flip * _XOR_ALL[dtype]).to(device=device, dtype=dtype)
+            xor = {torch.uint8: 255, torch.int16: -1}.get(dtype)
+            if xor is not None:
+                flip = torch.from_numpy(plan.flip * xor).to(device=device, dtype=dtype)
             else:
                 sign = torch.from_numpy(np.where(plan.flip, -1.0, 1.0)).to(device=device, dtype=dtype)
                 offset = torch.from_numpy(plan.flip.astype(np.float64)).to(device=device, dtype=dtype)
                 flip = torch.stack([sign, offset])
         self._device_cache[cache_key] = (index, flip)
         return index, flip
+
+    def _numpy_plan(self, layout: str, inverse: bool, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
+        """`_device_plan` for numpy arrays, without torch: the same index and flip operand, as numpy arrays."""
+        cache_key = (layout, inverse, "numpy", np.dtype(dtype))
+        cached = self._device_cache.get(cache_key)
+        if cached is not None:
+            return cached
+        plan = self._plan(layout, inverse)
+        flip = None
+        if plan.flip.any():
+            if np.dtype(dtype) in _XOR_ALL:
+                flip = (plan.flip * _XOR_ALL[np.dtype(dtype)]).astype(dtype)
+            else:
+                flip = np.stack([np.where(plan.flip, -1.0, 1.0), plan.flip.astype(np.float64)]).astype(dtype)
+        self._device_cache[cache_key] = (plan.index, flip)
+        return plan.index, flip
 
     # -- public API -------------------------------------------------------------------------------------------
     def encrypt(self, x: Array, out: Array | None = None) -> Array:
@@ -281,9 +326,9 @@ class BlockCipher:
 
     def _apply(self, x: Array, inverse: bool, out: Array | None) -> Array:
         if isinstance(x, np.ndarray):
-            # A writable array: torch warns about read-only ones, such as numpy.asarray(PIL image).
-            layout, tensor = "hwc", torch.from_numpy(np.require(x, requirements=["C", "W"]))
-        elif isinstance(x, torch.Tensor):
+            return self._apply_numpy(x, inverse, out)
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(x, torch.Tensor):
             layout, tensor = "chw", x
         else:
             raise TypeError(
@@ -307,11 +352,45 @@ class BlockCipher:
             _transform(flat, index, flip, result)
 
         if target_work is None:
-            result = result.view(tensor.shape).view(tensor.dtype)
-            return result.numpy() if isinstance(x, np.ndarray) else result
+            return result.view(tensor.shape).view(tensor.dtype)
         if not direct:
             target_work.view(flat.shape).copy_(result)
         return out
+
+    def _apply_numpy(self, x: np.ndarray, inverse: bool, out: np.ndarray | None) -> np.ndarray:
+        """`_apply` for (H,W,C)/(B,H,W,C) numpy arrays, in numpy alone: the same gathers on the same plans."""
+        x = np.ascontiguousarray(x)
+        self._check(x, "hwc")
+        if out is not None:
+            self._check_out_numpy(out, x)
+        # 16-bit images work on the same bits viewed as int16, as the tensor path does.
+        work = x.view(np.int16) if x.dtype == np.uint16 else x
+        flat = work.reshape(-1, self.channels * self.height * self.width)
+        direct = out is not None and not np.shares_memory(out, x)
+        result = out.view(work.dtype).reshape(flat.shape) if direct else np.empty(flat.shape, work.dtype)
+        if flat.shape[1] >= _BLOCKWISE_MIN_VALUES:
+            self._transform_blockwise(flat, result, "hwc", inverse)
+        else:
+            index, flip = self._numpy_plan("hwc", inverse, flat.dtype)
+            _gather(flat, index, flip, result)
+        if out is None:
+            return result.view(x.dtype).reshape(x.shape)
+        if not direct:
+            out.reshape(-1).view(work.dtype)[:] = result.reshape(-1)
+        return out
+
+    @staticmethod
+    def _check_out_numpy(out: np.ndarray, x: np.ndarray) -> None:
+        if not isinstance(out, np.ndarray):
+            raise ValueError(f"out must be a numpy array like the input, got {type(out).__name__}.")
+        if not out.flags.writeable:
+            raise ValueError("out is a read-only numpy array; pass a writable one, e.g. numpy.empty_like(x).")
+        if out.shape != x.shape or out.dtype != x.dtype:
+            raise ValueError(
+                f"out must match the input: shape {x.shape}, dtype {x.dtype}; got {out.shape}, {out.dtype}."
+            )
+        if not out.flags.c_contiguous:
+            raise ValueError("out must be contiguous; allocate it with torch.empty_like(x) or numpy.empty_like(x).")
 
     def _transform_blockwise(self, src: np.ndarray, dst: np.ndarray, layout: str, inverse: bool) -> None:
         """The same transform as the flat gather, a chunk of blocks at a time with key-sized indices only.
@@ -355,9 +434,9 @@ class BlockCipher:
 
     @staticmethod
     def _check_out(out: Array, tensor: torch.Tensor) -> torch.Tensor:
-        if isinstance(out, np.ndarray) and not out.flags.writeable:
-            raise ValueError("out is a read-only numpy array; pass a writable one, e.g. numpy.empty_like(x).")
-        target = torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+        if isinstance(out, np.ndarray):
+            raise ValueError("out must be a torch.Tensor like the input, not a numpy array.")
+        target = out
         if target.shape != tensor.shape or target.dtype != tensor.dtype or target.device != tensor.device:
             raise ValueError(
                 f"out must match the input: shape {tuple(tensor.shape)}, dtype {tensor.dtype}, device "
@@ -367,11 +446,12 @@ class BlockCipher:
             raise ValueError("out must be contiguous; allocate it with torch.empty_like(x) or numpy.empty_like(x).")
         return target
 
-    def _check(self, x: torch.Tensor, layout: str) -> None:
-        if x.dim() not in (3, 4):
+    def _check(self, x: torch.Tensor | np.ndarray, layout: str) -> None:
+        """Shape, channels, size, dtype and float range of a tensor (layout chw) or numpy array (hwc)."""
+        if x.ndim not in (3, 4):
             expected = "(C,H,W) or (B,C,H,W)" if layout == "chw" else "(H,W,C) or (B,H,W,C)"
             raise ValueError(
-                f"Expected an image of shape {expected}, got rank {x.dim()} {tuple(x.shape)}; "
+                f"Expected an image of shape {expected}, got rank {x.ndim} {tuple(x.shape)}; "
                 "add a channel axis to greyscale images (or convert them to RGB) and stack batches."
             )
         shape = tuple(x.shape[-3:])
@@ -387,19 +467,30 @@ class BlockCipher:
                 f"The image is {h}x{w} but this cipher was built for {self.height}x{self.width}; resize the image or "
                 "build a BlockCipher for this geometry."
             )
-        if x.dtype in (torch.uint8, torch.uint16):
+        if isinstance(x, np.ndarray):
+            integer, floating = x.dtype in (np.uint8, np.uint16), x.dtype in (np.float16, np.float32, np.float64)
+        else:
+            import torch
+
+            integer, floating = x.dtype in (torch.uint8, torch.uint16), x.is_floating_point()
+        if integer:
             return
-        if not x.is_floating_point():
+        if not floating:
             raise ValueError(
                 f"Unsupported dtype {x.dtype}: use uint8 (0..255), uint16 (0..65535, 16-bit images) or a float dtype "
                 "with values in [0,1]."
             )
-        if x.numel() == 0:
+        if x.size == 0 if isinstance(x, np.ndarray) else x.numel() == 0:
             return
-        lo, hi = torch.aminmax(x)
+        if isinstance(x, np.ndarray):
+            lo, hi = x.min(), x.max()
+        else:
+            import torch
+
+            lo, hi = torch.aminmax(x)
         if not (lo >= 0 and hi <= 1):  # written so that NaN fails too
             raise ValueError(
-                f"Float images must lie in [0,1], got values in [{lo.item():.4g}, {hi.item():.4g}]; divide uint8 "
+                f"Float images must lie in [0,1], got values in [{float(lo):.4g}, {float(hi):.4g}]; divide uint8 "
                 "images by 255 (and encrypt before normalising with mean/std)."
             )
 

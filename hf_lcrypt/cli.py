@@ -329,6 +329,12 @@ def add_publish(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the weights are a public checkpoint with a key folded in (the key is then recoverable; warns)",
     )
+    parser.add_argument(
+        "--allow-leaky-weights",
+        action="store_true",
+        help="publish even if the weights alone give the key's flips or pixel layout away above chance (measured "
+        "from weights_only_attack.json, or now with the key); the card then says so",
+    )
     parser.add_argument("--license", default="apache-2.0", help="licence for the card (default: apache-2.0)")
     parser.add_argument("--dataset", help="Hub id or name of the training data, for the card")
     parser.add_argument("--base-model", help="Hub id of the plain model the keyed one was made from, for the card")
@@ -362,6 +368,7 @@ def run_publish(args: argparse.Namespace) -> int:
             dataset=args.dataset,
             base_model=args.base_model,
             format=args.format,
+            allow_leaky_weights=args.allow_leaky_weights,
         )
     except (SecretLeakError, RuntimeError) as err:
         raise CLIError(str(err)) from err
@@ -369,6 +376,12 @@ def run_publish(args: argparse.Namespace) -> int:
     if result.skipped:
         print(f"Left out: {', '.join(result.skipped)}")
     print(f"Fresh-process logits match (max difference {result.max_logit_diff:.2g}); no secret in any file.")
+    scores, gate = result.weights_only, result.weights_only["gate"]
+    print(
+        f"Weights alone: {scores['flips_right']:.2f} of the flips (chance {scores['chance_flips_right']:.2f}), pixel "
+        f"neighbours {scores['pixel_neighbours_kept']:.2f} (chance {scores['chance_pixel_neighbours_kept']:.2f}); "
+        + (f"ABOVE CHANCE ({', '.join(gate['leaks'])}), published as allowed" if gate["leaks"] else "at chance")
+    )
     print(f"Dry run: the repository is in {result.folder}" if result.url is None else f"Uploaded to {result.url}")
     return 0
 
@@ -464,6 +477,13 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
         "weights_only_attack.json, which the model card quotes when copied into the model folder",
     )
     parser.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="with --weights-only: the attacker who knows the key-hiding initialisation, with stronger searches "
+        "(every correlation for the flips, scipy's quadratic-assignment solver from many starts for the layouts; "
+        "seconds to minutes more) = --attacks weights-only-adaptive",
+    )
+    parser.add_argument(
         "--max-images", metavar="N", type=positive_int, default=128, help="images sampled (default 128)"
     )
     parser.add_argument("--split", default="test", help="split of --data, carved by content hash (default: test)")
@@ -494,9 +514,10 @@ def run_attack(args: argparse.Namespace) -> int:
     key = LCryptKey.load(args.key_file)
     if args.weights_only and args.attacks not in (None, ("weights-only",)):
         raise CLIError("--weights-only runs one attack; leave out --attacks, or name weights-only there instead.")
-    attacks = (
-        ("weights-only",) if args.weights_only else args.attacks or (ATTACK_NAMES if args.model else CIPHER_ATTACKS)
-    )
+    if args.adaptive and not args.weights_only:
+        raise CLIError("--adaptive strengthens --weights-only; add --weights-only, or name weights-only-adaptive.")
+    weights_only = ("weights-only-adaptive" if args.adaptive else "weights-only",)
+    attacks = weights_only if args.weights_only else args.attacks or (ATTACK_NAMES if args.model else CIPHER_ATTACKS)
     sample, sources = load_sample(
         args.data,
         key,

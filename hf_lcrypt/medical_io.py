@@ -66,12 +66,14 @@ class MedicalOptions:
 
 @dataclass(frozen=True)
 class MedicalInfo:
-    """One file: how many images it gives (frames or slices), their size, and their bits per sample."""
+    """One file: how many images it gives (frames, or slices of each of `volumes` volumes), their size, and their
+    bits per sample."""
 
     count: int
     height: int
     width: int
     bits: int
+    volumes: int = 1
 
 
 def parse_window(text: str) -> str | tuple[float, float]:
@@ -106,7 +108,7 @@ def is_dicom(path: Path) -> bool:
         return False
     if head[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
         return True
-    return len(head) >= 132 and head[:2] in _DICOM_GROUPS and head[2:4] < b"\x00\x02"
+    return len(head) >= 132 and head[:2] in _DICOM_GROUPS and int.from_bytes(head[2:4], "little") < 0x200
 
 
 def is_medical(path: Path) -> bool:
@@ -123,12 +125,21 @@ def stem(path: Path) -> str:
 
 
 def image_names(path: Path, info: MedicalInfo, options: MedicalOptions) -> list[str]:
-    """Output stems: the file's stem, plus `_frame007` (DICOM multi-frame) or `_axial042` (NIfTI slices)."""
+    """Output stems: the file's stem, plus `_frame007` (DICOM multi-frame) or `_axial042` (NIfTI slices;
+    `_t002_axial042` in 4-D volumes)."""
     if info.count == 1 and not is_nifti(path):
         return [stem(path)]
     label = options.axis if is_nifti(path) else "frame"
-    digits = max(3, len(str(info.count - 1)))
-    return [f"{stem(path)}_{label}{i:0{digits}d}" for i in range(info.count)]
+    per_volume = info.count // info.volumes
+    digits, volume_digits = max(3, len(str(per_volume - 1))), max(3, len(str(info.volumes - 1)))
+    names = [f"{stem(path)}_{label}{i:0{digits}d}" for i in range(per_volume)]
+    if info.volumes == 1:
+        return names
+    return [
+        f"{stem(path)}_t{t:0{volume_digits}d}_{name[len(stem(path)) + 1 :]}"
+        for t in range(info.volumes)
+        for name in names
+    ]
 
 
 @contextlib.contextmanager
@@ -336,8 +347,8 @@ def _volume(path: Path, mtime: float):
         shape = image.shape
     except Exception:
         raise MedicalReadError("is not a readable NIfTI file (damaged, truncated or not NIfTI)") from None
-    if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
-        raise MedicalReadError(f"is a {len(shape)}-D volume; hf-lcrypt slices 3-D volumes (split it first)")
+    if len(shape) not in (3, 4):
+        raise MedicalReadError(f"is a {len(shape)}-D image; hf-lcrypt slices 3-D and 4-D volumes")
     return image
 
 
@@ -365,7 +376,9 @@ def nifti_info(path: Path, options: MedicalOptions) -> MedicalInfo:
     rows, cols = (n for i, n in enumerate(image.shape[:3]) if i != axis)
     if options.keep_bits:
         _check_nifti_keep_bits(image)
-    return MedicalInfo(image.shape[axis], cols, rows, 16 if options.keep_bits else 8)  # slices are shown rotated
+    volumes = image.shape[3] if len(image.shape) == 4 else 1
+    bits = 16 if options.keep_bits else 8
+    return MedicalInfo(image.shape[axis] * volumes, cols, rows, bits, volumes)  # slices are shown rotated
 
 
 def _check_nifti_keep_bits(image) -> None:
@@ -375,10 +388,12 @@ def _check_nifti_keep_bits(image) -> None:
 
 
 def nifti_slice(path: Path, index: int, options: MedicalOptions) -> tuple[np.ndarray, int]:
-    """Slice `index` along `options.axis`, rotated for display, as `dicom_frame` returns it."""
+    """Slice `index` along `options.axis` (of the volumes one after the other in a 4-D file), rotated for display,
+    as `dicom_frame` returns it."""
     image = _volume(path, os.stat(path).st_mtime)
     axis = _slice_axis(image, options.axis)
-    where = tuple(index if i == axis else slice(None) for i in range(3)) + (0,) * (len(image.shape) - 3)
+    volume, index = divmod(index, image.shape[axis])
+    where = tuple(index if i == axis else slice(None) for i in range(3)) + (volume,) * (len(image.shape) - 3)
     if options.keep_bits:
         _check_nifti_keep_bits(image)
         dtype = image.get_data_dtype()

@@ -12,7 +12,6 @@ and near-linear in processes.
 from __future__ import annotations
 
 import argparse
-import io
 import multiprocessing
 import os
 import shutil
@@ -30,8 +29,9 @@ DEFAULT_JPEGS = REPO_ROOT.parent / "shared" / "data" / "brain-tumor-mri"
 SIZE = 224
 
 
-def plain_transcode(path: Path) -> int:
-    """The loop without hf-lcrypt: decode (DICOM through the same reader), resize, PNG-encode into memory."""
+def plain_transcode(job: tuple[Path, Path]) -> None:
+    """The loop without hf-lcrypt: decode (DICOM through the same reader), resize, write a PNG."""
+    path, target = job
     from hf_lcrypt.medical_io import MedicalOptions, is_medical, read_medical
 
     if path.suffix.lower() in (".jpg", ".jpeg", ".png") or not is_medical(path):
@@ -40,19 +40,21 @@ def plain_transcode(path: Path) -> int:
     else:
         pixels, _ = read_medical(path, 0, MedicalOptions())
         rgb = Image.fromarray(pixels).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="PNG")
-    return buffer.tell()
+    rgb.save(target, format="PNG")
 
 
-def plain_rate(files: list[Path], processes: int) -> float:
+def plain_rate(files: list[Path], processes: int, work: Path) -> float:
+    out = work / f"plain-{processes}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    jobs = [(path, out / f"{path.stem}.png") for path in files]
     start = time.perf_counter()
     if processes == 1:
-        for path in files:
-            plain_transcode(path)
+        for job in jobs:
+            plain_transcode(job)
     else:
         with multiprocessing.get_context("fork").Pool(processes) as pool:
-            pool.map(plain_transcode, files, chunksize=max(1, len(files) // (4 * processes)))
+            pool.map(plain_transcode, jobs, chunksize=max(1, len(jobs) // (4 * processes)))
     return len(files) / (time.perf_counter() - start)
 
 
@@ -127,7 +129,7 @@ def main() -> int:
             files = sorted(folder.iterdir())
             rates = {}
             for processes in sorted({1, args.processes}):
-                plain, encrypt = plain_rate(files, processes), encrypt_rate(folder, key, processes, work)
+                plain, encrypt = plain_rate(files, processes, work), encrypt_rate(folder, key, processes, work)
                 rates[processes] = encrypt
                 print(f"| {name} | {processes} | {plain:.1f} | {encrypt:.1f} | {encrypt / plain:.2f} |")
             if args.processes > 1:

@@ -38,12 +38,12 @@ from hf_lcrypt.training import HALF
 SHARED_MRI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brain-tumor-mri" / "train"
 
 
-def image_dataset(count: int) -> tuple[Dataset, str]:
-    """Real brain MRI JPEGs when ../shared/data is present, else random 224x224 RGB images."""
-    files = sorted(SHARED_MRI.glob("*/*.jpg"))
+def image_dataset(count: int, folder: Path = SHARED_MRI) -> tuple[Dataset, str]:
+    """Real brain MRI JPEGs when `folder` (../shared/data's by default) holds them, else random 224x224 RGB images."""
+    files = sorted(folder.glob("*/*.jpg"))
     files = files[:: max(1, len(files) // count)][:count]  # spread over the classes
     if len(files) == count:
-        labels = [sorted(p.name for p in SHARED_MRI.iterdir()).index(f.parent.name) for f in files]
+        labels = [sorted(p.name for p in folder.iterdir()).index(f.parent.name) for f in files]
         data = Dataset.from_dict({"image": [str(f) for f in files], "label": labels})
         return data.cast_column("image", ImageFeature()), "brain MRI JPEGs"
     rng = np.random.default_rng(0)
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--images", type=int, default=512, help="distinct images the batches cycle through")
+    parser.add_argument("--data", type=Path, default=SHARED_MRI, help="class folders of JPEGs (default: brain MRI)")
     parser.add_argument("--steps", type=int, default=10, help="training steps per round and arm")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup-steps", type=int, default=3)
@@ -102,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    dataset, source = image_dataset(args.images)
+    dataset, source = image_dataset(args.images, args.data)
     key = LCryptKey.generate()
     labels = {i: f"class_{i}" for i in range(4)}
     spec = ModelSpec(args.image_size, args.block_size, labels, {v: k for k, v in labels.items()})

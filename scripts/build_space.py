@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hf_lcrypt.hub.checks import SecretLeakError, check_no_secrets
+from hf_lcrypt.hub.checks import SecretLeakError, check_no_secrets, check_weights_keep_the_key
 from hf_lcrypt.hub.publish import stage_model_folder
 from hf_lcrypt.keys import LCryptKey
 
@@ -43,11 +43,13 @@ def build_space(
     model_key: LCryptKey | None = None,
     examples: Path | None = None,
     publish_model_key: bool = False,
+    allow_leaky_weights: bool = False,
 ) -> list[str]:
     """Write the Space into `out` (which must not exist yet); returns the files written, relative to `out`.
 
     With a `demo_key` other than the model's, the copied model is rekeyed to it, which needs `model_key`; the
-    model's own key is published only with `publish_model_key`. Nothing is left behind on failure.
+    model's own key is published only with `publish_model_key`. The weights pass `hf-lcrypt publish`'s check of what
+    they alone give away of their key, unless `allow_leaky_weights`. Nothing is left behind on failure.
     """
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new folder for the Space.")
@@ -71,6 +73,7 @@ def build_space(
             if demo_key.key_id != model_key_id:
                 rekey_model_folder(model, model_key, demo_key)
             (staging / "demo.key").write_text(demo_key.to_hex() + "\n")
+        check_weights_keep_the_key(model, demo_key or model_key, allow_leak=allow_leaky_weights)
         if model_key is not None and (demo_key is None or demo_key.key_id != model_key.key_id):
             check_no_secrets(staging, model_key)
         if example_files:
@@ -149,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--publish-model-key", action="store_true", help="allow --demo-key FILE to be the model's own key (made public)"
     )
+    parser.add_argument(
+        "--allow-leaky-weights", action="store_true", help="build even if the weights give part of their key away"
+    )
     args = parser.parse_args(argv)
     try:
         model_key = LCryptKey.load(args.key_file) if args.key_file else None
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             model_key=model_key,
             examples=args.examples,
             publish_model_key=args.publish_model_key,
+            allow_leaky_weights=args.allow_leaky_weights,
         )
     except (ValueError, OSError, SecretLeakError) as err:
         print(f"build_space: error: {err}", file=sys.stderr)

@@ -370,7 +370,16 @@ def main() -> None:
         max_file_size=MAX_BYTES,
         head=page_head(),
         enable_monitoring=False,
+        prevent_thread_lock=True,
     )
+    remove_monitoring_routes(demo)
+    demo.block_thread()
+
+
+def remove_monitoring_routes(demo: gr.Blocks) -> None:
+    """Gradio routes /monitoring even when monitoring is off (it answers 403): take the routes out altogether."""
+    routes = demo.server_app.router.routes
+    routes[:] = [r for r in routes if "/monitoring" not in getattr(r, "path", "")]
 
 
 if __name__ == "__main__":

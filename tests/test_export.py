@@ -291,8 +291,10 @@ def test_publish_format_vit_checks_the_standard_export(keyed, key, model_dir, tm
         "config.json",
         "model.safetensors",
         "preprocessor_config.json",
+        "weights_only_attack.json",  # the weights gate, as for the keyed model
     ]
     assert json.loads((out / "config.json").read_text())["model_type"] == "vit" and find_secrets(out, key) == []
+    assert "gate" in json.loads((out / "weights_only_attack.json").read_text())
     assert 'pipeline("image-classification", model="someone/keyed-vit")' in (out / "README.md").read_text()
 
 

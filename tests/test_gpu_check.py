@@ -1,6 +1,7 @@
 """scripts/gpu_check.sh, the one command for a GPU machine, at tiny sizes on the CPU: every step runs and the JSON
 summary it prints has the documented fields (docs/training.md)."""
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ def test_gpu_check_runs_tiny_on_the_cpu_and_prints_one_json_summary(shared_data,
         **os.environ,
         "GPU_CHECK_TINY": "1",
         "GPU_CHECK_OUT": str(tmp_path / "gpu-check"),
+        "GPU_CHECK_WHEELS": "",  # this environment's packages, not .whl/'s (tests/test_gpu_wheels.py)
         "GPU_CHECK_DATA": str(shared_data / "brain-tumor-mri" / "train"),
         "PYTHON": sys.executable,
         "OMP_NUM_THREADS": "1",
@@ -27,7 +29,8 @@ def test_gpu_check_runs_tiny_on_the_cpu_and_prints_one_json_summary(shared_data,
     logs = "\n".join(p.read_text()[-1500:] for p in sorted((tmp_path / "gpu-check" / "logs").glob("*.log")))
     assert done.returncode == 0, done.stderr[-2000:] + logs
     summary = json.loads(done.stdout)
-    assert summary["tiny"] is True and summary["device"].startswith("CPU")
+    assert summary["tiny"] is True and summary["quick"] is False and summary["device"].startswith("CPU")
+    assert summary["versions"]["transformers"] == importlib.metadata.version("transformers")
     assert summary["bench_training"]["ratio_encrypted_plain"] > 0 and summary["bench_training"]["image_size"] == 32
     assert summary["bench_inference"]["ratio_keyed_plain"] > 0
     assert summary["bench_inference"]["max_abs_logit_diff"] < 1e-3  # fp32 on the CPU: the keyed model is exact

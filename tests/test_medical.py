@@ -183,6 +183,7 @@ def test_encrypt_decrypt_keep_bits_round_trip_without_patient_data(cli_workdir, 
     write_ct(scans / "ct.dcm", multi := ct_pixels(frames=3))
     write_ct(scans / "IM0001", single := ct_pixels(seed=1))  # no suffix: found by its DICM marker
     write_ct(scans / "nopreamble.dcm", ct_pixels(seed=2), preamble=False)
+    write_ct(scans / "IM0002", ct_pixels(seed=4), preamble=False)  # neither: found by its first element's tag
     (scans / "broken.dcm").write_bytes((scans / "IM0001").read_bytes()[:900])  # header cut short
     (scans / "notes.txt").write_text("not an image")
     texts = []
@@ -194,7 +195,8 @@ def test_encrypt_decrypt_keep_bits_round_trip_without_patient_data(cli_workdir, 
         texts += [o, e]
         assert rc == 1 and "broken.dcm" in e and e.count("broken.dcm") == 1
         names = sorted(p.name for p in out.iterdir())
-        assert names == ["IM0001.png", "ct_frame000.png", "ct_frame001.png", "ct_frame002.png", "nopreamble.png"]
+        expected = ["IM0001.png", "IM0002.png", "ct_frame000.png", "ct_frame001.png", "ct_frame002.png"]
+        assert names == [*expected, "nopreamble.png"]
         rc, o, e = run(capsys, "decrypt", *cipher, out, plain)
         texts += [o, e]
         assert rc == 0
@@ -264,13 +266,21 @@ def test_nibabel_volumes_give_one_image_per_slice(cli_workdir, key_file, capsys)
     assert np.array_equal(kept[:, :, 0].astype(int) - offset, np.rot90(volume.dataobj.get_unscaled()[:, :, 7]))
     sagittal = medical_info(data / "anatomical.nii", MedicalOptions(axis="sagittal"))
     assert sagittal.count == values.shape[0]
-    with pytest.raises(MedicalReadError, match="4-D"):
-        medical_info(data / "example4d.nii.gz", MedicalOptions())
-    shutil.copy(data / "anatomical.nii", cli_workdir / "anat.nii")
-    rc, _, _ = run(
-        capsys, "encrypt", "--key-file", key_file, "--block-size", "1", "--window", "full", "anat.nii", "out"
-    )
+    four = nibabel.load(data / "example4d.nii.gz")  # (128, 96, 24, 2): two volumes of 24 axial slices
+    info4 = medical_info(data / "example4d.nii.gz", MedicalOptions())
+    assert (info4.count, info4.volumes) == (48, 2)
+    last, _ = read_medical(data / "example4d.nii.gz", 47, MedicalOptions(window="full"))
+    expected = np.rot90(np.asarray(four.dataobj, dtype=np.float64)[:, :, 23, 1])
+    lo, hi = expected.min(), expected.max()
+    assert np.abs(last[:, :, 0].astype(int) - np.rint((expected - lo) * 255 / (hi - lo))).max() <= 1
+    with pytest.raises(MedicalReadError, match="2-D image"):
+        medical_info(data / "row_major.dconn.nii", MedicalOptions())
+    (cli_workdir / "vols").mkdir()
+    shutil.copy(data / "anatomical.nii", cli_workdir / "vols" / "anat.nii")
+    shutil.copy(data / "example4d.nii.gz", cli_workdir / "vols" / "fmri.nii.gz")
+    rc, _, _ = run(capsys, "encrypt", "--key-file", key_file, "--block-size", "1", "--window", "full", "vols", "out")
     assert rc == 0 and len(list(Path("out").glob("anat_axial0*.png"))) == info.count
+    assert Path("out/fmri_t001_axial023.png").is_file() and len(list(Path("out").glob("fmri_t*.png"))) == 48
 
 
 def test_encrypt_does_not_import_pydicom_for_png_folders(cli_workdir):

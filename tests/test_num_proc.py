@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +53,15 @@ def test_a_failure_without_skip_errors_stops_with_complete_outputs_only(capsys, 
         assert path.suffix == ".png" and not path.name.startswith(".")
         with Image.open(path) as image:
             image.load()
+
+
+def test_encrypt_and_decrypt_do_not_import_torch(tmp_path, capsys, key_file):
+    images(Path("plain"), 2)
+    code = (
+        "import sys; from hf_lcrypt.cli import main; "
+        "rc = main(['encrypt', '--key-file', 'k.key', '--block-size', '8', '--num-proc', '1', 'plain', 'enc']); "
+        "rc += main(['decrypt', '--key-file', 'k.key', '--block-size', '8', '--num-proc', '1', 'enc', 'dec']); "
+        "print(rc, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "False"]

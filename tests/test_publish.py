@@ -19,7 +19,7 @@ from hf_lcrypt.attacks.record import AttackReport
 from hf_lcrypt.data import encrypt_dataset
 from hf_lcrypt.hub import publish as publishing
 from hf_lcrypt.hub.cards import build_model_card, build_space_card, sort_results
-from hf_lcrypt.hub.checks import SecretLeakError, check_remote_load, find_secrets
+from hf_lcrypt.hub.checks import LeakyWeightsError, SecretLeakError, check_remote_load, find_secrets
 from hf_lcrypt.hub.publish import PublicCheckpointWarning, publish_model, push_encrypted_dataset
 
 # Shaped like what hf_lcrypt.training writes (metrics.json) and an AttackReport (attack_report.json).
@@ -64,6 +64,7 @@ EXPECTED_FILES = {
     "transformers_version.py",
     "preprocessor_config.json",
     "robustness_noise.png",
+    "weights_only_attack.json",  # measured at publishing when the folder has none
 }
 
 
@@ -396,3 +397,43 @@ def test_space_readme_is_the_rendered_template():
         "space/README.md is out of date: regenerate it with "
         "python -c \"from hf_lcrypt.hub.cards import build_space_card; build_space_card().save('space/README.md')\""
     )
+
+
+def save_keyed(keyed: LCryptViTForImageClassification, folder: Path) -> Path:
+    keyed.save_pretrained(folder)
+    LCryptImageProcessor.for_model(keyed).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow  # a fresh Python process
+def test_publish_refuses_weights_that_give_the_key_away_unless_allowed_and_the_card_says_so(tmp_path, capsys):
+    from test_weights_only import KEY as SMOOTH_KEY
+    from test_weights_only import folded_model
+
+    _, keyed = folded_model(smooth=True)  # a smooth plain model folded: its correlations show the flips
+    folder = save_keyed(keyed, tmp_path / "leaky")
+    with pytest.raises(LeakyWeightsError, match="give part of its key away.*flips_right 1.00.*--allow-leaky-weights"):
+        publish_model(folder, "someone/leaky", SMOOTH_KEY, dry_run_dir=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists() and not (folder / "weights_only_attack.json").exists()
+    key_file = tmp_path / "smooth.key"
+    SMOOTH_KEY.save(key_file)
+    command = ["publish", str(folder), "--repo-id", "someone/leaky", "--key-file", str(key_file)]
+    assert cli.main([*command, "--dry-run", str(tmp_path / "refused")]) == 1
+    assert "--allow-leaky-weights" in capsys.readouterr().err
+    assert cli.main([*command, "--dry-run", str(tmp_path / "allowed"), "--allow-leaky-weights"]) == 0
+    assert "ABOVE CHANCE (flips_right, pixel_neighbours_kept), published as allowed" in capsys.readouterr().out
+    card = ModelCard.load(tmp_path / "allowed" / "README.md")
+    assert card.data.hf_lcrypt["weights_leak_allowed"] == ["flips_right", "pixel_neighbours_kept"]
+    assert "These weights give part of the key away: flips_right, pixel_neighbours_kept" in card.text
+    assert "published anyway, with `--allow-leaky-weights`" in card.text
+    scores = json.loads((tmp_path / "allowed" / "weights_only_attack.json").read_text())
+    assert scores["flips_right"] == 1.0 and scores["gate"]["published_despite_leak"]
+
+
+def test_publish_measures_random_weights_at_chance_and_says_so(dry_run):
+    result, _, _ = dry_run
+    assert result.weights_only["gate"]["leaks"] == []
+    assert result.weights_only["flips_right"] < result.weights_only["gate"]["thresholds"]["flips_right"]
+    card = ModelCard.load(result.folder / "README.md")
+    assert card.data.hf_lcrypt["weights_leak_allowed"] == []
+    assert "The flips and the pixel layout stay at chance" in card.text

@@ -39,6 +39,7 @@ from hf_lcrypt.hub import publish as publishing
 from hf_lcrypt.keys import KEY_ENV_VAR
 from hf_lcrypt.presets import PATCH_EMBEDDINGS, ModelPreset, register_model_preset, vit_preset
 from hf_lcrypt.training import RunArguments, build_parser, load_or_create_key, parse_args, run, secret_init_seed
+from hf_lcrypt.training.arguments import SAFE_EMBEDDING_INIT_SCALE
 from hf_lcrypt.training.models import build_setup, model_to_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -453,10 +454,12 @@ def test_augment_orientations_are_the_symmetries_it_draws():
 def test_tta_averages_the_probabilities_of_the_mirrored_and_encrypted_views(tmp_path, test_images):
     """The key holder mirrors each plain test image, encrypts both views and averages the model's probabilities;
     recomputed here through the saved folder and its processor, as a Hub user would. The fixed key, since it seeds the
-    initialisation: after two steps, some keys' models rank the test images alike in both views."""
+    initialisation: after two steps, some keys' models rank the test images alike in both views (so do this key's
+    with the key-hiding initialisation scale, hence the preset's own here)."""
     (tmp_path / "keys").mkdir()
     KEY.save(tmp_path / "keys" / "secret.key")
-    result = run(settings(tmp_path, "tta", mode="encrypted", augment=True, tta=True, max_steps=2))
+    options = dict(mode="encrypted", augment=True, tta=True, max_steps=2, embedding_init_scale=1.0)
+    result = run(settings(tmp_path, "tta", **options))
     tta = result.metrics["test_tta"]
     assert tta["views"] == 2
     views = (test_images, [ImageOps.mirror(image) for image in test_images])
@@ -690,6 +693,7 @@ def test_push_to_hub_goes_through_the_publish_checks_and_never_pushes_the_key(ro
         assert KEY.to_bytes() not in content and KEY.to_hex().encode() not in content.lower(), name
     card = files["README.md"].decode()
     assert "model-index" in card and KEY.key_id in card
+    assert "weights_only_attack.json" in files and "The flips and the pixel layout stay at chance" in card
     assert result.paths["hub"] == Path("https://huggingface.co/you/keyed-nano")
     assert result.metrics["training_args"]["push_to_hub"] is True  # the user's choice, recorded as given
     with pytest.raises(ValueError, match="--push_to_hub publishes keyed ViTs"):
@@ -776,12 +780,38 @@ def fresh_setup(tmp_path: Path, **overrides):
     return build_setup(settings(tmp_path, "setup", **overrides), {0: "a", 1: "b"}, {"a": 0, "b": 1})
 
 
+KEY_BEARING = {"vit.embeddings.patch_embeddings.projection.weight", "vit.embeddings.position_embeddings"}
+
+
 def test_embedding_init_scale_multiplies_the_key_bearing_embeddings_only(tmp_path):
-    base = fresh_setup(tmp_path).model.state_dict()
+    base = fresh_setup(tmp_path, embedding_init_scale=1.0).model.state_dict()
     scaled = fresh_setup(tmp_path, embedding_init_scale=4.0).model.state_dict()
-    chosen = {"vit.embeddings.patch_embeddings.projection.weight", "vit.embeddings.position_embeddings"}
     for name, value in base.items():
-        assert torch.equal(scaled[name], 4.0 * value if name in chosen else value), name
+        assert torch.equal(scaled[name], 4.0 * value if name in KEY_BEARING else value), name
+
+
+def test_presets_trained_from_scratch_hide_the_key_by_default(tmp_path, root, encrypted):
+    assert parse_args([]).model.embedding_init_scale == SAFE_EMBEDDING_INIT_SCALE == 10.0  # scripts/train.py's parser
+    assert parse_args(["--model", "resnet-small"]).model.embedding_init_scale == 1.0  # nothing to scale
+    base = fresh_setup(tmp_path, embedding_init_scale=1.0).model.state_dict()
+    default = fresh_setup(tmp_path).model.state_dict()
+    for name, value in base.items():
+        assert torch.equal(default[name], 10.0 * value if name in KEY_BEARING else value), name
+    # The model a default run saved (no mitigation flag) still carries the secret initialisation at that scale.
+    trained = load_file(root / "encrypted" / "model" / "model.safetensors")
+    initial_std = LCryptViTForImageClassification.from_pretrained(root / "encrypted" / "model").config.initializer_range
+    for name in KEY_BEARING:
+        assert trained[name].std() > 5 * initial_std, name
+    assert encrypted.metrics["config"]["embedding_init_scale"] == 10.0
+
+
+def test_publish_accepts_a_model_trained_with_the_default(root, encrypted, tmp_path):
+    folder = root / "encrypted" / "model"
+    result = publishing.publish_model(folder, "someone/default", KEY, dry_run_dir=tmp_path / "repo")
+    gate = result.weights_only["gate"]
+    assert gate["leaks"] == [] and not gate["published_despite_leak"]
+    assert result.weights_only["flips_right"] < gate["thresholds"]["flips_right"]
+    assert not (folder / "weights_only_attack.json").exists()  # measured in the repository folder, not the run's
 
 
 def test_patch_dropout_drops_patch_values_while_training_and_keeps_the_fold_exact(tmp_path):

@@ -186,6 +186,14 @@ def test_attack_command_weights_only(tmp_path, capsys):
     assert scores["reference_model"] is True and scores["blocks_in_place"] >= 0.9
     assert main([str(a) for a in [*argv, "--weights-only", "--attacks", "fgsm"]]) == 1
     assert "--weights-only runs one attack" in capsys.readouterr().err
+    assert main([str(a) for a in [*argv, "--weights-only", "--adaptive"]]) == 0
+    report = json.loads((out / "attack_report.json").read_text())
+    assert list(report["attacks"]) == ["weights-only-adaptive"]
+    scores = json.loads((out / "weights_only_attack.json").read_text())
+    assert scores["adaptive"] is True and scores["flips_right"] == 1.0 and scores["pixels_in_place"] >= 0.9
+    assert (out / "weights-only-adaptive.png").read_bytes()[:4] == b"\x89PNG"
+    assert main([str(a) for a in [*argv, "--adaptive"]]) == 1
+    assert "--adaptive strengthens --weights-only" in capsys.readouterr().err
 
 
 def test_the_model_card_quotes_the_measured_figure(tmp_path):
@@ -195,9 +203,18 @@ def test_the_model_card_quotes_the_measured_figure(tmp_path):
         build_model_card(tmp_path, "someone/keyed").text
     )
     scores = {"flips_right": 1.0, "pixels_in_place": 0.875, "blocks_in_place": 0.5, "decrypted_ssim": 0.61}
-    (tmp_path / "weights_only_attack.json").write_text(json.dumps({**scores, "encrypted_ssim": 0.02}))
+    neighbours = {"pixel_neighbours_kept": 0.9, "block_neighbours_kept": 0.3}
+    chance = {"chance_flips_right": 0.57, "chance_pixel_neighbours_kept": 0.2, "chance_block_neighbours_kept": 0.06}
+    (tmp_path / "weights_only_attack.json").write_text(
+        json.dumps({**scores, **neighbours, **chance, "encrypted_ssim": 0.02})
+    )
     text = " ".join(build_model_card(tmp_path, "someone/keyed").text.split())
-    assert "100 % of the negative-positive flips, 88 % of the in-block pixels and 50 % of the block positions" in text
+    assert (
+        "100 % of the negative-positive flips (chance 57 %), 88 % of the in-block pixels and 50 % of the block" in text
+    )
+    assert (
+        "90 % of neighbouring pixels and 30 % of neighbouring blocks placed as neighbours (chance 20 % and 6 %)" in text
+    )
     assert "reach SSIM 0.61 (the ciphertexts: 0.02)" in text and "not measured" not in text
 
 
@@ -229,3 +246,37 @@ def test_flips_follow_the_strongest_chain_where_the_spectral_start_gets_stuck():
         both.append(right(recover_flips(keyed, 2), flips))
     exact = sum(share == 1.0 for share in both), sum(share == 1.0 for share in spectral_only)
     assert exact[0] >= 17 and exact[1] <= 13 and np.mean(both) > np.mean(spectral_only) + 0.03
+
+
+def trained_from_default_init(extra_args: list[str], seed: int = 0) -> LCryptViTForImageClassification:
+    """The micro preset as the training script initialises it (32/4), plus a smooth learnt part as large as the plain
+    initialisation (std 0.02), keyed: what training on natural images adds to the key-bearing embeddings."""
+    from hf_lcrypt.training import parse_args
+    from hf_lcrypt.training.models import build_setup
+
+    torch.manual_seed(seed)
+    args = parse_args(["--image_size", "32", "--block_size", "4", *extra_args])
+    plain = build_setup(args, {0: "a", 1: "b"}, {"a": 0, "b": 1}).model
+    embeddings = plain.vit.embeddings
+    weight = embeddings.patch_embeddings.projection.weight
+    hidden = weight.shape[0]
+    rng = np.random.default_rng(seed)
+    pixels = smooth_field(rng, 4, hidden, 1.2)[:, None, :] + 0.15 * rng.standard_normal((hidden, 3, 16))
+    positions = smooth_field(rng, 8, hidden, 1.2).T
+    learnt = 0.02 / pixels.std()
+    with torch.no_grad():
+        weight.add_(torch.from_numpy(learnt * pixels).view_as(weight).float())
+        embeddings.position_embeddings[0, 1:].add_(torch.from_numpy(0.02 / positions.std() * positions).float())
+    return LCryptViTForImageClassification.from_plain(plain, KEY, MEAN, STD).eval()
+
+
+def test_the_default_initialisation_hides_the_flips_that_the_plain_one_gives_away():
+    old = trained_from_default_init(["--embedding_init_scale", "1"])
+    new = trained_from_default_init([])  # the training script's default
+    cipher = new.cipher(KEY)
+    chance = chance_scores(cipher)
+    _, leaky = align_to_key(recover_key_from_weights_alone(old), cipher)
+    _, safe = align_to_key(recover_key_from_weights_alone(new), cipher)
+    assert leaky["flips_right"] >= 0.95 and leaky["pixel_neighbours_kept"] > 3 * chance["pixel_neighbours_kept"]
+    assert safe["flips_right"] < chance["flips_right"] + 0.1
+    assert safe["pixel_neighbours_kept"] < chance["pixel_neighbours_kept"] + 0.15

@@ -23,6 +23,7 @@ MODEL_ATTACKS = (
     "weights-search",
     "weights-recovery",
     "weights-only",
+    "weights-only-adaptive",
     "access",
 )
 # Attacks on the cipher alone: a key and a geometry suffice.

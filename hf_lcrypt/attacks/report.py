@@ -234,29 +234,36 @@ def _weights_recovery(s: Sample) -> Outcome:
     return Outcome({"fresh_fold": fresh, "fine_tuning": tuned}, rows, [grid, curves])
 
 
-def _weights_only(s: Sample) -> Outcome:
+def _weights_only(adaptive: bool) -> Callable[[Sample], Outcome]:
     """The key guessed from the keyed weights alone (no image, not the checkpoint they came from), scored against the
     key; the sample's ciphertexts decrypted with the guess. A plain model given with --plain-model serves as the
-    attacker's reference for the jigsaws and as the recogniser. Also writes weights_only_attack.json for the card."""
-    from .weights_only import weights_only_experiment
+    attacker's reference for the jigsaws and as the recogniser. `adaptive`: the attacker who knows the key-hiding
+    initialisation, with the stronger searches. Also writes weights_only_attack.json for the card."""
 
-    reference = None if s.plain_is_unfolded else s.plain.model
-    data, decrypted = weights_only_experiment(
-        s.keyed.model, s.cipher, s.hwc, s.labels, s.plain, s.batch_size, reference
-    )
-    data["reference_model"] = reference is not None
-    shown = s.hwc[:CIPHER_IMAGES]
-    grid = plot_image_grid(
-        {
-            "plain": list(shown),
-            "encrypted": list(s.cipher.encrypt(shown)),
-            "decrypted, key from\nthe weights alone": list(decrypted[:CIPHER_IMAGES]),
-        },
-        s.out / "weights-only.png",
-        title="Key transform guessed from the keyed weights alone (aligned modulo its symmetries)",
-    )
-    (s.out / "weights_only_attack.json").write_text(json.dumps(data, indent=2) + "\n")
-    return Outcome(data, _rows("", data), [grid])
+    def attack(s: Sample) -> Outcome:
+        from .weights_only import weights_only_experiment
+
+        reference = None if s.plain_is_unfolded else s.plain.model
+        data, decrypted = weights_only_experiment(
+            s.keyed.model, s.cipher, s.hwc, s.labels, s.plain, s.batch_size, reference, adaptive
+        )
+        data["reference_model"] = reference is not None
+        shown = s.hwc[:CIPHER_IMAGES]
+        name = "weights-only-adaptive" if adaptive else "weights-only"
+        grid = plot_image_grid(
+            {
+                "plain": list(shown),
+                "encrypted": list(s.cipher.encrypt(shown)),
+                "decrypted, key from\nthe weights alone": list(decrypted[:CIPHER_IMAGES]),
+            },
+            s.out / f"{name}.png",
+            title="Key transform guessed from the keyed weights alone (aligned modulo its symmetries)"
+            + (", adaptive attacker" if adaptive else ""),
+        )
+        (s.out / "weights_only_attack.json").write_text(json.dumps(data, indent=2) + "\n")
+        return Outcome(data, _rows("", data), [grid])
+
+    return attack
 
 
 def _access(s: Sample) -> Outcome:
@@ -358,7 +365,8 @@ _RUNNERS: dict[str, Callable[[Sample], Outcome]] = {
     "weights-random": _weights_random,
     "weights-search": _weights_search,
     "weights-recovery": _weights_recovery,
-    "weights-only": _weights_only,
+    "weights-only": _weights_only(adaptive=False),
+    "weights-only-adaptive": _weights_only(adaptive=True),
     "access": _access,
     "jigsaw": _jigsaw,
     "known-plaintext": _known_plaintext,

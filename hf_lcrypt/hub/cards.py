@@ -200,6 +200,8 @@ def build_model_card(
         for name, value in results.attack
     ]
     height, width = _geometry(config)
+    weights_only = _read_json(model_dir / "weights_only_attack.json") or None
+    gate = (weights_only or {}).get("gate")
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification",
@@ -216,6 +218,7 @@ def build_model_card(
             "block_size": config.get("block_size"),
             "cipher_steps": config.get("cipher_steps"),
             "folded_from_public": bool(folded_from_public),
+            **({"weights_leak_allowed": gate["leaks"]} if gate else {}),
         },
     )
     id2label = config.get("id2label") or {}
@@ -248,7 +251,7 @@ def build_model_card(
         other_measurements=[{"name": _pretty(name), "value": f"{value:.6g}"} for name, value in results.other],
         library_version=_library_version(),
         extra_files=", ".join(f"`{name}`" for name in extra),
-        weights_only=_read_json(model_dir / "weights_only_attack.json") or None,
+        weights_only=weights_only,
     )
 
 
@@ -299,6 +302,7 @@ def build_export_card(
         + (f" and {len(classes) - 20} more" if len(classes) > 20 else ""),
         folded_from_public=folded_from_public,
         library_version=_library_version(),
+        weights_only=_read_json(Path(export_dir) / "weights_only_attack.json") or None,
     )
 
 

@@ -232,3 +232,54 @@ def check_standard_load(
             f"inputs, {processed:.3g} through its own processor)."
         )
     return {"max_logit_diff": exact, "max_logit_diff_processor": processed, "transformers": child["transformers"]}
+
+
+# -- the key in the weights ---------------------------------------------------------------------------------------
+WEIGHTS_ONLY_FILE = "weights_only_attack.json"
+ALLOW_FLAG = "--allow-leaky-weights"
+# What the check and the card read from a weights-only attack result.
+_MEASURED = {
+    f"{prefix}{name}"
+    for name in ("flips_right", "pixel_neighbours_kept", "block_neighbours_kept")
+    for prefix in ("", "chance_")
+} | {"pixels_in_place", "blocks_in_place"}
+
+
+class LeakyWeightsError(ValueError):
+    """The weights alone give part of the key away (docs/security.md), and publishing them was not allowed."""
+
+
+def check_weights_keep_the_key(
+    folder: str | os.PathLike, key: LCryptKey | None = None, *, allow_leak: bool = False
+) -> dict:
+    """Judge whether a keyed model folder's weights alone give away the key's flips or pixel layout above chance.
+
+    Reads the folder's weights_only_attack.json (`--attack_weights_only`, `hf-lcrypt attack --weights-only`), or runs
+    the attack with `key` and writes the file there. Adds the verdict (`gate`: thresholds, the scores above them, and
+    whether publishing anyway was allowed) to the file, which the model card quotes, and returns it. Raises
+    `LeakyWeightsError` for leaky weights unless `allow_leak`.
+    """
+    from ..attacks.weights_only import leak_thresholds, weights_leak, weights_only_scores
+
+    folder = Path(folder)
+    path = folder / WEIGHTS_ONLY_FILE
+    model = LCryptViTForImageClassification.from_pretrained(folder)
+    scores = json.loads(path.read_text()) if path.is_file() else {}
+    if not set(scores) >= _MEASURED:  # none, or written by an older version
+        if key is None:
+            raise ValueError(
+                f"{folder} has no complete {WEIGHTS_ONLY_FILE} and no key was given to measure what its weights alone "
+                "give away; give the key, or run hf-lcrypt attack --weights-only first."
+            )
+        scores = {**scores, **weights_only_scores(model, model.cipher(key))}
+    thresholds = leak_thresholds(model.cipher(LCryptKey(bytes(32))))  # chance depends on the geometry alone
+    leaks = weights_leak(scores, thresholds)
+    scores["gate"] = {"thresholds": thresholds, "leaks": leaks, "published_despite_leak": bool(leaks)}
+    if leaks and not allow_leak:
+        found = ", ".join(f"{name} {scores[name]:.2f} (chance {scores[f'chance_{name}']:.2f})" for name in leaks)
+        raise LeakyWeightsError(
+            f"{folder}'s weights alone give part of its key away ({found}; docs/security.md). Train it from scratch "
+            f"with the default --embedding_init_scale, or pass {ALLOW_FLAG} to publish it anyway (the card says so)."
+        )
+    path.write_text(json.dumps(scores, indent=2) + "\n")
+    return scores

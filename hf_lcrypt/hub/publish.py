@@ -35,7 +35,14 @@ from .cards import (
     build_model_card,
     is_folded_from_public,
 )
-from .checks import check_card_round_trip, check_no_secrets, check_remote_load, check_standard_load
+from .checks import (
+    WEIGHTS_ONLY_FILE,
+    check_card_round_trip,
+    check_no_secrets,
+    check_remote_load,
+    check_standard_load,
+    check_weights_keep_the_key,
+)
 
 # `datasets` is imported by the dataset functions only: the CLI builds its parser from this module on every command.
 if TYPE_CHECKING:
@@ -58,6 +65,7 @@ class PublishResult:
     skipped: list[str] = field(default_factory=list)
     max_logit_diff: float | None = None
     url: str | None = None
+    weights_only: dict | None = None  # what the weights alone give away, and the gate's verdict (`gate`)
 
 
 # What a model repository may hold. Everything else in a training folder (checkpoints, optimiser states, pickled
@@ -145,22 +153,23 @@ def stage_model_folder(model_dir: str | os.PathLike, folder: str | os.PathLike) 
     return sorted(p.name for p in wanted), skipped
 
 
-def _stage_standard_export(model_dir: Path, folder: Path, key: LCryptKey) -> tuple[list[str], list[str], float]:
-    """Write the standard `vit` export of `model_dir` into `folder` and check it in a fresh process without remote
-    code; returns the files written, those of `model_dir` left out, and the largest logit difference (0)."""
+def _standard_export_in_place(folder: Path, key: LCryptKey) -> tuple[list[str], list[str], float]:
+    """Replace the staged keyed model in `folder` by its standard `vit` export (keeping the weights gate's file) and
+    check it in a fresh process without remote code; returns the files, those removed, and the largest logit
+    difference (0)."""
     from ..export import export_vit, load_keyed
 
-    keyed = load_keyed(model_dir)
-    export_vit(keyed, folder)
+    keyed = load_keyed(folder)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        export = export_vit(keyed, Path(tmp) / "vit")
+        removed = sorted(p.name for p in folder.iterdir() if p.name != WEIGHTS_ONLY_FILE)
+        for name in removed:
+            (folder / name).unlink()
+        for path in export.iterdir():
+            shutil.move(path, folder / path.name)
     diff = check_standard_load(folder, keyed, key)["max_logit_diff"]
     files = sorted(p.name for p in folder.iterdir())
-    converted = {"config.json", "preprocessor_config.json"}  # and the weights: what the export is made of
-    skipped = sorted(
-        p.relative_to(model_dir).as_posix()
-        for p in model_dir.rglob("*")
-        if p.is_file() and p.name not in converted and p.suffix != ".safetensors"
-    )
-    return files, skipped, diff
+    return files, [name for name in removed if name not in files], diff
 
 
 def _upload(folder: Path, repo_id: str, repo_type: str, private: bool, message: str) -> str:
@@ -182,14 +191,17 @@ def publish_model(
     license: str = DEFAULT_LICENSE,
     dataset: str | None = None,
     base_model: str | None = None,
+    allow_leaky_weights: bool = False,
     format: str = "keyed",
 ) -> PublishResult:
     """Build, check and (unless `dry_run_dir` is given) upload a keyed model repository.
 
-    The key is used only for the checks (the logits comparison and the secret scan) and must be the one the model is
-    folded with. With `dry_run_dir`, the repository folder is written there and nothing is uploaded. `format="vit"`
-    publishes the standard export instead (`hf_lcrypt.export`), checked by a fresh process that loads it without
-    remote code and without hf-lcrypt and must give the keyed model's logits exactly.
+    The key is used only for the checks (what the weights alone give away of it, the logits comparison and the
+    secret scan) and must be the one the model is folded with. Weights that give the key's flips or pixel layout
+    away are refused unless `allow_leaky_weights`, which the card then records (`check_weights_keep_the_key`). With
+    `dry_run_dir`, the repository folder is written there and nothing is uploaded. `format="vit"` publishes the
+    standard export instead (`hf_lcrypt.export`), with the same weights gate, checked by a fresh process that loads it
+    without remote code and without hf-lcrypt and must give the keyed model's logits exactly.
     """
     if format not in ("keyed", "vit"):
         raise ValueError(f"Unknown publish format {format!r}; choose keyed (the remote-code model) or vit.")
@@ -201,11 +213,14 @@ def publish_model(
     folded = is_folded_from_public(model_dir, folded_from_public)
     with _staging(dry_run_dir) as folder:
         folder.mkdir(parents=True, exist_ok=True)
+        files, skipped = stage_model_folder(model_dir, folder)
+        weights_only = check_weights_keep_the_key(folder, key, allow_leak=allow_leaky_weights)
+        files = sorted({*files, WEIGHTS_ONLY_FILE})
         if format == "vit":
-            files, skipped, diff = _stage_standard_export(model_dir, folder, key)
+            files, removed, diff = _standard_export_in_place(folder, key)
+            skipped = sorted({*skipped, *removed})
             card = build_export_card(folder, repo_id, license=license, base_model=base_model, folded_from_public=folded)
         else:
-            files, skipped = stage_model_folder(model_dir, folder)
             card = build_model_card(
                 folder, repo_id, license=license, dataset=dataset, base_model=base_model, folded_from_public=folded
             )
@@ -221,6 +236,7 @@ def publish_model(
             files=sorted(files),
             skipped=skipped,
             max_logit_diff=diff,
+            weights_only=weights_only,
         )
         if folded:
             warnings.warn(

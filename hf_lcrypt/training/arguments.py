@@ -26,6 +26,10 @@ from ..cipher import ALL_STEPS
 from ..distillation import DISTILLATION_TYPES
 from ..presets import MODEL_PRESETS, PATCH_EMBEDDINGS
 
+# The key-hiding initialisation of the key-bearing embeddings: measured in docs/security.md (M3, M5 and the
+# default rows), where it takes the flips and the pixel layout the weights give away down to chance.
+SAFE_EMBEDDING_INIT_SCALE = 10.0
+
 Mode = Literal["encrypted", "fold", "plain"]
 MODES: tuple[str, ...] = Mode.__args__
 
@@ -88,11 +92,13 @@ class ModelArguments:
             "help": "weight decay of the patch-embedding weights and the position embeddings (default: weight_decay)"
         },
     )
-    embedding_init_scale: float = field(
-        default=1.0,
+    embedding_init_scale: float | None = field(
+        default=None,
         metadata={
-            "help": "multiply the preset's initial patch-embedding weights and position embeddings by this; the "
-            "secret initialisation then weighs more in the trained weights (docs/security.md)"
+            "help": f"multiply the preset's initial patch-embedding weights and position embeddings by this, so that "
+            f"the secret initialisation hides the key in the trained weights (default {SAFE_EMBEDDING_INIT_SCALE:g} "
+            "for ViT presets; 1 gives the plain preset's initialisation, which lets the weights give the key's "
+            "flips away, docs/security.md); not with --from_plain"
         },
     )
 
@@ -103,20 +109,22 @@ class ModelArguments:
         vit = self.from_plain is not None or MODEL_PRESETS[self.model].foldable
         if not 0.0 <= self.patch_dropout < 1.0:
             raise ValueError(f"--patch_dropout is a share of values to drop, in [0, 1), got {self.patch_dropout}.")
-        if self.embedding_init_scale <= 0:
+        if self.embedding_init_scale is not None and self.embedding_init_scale <= 0:
             raise ValueError(f"--embedding_init_scale must be positive, got {self.embedding_init_scale}.")
         if self.embedding_weight_decay is not None and self.embedding_weight_decay < 0:
             raise ValueError(f"--embedding_weight_decay must be >= 0, got {self.embedding_weight_decay}.")
         embedding_flags = {
             "--patch_dropout": self.patch_dropout != 0.0,
             "--embedding_weight_decay": self.embedding_weight_decay is not None,
-            "--embedding_init_scale": self.embedding_init_scale != 1.0,
+            "--embedding_init_scale": self.embedding_init_scale not in (None, 1.0),
         }
         if not vit and any(embedding_flags.values()):
             used = [flag for flag, given in embedding_flags.items() if given]
             raise ValueError(f"{', '.join(used)} act on a ViT's embeddings; {self.model!r} has none. Leave them out.")
         if self.from_plain is not None and embedding_flags["--embedding_init_scale"]:
             raise ValueError("--embedding_init_scale scales a preset's fresh initialisation, not --from_plain weights.")
+        if self.embedding_init_scale is None:  # safe by default where there is a fresh initialisation to scale
+            self.embedding_init_scale = SAFE_EMBEDDING_INIT_SCALE if vit and self.from_plain is None else 1.0
         if self.patch_embedding != "linear" and (self.from_plain is not None or not vit):
             raise ValueError(
                 f"--patch_embedding {self.patch_embedding} applies to the ViT presets trained from scratch, not to "
@@ -230,6 +238,13 @@ class AttackArguments:
             "help": "also guess the key from the final model's weights alone and score the guess (docs/security.md): "
             "weights_only_attack.json in the model folder, which its card quotes (seconds at 48 values a block, "
             "minutes at 768)"
+        },
+    )
+    allow_leaky_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "with --push_to_hub: publish even if the final weights alone give the key's flips or pixel layout "
+            "away above chance (hf-lcrypt publish's check, docs/security.md); the model card then says so"
         },
     )
 

@@ -204,6 +204,7 @@ def push_to_hub(args: RunArguments, model_dir: Path, key: LCryptKey, folded_from
             folded_from_public=folded_from_public,
             dataset=args.data.data,
             base_model=base_model,
+            allow_leaky_weights=args.attack.allow_leaky_weights,
         )
     logger.info("Published %s (%d files) to %s", model_dir, len(result.files), result.url)
     return str(result.url)

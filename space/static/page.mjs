@@ -136,8 +136,12 @@ function start(root) {
     status("");
   };
   const send = async (canvas, current) => {
-    const label = await classifyEncrypted(await png(canvas), UPLOAD_NAME);
-    if (current !== generation) throw new Stale();
+    let label;
+    try {
+      label = await classifyEncrypted(await png(canvas), UPLOAD_NAME);
+    } finally {
+      if (current !== generation) throw new Stale(); // neither an answer nor an error of an older image or key
+    }
     sent += 1;
     return label;
   };
