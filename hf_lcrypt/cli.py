@@ -26,6 +26,7 @@ from pathlib import Path
 from . import DOCS_URL, __version__
 from .attacks import ATTACK_NAMES, CIPHER_ATTACKS
 from .keys import ALL_STEPS, KEY_ENV_VAR, MIN_PASSPHRASE_CHARS
+from .signals import describe, exit_status, stop_on_sigterm
 
 # Measured by scripts/bench_memory.py (docs/reliability.md).
 MEMORY_BOUND = (
@@ -674,13 +675,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "needs_key_file", False) and not args.key_file:
         parser.error(f"{args.command} needs a key: pass --key-file K, or set {KEY_ENV_VAR} to the key file's path")
     try:
-        return args.handler(args)
+        with stop_on_sigterm():
+            return args.handler(args)
     except (CLIError, ValueError, OSError) as err:
         print(f"hf-lcrypt {args.command}: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"hf-lcrypt {args.command}: interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"hf-lcrypt {args.command}: {describe(err)}.", file=sys.stderr)
+        return exit_status(err)
 
 
 if __name__ == "__main__":

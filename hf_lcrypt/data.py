@@ -190,10 +190,18 @@ def _load_source(
         loaded = medical_io.image_folder(path)
     elif path.is_dir() and not any(path.rglob("*.parquet")):
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache)
-    elif not path.exists() and (path.is_absolute() or name.startswith(".")):
+    elif not path.exists() and (path.is_absolute() or name.startswith(".") or name.count("/") > 1):  # no Hub id
         raise FileNotFoundError(f"No dataset at {path}: give an image folder, a .npz file or a Hub dataset id.")
     else:  # a Hub dataset id, or a local folder of parquet files laid out like a Hub dataset repository
-        loaded = datasets.load_dataset(name, cache_dir=cache)
+        try:
+            loaded = datasets.load_dataset(name, cache_dir=cache)
+        except ConnectionError as err:  # a mistyped relative folder reads like a Hub id too: say both
+            if path.exists():
+                raise
+            raise FileNotFoundError(
+                f"No folder {path} here ({Path.cwd()}), and the Hub could not be reached to look for a dataset "
+                f"{name!r} ({err}); check the path, or the dataset id and the connection."
+            ) from None
     return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
 
 
@@ -228,6 +236,11 @@ def _find_column(features: Features, preferred: Sequence[str], kind: type) -> st
         if name in features:
             return name
     matches = [name for name, feature in features.items() if isinstance(feature, kind)]
+    if not matches and kind is ClassLabel and list(features) == ["image"]:  # what imagefolder gives one class
+        raise ValueError(
+            "The images have no labels: an image folder needs one sub-folder per class, and at least two (this one has "
+            "one class folder, or images at its top)."
+        )
     if len(matches) != 1:
         raise ValueError(
             f"Cannot tell which column holds the {preferred[0]}s among {list(features)}; pass {preferred[0]}_column=..."
@@ -526,6 +539,15 @@ def load_training_data(
         split_fingerprints=split_fingerprints(hashes),
     )
     logger.info("Data %s: %s; duplicates: %s", source, summary.splits, duplicates)
+    for name, split in dataset.items():
+        missing = sorted(set(summary.classes) - {summary.classes[label] for label in split["label"]})
+        if missing and name != "train":
+            logger.warning(
+                "Class(es) %s have no image in the %s split (too few images to split three ways): their scores there "
+                "are undefined, written as null in metrics.json. Add images of them, or merge or drop the class.",
+                missing,
+                name,
+            )
     return dataset, summary
 
 

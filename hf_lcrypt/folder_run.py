@@ -12,9 +12,7 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
-import signal
 import sys
-import threading
 import warnings
 from argparse import Namespace
 from collections.abc import Callable
@@ -22,11 +20,12 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: a command line needs no notebook widget, nor asyncio's import
 
 from . import DOCS_URL
 from .cipher import BlockCipher
 from .image_io import (
+    CIPHERTEXT_COMPRESS_LEVEL,
     LOSSY_SUFFIXES,
     READ_ERRORS,
     ImageInfo,
@@ -40,6 +39,7 @@ from .image_io import (
 from .keys import SPEC_VERSION, LCryptKey
 from .medical_io import OFFSET_CHUNK, MedicalOptions
 from .png_metadata import SOURCE_KEY, cipher_params, mismatches
+from .signals import describe, exit_status, stop_on_sigterm
 
 # Peak memory of one image, measured by scripts/bench_memory.py (docs/reliability.md): about 6x its decoded size,
 # plus what importing the library takes. `--help` states the same bound.
@@ -51,15 +51,18 @@ def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(height: int, width: int, what: str) -> None:
-    """Refuse an image size whose transform would not fit in this machine's memory, before anything is read."""
-    needed = MEMORY_MULTIPLE * height * width * 3 + MEMORY_BASE
+def check_memory(height: int, width: int, what: str, at_once: int = 1) -> None:
+    """Refuse an image size whose transform would not fit in this machine's memory (`at_once` images at a time, one
+    per worker process), before any pixel is read."""
+    needed = MEMORY_MULTIPLE * height * width * 3 * at_once + MEMORY_BASE
     available = physical_memory()
     if needed > available:
+        images = f"{at_once} such images at once (--num-proc)" if at_once > 1 else "the image"
+        fix = "a smaller --image-size or --num-proc" if at_once > 1 else "a smaller --image-size"
         raise ValueError(
-            f"{what} {height}x{width} needs about {needed / 1e9:.3g} GB of memory ({MEMORY_MULTIPLE}x the "
-            f"{height * width * 3 / 1e9:.3g} GB image, plus {MEMORY_BASE / 1e9:.1f} GB), more than this machine's "
-            f"{available / 1e9:.3g} GB; pick a smaller --image-size."
+            f"{what} {height}x{width} needs about {needed / 1e9:.3g} GB of memory ({MEMORY_MULTIPLE}x "
+            f"{images}, {height * width * 3 / 1e9:.3g} GB each, plus {MEMORY_BASE / 1e9:.1f} GB), more than this "
+            f"machine's {available / 1e9:.3g} GB; pick {fix}."
         )
 
 
@@ -87,18 +90,6 @@ def read_failure(job: Job, err: Exception) -> str:
     return text[len(own) :].rstrip(".") if text.startswith(own) else f"cannot be read ({err}); fix or remove it"
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the run is, so that it stops as Ctrl-C does."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated(signum)
-
-
 class CipherRun:
     """One `encrypt`/`decrypt` over files: everything is checked before the first output is written, then each image
     is read, transformed and written atomically; --skip-errors and --resume decide what a bad or done file does."""
@@ -108,12 +99,13 @@ class CipherRun:
         self.action = "decrypt" if args.inverse else "encrypt"
         self.key = LCryptKey.load(args.key_file)
         self.resize = None if args.inverse else args.image_size
-        if args.image_size is not None:
-            check_memory(*args.image_size, "--image-size")
         self.medical = MedicalOptions(
             getattr(args, "window", "file"), getattr(args, "keep_bits", False), getattr(args, "axis", "axial")
         )
         self.jobs = plan_jobs(args.src, args.dst, overwrite=args.force, resume=args.resume, medical=self.medical)
+        self.at_once = min(getattr(args, "num_proc", 1) or 1, len(self.jobs))
+        if args.image_size is not None:
+            check_memory(*args.image_size, "--image-size", self.at_once)
         self.failures: list[tuple[Job, str]] = []
         self.ciphers: dict[tuple[int, int, int], BlockCipher] = {}
         self.infos: dict[Job, ImageInfo] = {}
@@ -140,24 +132,19 @@ class CipherRun:
             )
         if self.infos and self.resize is None:
             largest = max(self.infos.values(), key=lambda info: info.height * info.width)
-            check_memory(largest.height, largest.width, "The largest image is")
+            check_memory(largest.height, largest.width, "The largest image is", self.at_once)
         done = [job for job in todo if args.resume and self.is_done(job)]
         todo = [job for job in todo if job not in done]
-        main_thread = threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
-        previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
         try:
-            self.transform_all(todo)
+            with stop_on_sigterm():  # before the workers fork: they stop as on Ctrl-C too
+                self.transform_all(todo)
         except KeyboardInterrupt as err:
-            how = f"stopped by {err}" if isinstance(err, Terminated) else "interrupted"
             print(
-                f"hf-lcrypt {self.action}: {how}; {self.written} of {len(todo)} image(s) written, each "
+                f"hf-lcrypt {self.action}: {describe(err)}; {self.written} of {len(todo)} image(s) written, each "
                 "complete (no partial files). Run the same command with --resume to do the rest.",
                 file=sys.stderr,
             )
-            return 128 + (err.signum if isinstance(err, Terminated) else signal.SIGINT)
-        finally:
-            if main_thread:
-                signal.signal(signal.SIGTERM, previous)
+            return exit_status(err)
         kept = f" ({len(done)} complete output(s) kept)" if done else ""
         print(
             f"{self.action}ed {self.written} image(s) with key {self.key.key_id} into {args.dst}{kept}", file=sys.stderr
@@ -328,7 +315,7 @@ class CipherRun:
             params = cipher_params(cipher.describe(), bits=pixels.dtype.itemsize * 8)
             if offset:
                 params["offset"] = offset
-            write_png(cipher.encrypt(pixels), job.target, overwrite, params, text)
+            write_png(cipher.encrypt(pixels), job.target, overwrite, params, text, CIPHERTEXT_COMPRESS_LEVEL)
         return None
 
 

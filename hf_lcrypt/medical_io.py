@@ -8,7 +8,8 @@ a named preset or the full range) to 8 bits; MONOCHROME1 is inverted; colour is 
 
 No header value leaves this module: outputs are named after files, and every message is written here from the
 file's name and pixel-module facts (transfer syntax, photometric interpretation), never from patient or study tags.
-pydicom's own warnings are silenced while reading, since they may quote any element's value.
+pydicom's own warnings are silenced while reading, since they may quote any element's value, and its value
+validation is off for hf-lcrypt's reads only (`dicom_reading`).
 """
 
 from __future__ import annotations
@@ -162,20 +163,29 @@ def quiet() -> Iterator[None]:
 def _pydicom():
     try:
         import pydicom
-        from pydicom import config
     except ImportError:
         raise MedicalReadError(f"reading DICOM files needs pydicom: {INSTALL}") from None
-    config.settings.reading_validation_mode = config.IGNORE
     return pydicom
+
+
+@contextlib.contextmanager
+def dicom_reading() -> Iterator[None]:
+    """Lenient and quiet while hf-lcrypt reads: values that break the standard (common in exports) read as they are,
+    as viewers do, instead of warning with the value or raising. pydicom's setting is global, so it is restored after:
+    a caller's own pydicom use keeps its validation. Elements are parsed at first access, so every access is inside."""
+    _pydicom()
+    from pydicom.config import disable_value_validation
+
+    with disable_value_validation(), quiet():
+        yield
 
 
 @functools.lru_cache(maxsize=4)
 def _dataset(path: Path, mtime: float):
     pydicom = _pydicom()
-    try:
-        with quiet():
-            ds = pydicom.dcmread(path, force=True)
-            ds.get("Rows"), ds.get("PhotometricInterpretation")  # parse the pixel module now, not at first use
+    try:  # inside `dicom_reading`, as everything that touches a dataset
+        ds = pydicom.dcmread(path, force=True)
+        ds.get("Rows"), ds.get("PhotometricInterpretation")  # parse the pixel module now, not at first use
     except Exception:
         raise MedicalReadError("is not a readable DICOM file (damaged, truncated or not DICOM)") from None
     if not any(name in ds for name in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -185,10 +195,6 @@ def _dataset(path: Path, mtime: float):
             pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR else pydicom.uid.ExplicitVRLittleEndian
         )
     return ds
-
-
-def read_dicom_header(path: Path):
-    return _dataset(path, os.stat(path).st_mtime)
 
 
 def _check_decoder(ds) -> None:
@@ -216,8 +222,9 @@ def _photometric(ds) -> str:
     return value
 
 
+@dicom_reading()
 def dicom_info(path: Path, options: MedicalOptions) -> MedicalInfo:
-    ds = read_dicom_header(path)
+    ds = _dataset(path, os.stat(path).st_mtime)
     _check_decoder(ds)
     colour = _photometric(ds) not in ("MONOCHROME1", "MONOCHROME2")
     if options.keep_bits:
@@ -239,8 +246,7 @@ def _dicom_pixels(path: Path, mtime: float) -> np.ndarray:
     ds = _dataset(path, mtime)
     _check_decoder(ds)
     try:
-        with quiet():
-            array = ds.pixel_array
+        array = ds.pixel_array
     except Exception as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
         raise MedicalReadError(f"has pixel data that cannot be decoded: {' '.join(lines)[:240]}") from None
@@ -248,6 +254,7 @@ def _dicom_pixels(path: Path, mtime: float) -> np.ndarray:
     return array if frames > 1 else array[None]  # (frames, H, W[, 3])
 
 
+@dicom_reading()
 def dicom_frame(path: Path, index: int, options: MedicalOptions) -> tuple[np.ndarray, int]:
     """Frame `index` as (H, W, 3) uint8, or with `options.keep_bits` (H, W, 1) uint16 stored values plus the offset
     added to make them unsigned (returned with them)."""
@@ -262,14 +269,11 @@ def dicom_frame(path: Path, index: int, options: MedicalOptions) -> tuple[np.nda
         offset = 2 ** (int(ds.BitsStored) - 1) if int(ds.PixelRepresentation) == 1 else 0
         return (stored.astype(np.int32) + offset).astype(np.uint16)[:, :, None], offset
     if photometric == "PALETTE COLOR":
-        with quiet():
-            rgb = apply_color_lut(stored, ds)  # some writers declare 16-bit LUTs whose entries fit in 8 bits
+        rgb = apply_color_lut(stored, ds)  # some writers declare 16-bit LUTs whose entries fit in 8 bits
         return _scale(rgb, 0, 65535 if rgb.max(initial=0) > 255 else 255), 0
     if stored.ndim == 3:  # RGB; YBR already converted to RGB by pydicom
         return _scale(stored, 0, 2 ** int(ds.BitsStored) - 1), 0
-    with quiet():
-        values = apply_modality_lut(stored, ds)
-        grey = _window(values, ds, options.window)
+    grey = _window(apply_modality_lut(stored, ds), ds, options.window)
     if photometric == "MONOCHROME1":
         grey = 255 - grey
     return np.repeat(grey[:, :, None], 3, axis=2), 0

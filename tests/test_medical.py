@@ -165,6 +165,35 @@ def test_windows_presets_and_the_files_second_window(tmp_path):
         read_medical(tmp_path / "ct.dcm", 0, MedicalOptions(window="file:3"))
 
 
+def test_lenient_reading_leaves_pydicoms_global_setting_as_it_was(tmp_path, monkeypatch):
+    """Exports often break the standard (here a 20-character DS window centre): hf-lcrypt reads them leniently, but
+    only in its own reads, also when one fails: the caller's strict setting is the same after, and still raises."""
+    from pydicom import config
+
+    write_ct(tmp_path / "ct.dcm", stored := ct_pixels())
+    ds = pydicom.dcmread(tmp_path / "ct.dcm")
+    with config.disable_value_validation():
+        ds.WindowCenter = "40.00000000000000001"
+        ds.save_as(tmp_path / "ct.dcm")
+    del ds.PixelData
+    ds.save_as(tmp_path / "nopixels.dcm")
+    monkeypatch.setattr(config.settings, "_reading_validation_mode", config.RAISE)
+    with pytest.raises(OverflowError, match="<= 16 characters"):
+        pydicom.dcmread(tmp_path / "ct.dcm").WindowCenter  # noqa: B018 (parsed at first access)
+    assert medical_info(tmp_path / "ct.dcm", MedicalOptions()).count == 1
+    pixels, _ = read_medical(tmp_path / "ct.dcm", 0, MedicalOptions())
+    expected = linear_window(stored.astype(np.float64) - 1024, 40, 80)
+    assert np.abs(pixels[:, :, 0].astype(int) - expected).max() <= 1
+    with pytest.raises(MedicalReadError, match="without pixel data"):
+        medical_info(tmp_path / "nopixels.dcm", MedicalOptions())
+    assert config.settings._reading_validation_mode == config.RAISE
+    with pytest.raises(OverflowError, match="<= 16 characters"):
+        pydicom.dcmread(tmp_path / "ct.dcm").WindowCenter  # noqa: B018
+    monkeypatch.setattr(config.settings, "_reading_validation_mode", None)  # pydicom's default: not set
+    read_medical(tmp_path / "ct.dcm", 0, MedicalOptions(window="bone"))
+    assert config.settings._reading_validation_mode is None
+
+
 def files_under(*folders: Path) -> list[Path]:
     return [p for folder in folders for p in folder.rglob("*") if p.is_file()]
 

@@ -668,6 +668,11 @@ def test_an_image_size_beyond_memory_is_refused_before_reading(capsys, key_file,
     monkeypatch.setattr("hf_lcrypt.folder_run.physical_memory", lambda: int(0.4e9) + 6 * 32 * 48 * 3 - 1)
     rc, _, err = run(capsys, "encrypt", *common, "plain", "enc")  # the largest input, after the headers are read
     assert rc == 1 and "The largest image is 32x48" in err and not Path("enc").exists()
+    rgb_images(Path("plain"), 2)  # memory for one image, two worker processes: refused, and fine with one
+    monkeypatch.setattr("hf_lcrypt.folder_run.physical_memory", lambda: int(0.4e9) + 6 * 32 * 48 * 3)
+    rc, _, err = run(capsys, "encrypt", *common, "--num-proc", 2, "plain", "enc")
+    assert rc == 1 and "2 such images at once (--num-proc)" in err and not Path("enc").exists()
+    assert run(capsys, "encrypt", *common, "--num-proc", 1, "plain", "enc")[0] == 0
 
 
 # -- write errors ------------------------------------------------------------------------------------------------------

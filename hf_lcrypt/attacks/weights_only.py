@@ -484,7 +484,7 @@ LEAK_SIGMAS = 4.0  # a score counts as a leak this many standard deviations of r
 
 def leak_thresholds(cipher: BlockCipher, draws: int = 200, seed: int = 0) -> dict[str, float]:
     """For each judged score, the mean of random guesses plus LEAK_SIGMAS of their standard deviations: above it, a
-    guess learnt something (a random guess gets there with a probability well under 1 in 10,000). Depends on the
+    guess learnt something (about 3 in 100,000 random guesses would, were their spread normal). Depends on the
     public geometry only, not on the key."""
     runs = _random_guess_scores(cipher, draws, seed)
     values = {name: np.array([run[name] for run in runs]) for name in JUDGED_SCORES}

@@ -168,6 +168,9 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
+        for flag, value in (("image_size", self.image_size), ("max_per_class", self.max_per_class)):
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag} must be a positive integer, got {value}.")
         if self.tta and not self.augment:
             raise ValueError("--tta averages over the flips (and rotations) of --augment; it needs --augment.")
 
@@ -199,6 +202,8 @@ class CipherArguments:
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"--block_size must be a positive integer, got {self.block_size}.")
         if self.mode == "plain":
             self.cipher_steps = []
         unknown = sorted(set(self.cipher_steps) - set(ALL_STEPS))
@@ -290,6 +295,14 @@ class LCryptTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "keep an exponential moving average of the weights (e.g. 0.999), the final model"},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "train again from scratch in an --output_dir that holds a run (its checkpoints are removed, its "
+            "model folder replaced at the end); without it such a folder is refused unless --resume_from_checkpoint "
+            "continues it (transformers 4's flag, which transformers 5 dropped)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.remove_unused_columns:
@@ -372,7 +385,15 @@ def read_config_file(path: str | os.PathLike, parser: HfArgumentParser) -> dict[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No config file {path}.")
-    loaded = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    try:
+        loaded = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ValueError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {problem}{where}."
+        ) from None
     if not isinstance(loaded or {}, dict):
         raise ValueError(f"{path} must hold a mapping of settings, got {type(loaded).__name__}.")
     values = {str(name).replace("-", "_"): value for name, value in (loaded or {}).items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +33,62 @@ HALF = (0.5, 0.5, 0.5)
 
 def default_block_size(image_size: int) -> int:
     """The largest block side up to 16 that divides the image and leaves at least 7 blocks per side."""
-    return max(b for b in range(1, 17) if image_size % b == 0 and image_size // b >= 7)
+    sides = [b for b in range(1, 17) if image_size % b == 0 and image_size // b >= 7]
+    if not sides:
+        raise ValueError(
+            f"--image_size {image_size} leaves fewer than 7 blocks a side for every block size; use at least 7 "
+            "(e.g. 32, 64 or 224), or give --block_size."
+        )
+    return max(sides)
+
+
+def check_geometry(args: RunArguments) -> None:
+    """The image and block sizes, checked before anything is written (a key file included)."""
+    image_size, block_size = args.data.image_size, args.cipher.block_size
+    source = args.model.from_plain
+    if source is None:
+        image_size = image_size or 32
+        block_size = block_size or default_block_size(image_size)
+        if image_size % block_size:
+            fits = max(1, round(image_size / block_size)) * block_size
+            raise ValueError(
+                f"--block_size {block_size} does not divide --image_size {image_size}; pick sizes that it divides, "
+                f"e.g. --image_size {fits}."
+            )
+        return
+    config = AutoConfig.from_pretrained(source)
+    if isinstance(config, LCryptViTConfig) and config.key_id is not None:
+        raise ValueError(f"{source} is already keyed; --from_plain takes a plain ViT (use rekey to change keys).")
+    for flag, wanted, actual in (
+        ("--image_size", image_size, config.image_size),
+        ("--block_size", block_size, config.patch_size),
+    ):
+        if wanted is not None and wanted != actual:
+            raise ValueError(f"{flag} {wanted} differs from the --from_plain model's {actual}; leave it out.")
+
+
+def check_output_dir(output_dir: Path, resume_from: str | None, overwrite: bool, main_process: bool = True) -> None:
+    """The convention of transformers' example scripts: a folder that holds a run, finished or not, is never silently
+    trained over. `--resume_from_checkpoint` continues it; `--overwrite_output_dir` starts again from scratch (its
+    checkpoints removed now, its model folder replaced when the new one is ready); otherwise it is refused."""
+    if resume_from or not output_dir.is_dir():
+        return
+    last = get_last_checkpoint(str(output_dir))
+    if (output_dir / "model" / "config.json").is_file():
+        held = f"a finished run (its model in {output_dir / 'model'})"
+    elif last is not None:
+        held = f"an unfinished run (last checkpoint {Path(last).name})"
+    else:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{output_dir} holds {held}. Pass --resume_from_checkpoint last to continue it, --overwrite_output_dir to "
+            "train again from scratch and replace it, or another --output_dir."
+        )
+    logger.warning("--overwrite_output_dir: training again from scratch in %s, which holds %s.", output_dir, held)
+    if main_process:
+        for checkpoint in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
 
 
 @dataclass
@@ -106,17 +162,12 @@ def build_setup(args: RunArguments, id2label: dict[int, str], label2id: dict[str
         return Setup(model, preset.foldable, image_size, block_size, list(HALF), list(HALF))
 
     source = model_args.from_plain
-    source_config = AutoConfig.from_pretrained(source)
-    unbound = isinstance(source_config, LCryptViTConfig)  # e.g. a fold run's plain checkpoint with MLP patches
-    if unbound and source_config.key_id is not None:
-        raise ValueError(f"{source} is already keyed; --from_plain takes a plain ViT (use rekey to change keys).")
+    check_geometry(args)
+    unbound = isinstance(AutoConfig.from_pretrained(source), LCryptViTConfig)  # e.g. a fold run's MLP-patch ViT
     model = (LCryptViTForImageClassification if unbound else ViTForImageClassification).from_pretrained(
         source, num_labels=len(id2label), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
     )
     actual_size, patch = model.config.image_size, model.config.patch_size
-    for flag, wanted, actual in (("--image_size", image_size, actual_size), ("--block_size", block_size, patch)):
-        if wanted is not None and wanted != actual:
-            raise ValueError(f"{flag} {wanted} differs from the --from_plain model's {actual}; leave it out.")
     try:
         processor_dict, _ = ImageProcessingMixin.get_image_processor_dict(source)
         mean, std = processor_dict["image_mean"], processor_dict["image_std"]
@@ -129,13 +180,17 @@ def build_setup(args: RunArguments, id2label: dict[int, str], label2id: dict[str
     return Setup(model, True, actual_size, patch, list(mean)[:channels], list(std)[:channels])
 
 
+def check_foldable(mode: str, foldable: bool) -> None:
+    if mode == "fold" and not foldable:
+        raise ValueError("--mode fold needs a ViT; this preset trains in --mode encrypted or plain.")
+
+
 def model_to_train(
     setup: Setup, mode: str, fold: Callable[[PreTrainedModel], PreTrainedModel], patch_dropout: float = 0.0
 ) -> PreTrainedModel:
     """On ciphertext (encrypted and plain mode) a ViT starts from the folded copy of its initialisation; a CNN, and
     fold mode's plain ViT, start as built. `patch_dropout` > 0 drops patch values while it trains."""
-    if mode == "fold" and not setup.foldable:
-        raise ValueError("--mode fold needs a ViT; this preset trains in --mode encrypted or plain.")
+    check_foldable(mode, setup.foldable)
     model = fold(setup.model) if mode != "fold" and setup.foldable else setup.model
     checkpoints_keep_parameter_names(model, True)
     if patch_dropout > 0:
@@ -172,9 +227,8 @@ def checkpoints_keep_parameter_names(model: PreTrainedModel, keep: bool) -> None
         vars(model).pop("_weight_conversions", None)
 
 
-def resume_checkpoint(resume_from: str | None, output_dir: Path, key: LCryptKey) -> str | None:
-    """The checkpoint `--resume_from_checkpoint` names (`last`: the latest one in the output folder), refusing one
-    whose weights are folded with another key."""
+def find_checkpoint(resume_from: str | None, output_dir: Path) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names (`last`: the latest one in the output folder)."""
     if not resume_from:
         return None
     checkpoint: str | None = resume_from
@@ -182,10 +236,20 @@ def resume_checkpoint(resume_from: str | None, output_dir: Path, key: LCryptKey)
         checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
         if checkpoint is None:
             raise ValueError(f"--resume_from_checkpoint {resume_from}: no checkpoint-* folder in {output_dir}.")
-    config_file = Path(checkpoint) / "config.json"
-    if not config_file.is_file():
+    if not (Path(checkpoint) / "config.json").is_file():
         raise ValueError(f"--resume_from_checkpoint {checkpoint}: no checkpoint there (no config.json).")
-    saved = json.loads(config_file.read_text()).get("key_id")
+    return checkpoint
+
+
+def checkpoint_key_id(checkpoint: str | None) -> str | None:
+    """The key_id a checkpoint's weights are folded with (None: plain, or no checkpoint)."""
+    if checkpoint is None:
+        return None
+    return json.loads((Path(checkpoint) / "config.json").read_text()).get("key_id")
+
+
+def check_checkpoint_key(checkpoint: str | None, key: LCryptKey) -> None:
+    """Refuse to resume a checkpoint whose weights are folded with another key."""
+    saved = checkpoint_key_id(checkpoint)
     if saved is not None and saved != key.key_id:
         raise ValueError(f"{checkpoint} is folded with key {saved}, not with the key file's {key.key_id}.")
-    return checkpoint

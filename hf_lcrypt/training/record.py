@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass
@@ -75,13 +76,25 @@ class RunMetrics:
     attack_report: str = "attack_report.json"
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as JSON would read it back."""
-        return json.loads(json.dumps(asdict(self), default=str))
+        """The record as JSON would read it back: an undefined score (NaN, e.g. the AUROC or F1 of a class missing
+        from the test split) is None, since NaN is not JSON."""
+        return json.loads(json.dumps(json_safe(asdict(self)), default=str, allow_nan=False))
 
     def write(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         return path
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None, so that it is valid JSON."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def hardware_info(args: TrainingArguments) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -13,24 +14,42 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datasets import DatasetDict
 from transformers import PreTrainedModel, Trainer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..attacks.suite import write_attack_report
-from ..data import label_maps, load_training_data
+from ..data import DataSummary, label_maps, load_training_data
 from ..evaluation import plot_confusion_matrix
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import KEY_ENV_VAR, LCryptKey
+from ..presets import MODEL_PRESETS
+from ..signals import describe, exit_status, stop_on_sigterm
 from ..weight_averaging import check_score_metric
 from .arguments import RunArguments, parse_args
 from .models import (
     build_setup,
+    check_checkpoint_key,
+    check_foldable,
+    check_geometry,
+    check_output_dir,
+    checkpoint_key_id,
     checkpoints_keep_parameter_names,
+    find_checkpoint,
     load_or_create_key,
     model_to_train,
-    resume_checkpoint,
     secret_init_seed,
 )
-from .record import BestValidation, ModelSummary, RunMetrics, Timings, TrainingProgress, hardware_info, write_rank_file
+from .record import (
+    BestValidation,
+    ModelSummary,
+    RunMetrics,
+    Timings,
+    TrainingProgress,
+    hardware_info,
+    json_safe,
+    write_rank_file,
+)
 from .scoring import attack_on_test, evaluate_on_test, weights_only_on_test
 from .trainer import build_trainer
 
@@ -55,28 +74,17 @@ def run(args: RunArguments) -> TrainResult:
     output_dir = Path(training.output_dir)
     model_dir = output_dir / "model"
 
+    resumed_from, dataset, data_summary = prepare(args)
+    id2label, label2id = label_maps(dataset)
     with training.main_process_first(local=False, desc="key file"):  # one process creates it, the others read it
         key = load_or_create_key(args.key_path)
-    resumed_from = resume_checkpoint(training.resume_from_checkpoint, output_dir, key)
+    check_checkpoint_key(resumed_from, key)
     if training.dataloader_num_workers > 0:
         os.environ[KEY_ENV_VAR] = str(args.key_path.resolve())  # for DataLoader workers started by spawn
-    with training.main_process_first(desc="dataset loading"):
-        dataset, data_summary = load_training_data(args.data.data, args.data.split_seed, args.data.max_per_class)
-    id2label, label2id = label_maps(dataset)
-    if training.ema_decay is not None:
-        check_score_metric(training.metric_for_best_model, id2label)
 
     set_seed(secret_init_seed(key, training.seed))
     setup = build_setup(args, id2label, label2id)
     set_seed(training.seed)
-    if args.attack.attack_weights_only and not setup.foldable:
-        raise ValueError(
-            f"--attack_weights_only reads a ViT's embeddings; {args.model.model!r} has none. Leave it out."
-        )
-    if training.push_to_hub and not setup.foldable:
-        raise ValueError(
-            f"--push_to_hub publishes keyed ViTs; {args.model.model!r} is not one. Upload its folder yourself."
-        )
     fold = setup.folder(key, args.cipher.cipher_steps)
     model = model_to_train(setup, mode, fold, args.model.patch_dropout)
     trainer, callbacks = build_trainer(args, model, setup, key, dataset, data_summary, fold, resumed_from)
@@ -144,7 +152,7 @@ def run(args: RunArguments) -> TrainResult:
         if args.attack.attack_weights_only:
             paths["weights_only_attack"] = model_dir / "weights_only_attack.json"
             scores = weights_only_on_test(test.keyed, suite, key)
-            paths["weights_only_attack"].write_text(json.dumps(scores, indent=2) + "\n")
+            paths["weights_only_attack"].write_text(json.dumps(json_safe(scores), indent=2) + "\n")
         paths["confusion_matrix"] = plot_confusion_matrix(
             test.labels.numpy(),
             test.logits.argmax(-1).numpy(),
@@ -154,15 +162,55 @@ def run(args: RunArguments) -> TrainResult:
         )
         metrics.write(paths["metrics"])
         paths["log_history"] = output_dir / "log_history.json"
-        paths["log_history"].write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
+        paths["log_history"].write_text(json.dumps(json_safe(trainer.state.log_history), indent=2) + "\n")
         if training.push_to_hub:
             paths["hub"] = Path(push_to_hub(args, model_dir, key, metrics.folded_from_public))
     trainer.accelerator.wait_for_everyone()
     return TrainResult(metrics.to_dict() if training.process_index == 0 else {}, paths, trainer.state.log_history)
 
 
+class InvalidRun(ValueError):
+    """A setting found wrong before anything was written (the data, the sizes, the output folder, a checkpoint)."""
+
+
+def prepare(args: RunArguments) -> tuple[str | None, DatasetDict, DataSummary]:
+    """Check every setting that can be checked before the run writes anything, a new key file included, so that a
+    failed run leaves nothing behind; returns the checkpoint to resume from and the data."""
+    training = args.training
+    output_dir = Path(training.output_dir)
+    try:
+        with training.main_process_first(local=False, desc="output folder"):
+            main_process = training.process_index == 0
+            check_output_dir(output_dir, training.resume_from_checkpoint, training.overwrite_output_dir, main_process)
+        resumed_from = find_checkpoint(training.resume_from_checkpoint, output_dir)
+        if checkpoint_key_id(resumed_from) and not args.key_path.is_file():
+            raise ValueError(
+                f"{resumed_from} is folded with key {checkpoint_key_id(resumed_from)}, and there is no key file at "
+                f"{args.key_path}; pass --key_file with the key the run was trained with."
+            )
+        foldable = args.model.from_plain is not None or MODEL_PRESETS[args.model.model].foldable
+        check_foldable(args.cipher.mode, foldable)
+        model = repr(args.model.model)
+        if args.attack.attack_weights_only and not foldable:
+            raise ValueError(f"--attack_weights_only reads a ViT's embeddings; {model} has none. Leave it out.")
+        if training.push_to_hub and not foldable:
+            raise ValueError(f"--push_to_hub publishes keyed ViTs; {model} is not one. Upload its folder yourself.")
+        check_geometry(args)
+        with training.main_process_first(desc="dataset loading"):
+            dataset, data_summary = load_training_data(args.data.data, args.data.split_seed, args.data.max_per_class)
+        if training.ema_decay is not None:
+            check_score_metric(training.metric_for_best_model, label_maps(dataset)[0])
+    except (ValueError, FileNotFoundError) as err:
+        raise InvalidRun(str(err)) from err
+    return resumed_from, dataset, data_summary
+
+
 def save_model_folder(trainer: Trainer, keyed: PreTrainedModel, mode: str, model_dir: Path) -> None:
-    """The keyed model and its processor in the standard layout (no secret, no pickle)."""
+    """The keyed model and its processor in the standard layout (no secret, no pickle), in a fresh folder: nothing of
+    a model it replaces (`--overwrite_output_dir`, a resumed run), such as an attack report, outlives it."""
+    if trainer.args.process_index == 0 and model_dir.exists():
+        shutil.rmtree(model_dir)
+    trainer.accelerator.wait_for_everyone()
     if mode != "fold":
         checkpoints_keep_parameter_names(trainer.model, False)  # the standard layout, as in fold mode
         trainer.save_model(str(model_dir))  # every process: gathers sharded weights; writes model and processor
@@ -210,17 +258,24 @@ def push_to_hub(args: RunArguments, model_dir: Path, key: LCryptKey, folded_from
     return str(result.url)
 
 
+def _score(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"  # None: e.g. the AUROC of a one-class test split
+
+
 def print_summary(result: TrainResult) -> None:
     """The test scores and where every file is, for the console."""
     metrics = result.metrics
     test = metrics["test"]
     kind = "encrypted" if metrics["model"]["cipher_steps"] else "plain"
     print(
-        f"\nTest accuracy {test['accuracy']:.4f}, macro F1 {test['f1']:.4f}, AUROC {test['roc_auc']:.4f} "
+        f"\nTest accuracy {_score(test['accuracy'])}, macro F1 {_score(test['f1'])}, AUROC {_score(test['roc_auc'])} "
         f"on {test['num_images']} {kind} test images (key {metrics['key_id']})."
     )
     if tta := metrics["test_tta"]:
-        print(f"Averaged over {tta['views']} orientations: accuracy {tta['accuracy']:.4f}, macro F1 {tta['f1']:.4f}.")
+        print(
+            f"Averaged over {tta['views']} orientations: accuracy {_score(tta['accuracy'])}, macro F1 "
+            f"{_score(tta['f1'])}."
+        )
     for name, path in result.paths.items():
         print(f"  {name.replace('_', ' '):>22}: {path}")
 
@@ -234,7 +289,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.training.process_index == 0:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    result = run(args)
+    try:
+        with stop_on_sigterm():
+            result = run(args)
+    except KeyboardInterrupt as err:
+        output_dir = Path(args.training.output_dir)
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        where = (
+            f"the last checkpoint is {last}: continue with --resume_from_checkpoint last"
+            if last
+            else "no checkpoint was saved yet"
+        )
+        print(f"error: training {describe(err)}; {where}.", file=sys.stderr)
+        return exit_status(err)
+    except InvalidRun as err:  # a setting found wrong once read (data, sizes, output folder, checkpoint)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if result.metrics:
         print_summary(result)
     return 0
