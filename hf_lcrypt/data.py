@@ -33,8 +33,9 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from datasets.table import embed_table_storage
 from PIL import Image as PILImage
+from PIL import PngImagePlugin
 
-from . import medical_io
+from . import medical_io, png_metadata
 from .cipher import BlockCipher, size_pair
 from .image_processing_lcrypt import LCryptImageProcessor
 
@@ -53,7 +54,7 @@ _NPZ_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation", "eval": "validation"}
 # The batch key of the teacher's view of each training image (`ImageTransform` writes it, the distillation reads it).
 TEACHER_INPUTS = "teacher_pixel_values"
-_ENCRYPT_TAG = "hf_lcrypt.encrypt_dataset/1"  # part of the cache fingerprint: bump when the encrypted output changes
+_ENCRYPT_TAG = "hf_lcrypt.encrypt_dataset/2"  # part of the cache fingerprint: bump when the encrypted output changes
 
 
 @dataclass
@@ -190,9 +191,11 @@ def _load_source(
         loaded = medical_io.image_folder(path)
     elif path.is_dir() and not any(path.rglob("*.parquet")):
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache)
+    elif path.is_dir():  # parquet files laid out like a Hub dataset repository (as save_encrypted writes them)
+        loaded = _load_parquet_folder(path, cache)
     elif not path.exists() and (path.is_absolute() or name.startswith(".") or name.count("/") > 1):  # no Hub id
         raise FileNotFoundError(f"No dataset at {path}: give an image folder, a .npz file or a Hub dataset id.")
-    else:  # a Hub dataset id, or a local folder of parquet files laid out like a Hub dataset repository
+    else:  # a Hub dataset id
         try:
             loaded = datasets.load_dataset(name, cache_dir=cache)
         except ConnectionError as err:  # a mistyped relative folder reads like a Hub id too: say both
@@ -203,6 +206,16 @@ def _load_source(
                 f"{name!r} ({err}); check the path, or the dataset id and the connection."
             ) from None
     return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+
+
+def _load_parquet_folder(path: Path, cache: str | None) -> DatasetDict:
+    """The parquet files of a local folder, split by their names as on the Hub, resolved to files first: by folder,
+    datasets caches them under the folder's name and card config alone, so a second folder of the same name (another
+    encrypted dataset, another key) would silently load the first one's rows."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    files = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+    return datasets.load_dataset("parquet", data_files={split: list(f) for split, f in files.items()}, cache_dir=cache)
 
 
 def _load_npz(file: str | os.PathLike | IO[bytes], class_names: Sequence[str] | None) -> DatasetDict:
@@ -378,10 +391,15 @@ def subsample_per_class(dataset: Dataset, max_per_class: int, seed: int = 0) -> 
 
 
 # -- encryption ----------------------------------------------------------------------------------------------------
-def _png(array: np.ndarray) -> bytes:
-    """Uncompressed PNG: deflate shrinks encrypted images by about 10% but takes 2.5 times as long as storing them."""
+def _png(array: np.ndarray, params: dict[str, Any] | None = None) -> bytes:
+    """Uncompressed PNG: deflate shrinks encrypted images by about 10% but takes 2.5 times as long as storing them.
+    `params` go into the `hf-lcrypt` text chunk (png_metadata), which the processor and the trainer check."""
     buffer = io.BytesIO()
-    PILImage.fromarray(array).save(buffer, format="PNG", compress_level=0)
+    pnginfo = None
+    if params is not None:
+        pnginfo = PngImagePlugin.PngInfo()
+        pnginfo.add_text(png_metadata.CHUNK_KEY, png_metadata.encode(params))
+    PILImage.fromarray(array).save(buffer, format="PNG", compress_level=0, pnginfo=pnginfo)
     return buffer.getvalue()
 
 
@@ -404,6 +422,7 @@ class _Encryptor:
     def __init__(self, cipher: BlockCipher, resample: int):
         self.cipher = cipher
         self.resample = int(resample)
+        self.params = png_metadata.cipher_params(cipher.describe())
 
     def fingerprint(self, dataset: Dataset) -> str:
         spec = json.dumps([_ENCRYPT_TAG, dataset_fingerprint(dataset), self.cipher.describe(), self.resample])
@@ -412,7 +431,7 @@ class _Encryptor:
     def __call__(self, images: list[PILImage.Image]) -> dict[str, list[dict[str, bytes | None]]]:
         size = (self.cipher.width, self.cipher.height)
         batch = np.stack([np.asarray(im.convert("RGB").resize(size, self.resample)) for im in images])
-        return {"image": [{"bytes": _png(array), "path": None} for array in self.cipher.encrypt(batch)]}
+        return {"image": [{"bytes": _png(array, self.params), "path": None} for array in self.cipher.encrypt(batch)]}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"secret": self.cipher.key.to_bytes(), "config": self.cipher.describe(), "resample": self.resample}
@@ -427,6 +446,7 @@ class _Encryptor:
             steps=config["steps"],
         )
         self.resample = state["resample"]
+        self.params = png_metadata.cipher_params(self.cipher.describe())
 
 
 def encrypt_dataset(
@@ -472,12 +492,14 @@ def save_encrypted(
     cipher: BlockCipher | None = None,
     max_shard_size: int = 500 * 2**20,
     overwrite: bool = False,
+    dataset_info: dict[str, Any] | None = None,
 ) -> Path:
     """Write `path/data/<split>-<i>-of-<n>.parquet` with every image's bytes embedded (no file paths), so the folder can
     be moved or uploaded (`huggingface_hub.upload_folder`) and read back by `load_image_dataset(path)`.
 
     With `cipher`, also writes its public description (key id and geometry, never the secret) to `path/lcrypt.json`,
-    so whoever trains on the data can check they hold the matching key.
+    so whoever trains on the data can check they hold the matching key, or train without it
+    (docs/private-training.md); `dataset_info` (e.g. how the training images were augmented) goes there too.
     """
     path = Path(path)
     data_dir = path / "data"
@@ -497,7 +519,8 @@ def save_encrypted(
             shard = shard.map(embed_table_storage, batched=True, keep_in_memory=True, desc=f"Embedding {split} images")
             shard.to_parquet(str(data_dir / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
     if cipher is not None:
-        (path / "lcrypt.json").write_text(json.dumps(cipher.describe(), indent=2) + "\n")
+        description = {**cipher.describe(), **({"dataset": dataset_info} if dataset_info else {})}
+        (path / "lcrypt.json").write_text(json.dumps(description, indent=2) + "\n")
     return path
 
 
@@ -617,7 +640,8 @@ class Mixup:
             return w * values + (1 - w) * values[partner]
 
         mixed = {name: mix(values) for name, values in batch.items() if name != "labels"}
-        return mixed | {"labels": mix(torch.nn.functional.one_hot(labels, self.num_classes).float())}
+        targets = labels if labels.is_floating_point() else torch.nn.functional.one_hot(labels, self.num_classes)
+        return mixed | {"labels": mix(targets.float())}  # labels already soft after a block CutMix
 
 
 class ImageTransform:
@@ -635,11 +659,13 @@ class ImageTransform:
         augment: Augment | None = None,
         teacher: LCryptImageProcessor | None = None,
         mixup: Mixup | None = None,
+        batch_augment: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     ):
         self.processor = processor
         self.augment = augment
         self.teacher = teacher
         self.mixup = mixup
+        self.batch_augment = batch_augment  # on the processed (encrypted) batch, before mixup
 
     def __call__(self, batch: dict[str, list]) -> dict[str, torch.Tensor]:
         images = batch["image"] if self.augment is None else [self.augment(image) for image in batch["image"]]
@@ -649,13 +675,16 @@ class ImageTransform:
         }
         if self.teacher is not None:
             outputs[TEACHER_INPUTS] = self.teacher(images, return_tensors="pt")["pixel_values"]
+        if self.batch_augment is not None:
+            outputs = self.batch_augment(outputs)
         return outputs if self.mixup is None else self.mixup(outputs)
 
     def __getstate__(self) -> dict[str, Any]:
         processors = {"processor": self.processor, "teacher": self.teacher}
-        return {"augment": self.augment, "mixup": self.mixup} | {n: p and p.to_dict() for n, p in processors.items()}
+        unchanged = {"augment": self.augment, "mixup": self.mixup, "batch_augment": self.batch_augment}
+        return unchanged | {n: p and p.to_dict() for n, p in processors.items()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.processor = LCryptImageProcessor.from_dict(state["processor"])
         self.teacher = state["teacher"] and LCryptImageProcessor.from_dict(state["teacher"])
-        self.augment, self.mixup = state["augment"], state["mixup"]
+        self.augment, self.mixup, self.batch_augment = state["augment"], state["mixup"], state.get("batch_augment")

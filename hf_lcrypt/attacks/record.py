@@ -20,7 +20,8 @@ class AttackReport:
     `accuracy` maps a condition to the keyed model's accuracy under it: `clean` (encrypted with the key),
     `wrong_key`, `plain` (not encrypted), and `<family>_<strength>` for the corruptions of
     `hf_lcrypt.attacks.corruptions.FAMILIES` (e.g. `noise_0.05`). `attacks` holds the detailed results of
-    `hf-lcrypt attack` by attack name; `sources` what the sample was made from, and the command that reproduces it.
+    `hf-lcrypt attack` by attack name; `sources` what the sample was made from, and the command that reproduces it;
+    `for_the_key_holder` what a run without the key left to the key holder, and the command that runs it.
     """
 
     FILENAME: ClassVar[str] = "attack_report.json"
@@ -36,6 +37,8 @@ class AttackReport:
     history: list[dict[str, float]] = field(default_factory=list)
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     sources: dict[str, Any] = field(default_factory=dict)
+    # A model trained without the key: the checks that need it (name -> why) and the key holder's command.
+    for_the_key_holder: dict[str, Any] | None = None
 
     def write(self, directory: str | os.PathLike) -> Path:
         """Write `attack_report.json` into `directory`; returns its path."""

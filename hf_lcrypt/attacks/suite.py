@@ -70,40 +70,64 @@ def predict_logits(
         return torch.cat([target.logits(transform(chunk).float() / 255).cpu() for chunk in images.split(batch_size)])
 
 
+# What an attack suite without the key leaves out, and why: the key holder runs these (`KEY_HOLDER_COMMAND`).
+KEY_HOLDER_CONDITIONS = {
+    "wrong_key": "accuracy on the same images encrypted with another key (needs the plain images)",
+    "plain": "accuracy on the plain images (needs the plain images)",
+    "weights_only": "how much of the key the trained weights alone give away (scoring it needs the key)",
+}
+KEY_HOLDER_COMMAND = (
+    "hf-lcrypt attack --model {model} --key-file KEY --data PLAIN_IMAGES --attacks access,weights-only "
+    "--out {model}/key-holder"
+)
+
+
 class AttackSuite:
     """Accuracy of a keyed model on one image subset under each attack condition.
 
     Conditions: `clean` (encrypted with the key), `wrong_key`, `plain` (not encrypted), and `<family>_<strength>` for
     the corruptions of `FAMILIES` applied to the encrypted images. Random corruptions draw from a generator seeded
     afresh on every run, so runs at different training steps see the same noise.
+
+    Without a `cipher` the images are ciphertexts already (a trainer without the key, whose `description` is the
+    dataset's `lcrypt.json`): `clean` and the corruptions run, `wrong_key` and `plain` are left to the key holder.
     """
 
     def __init__(
         self,
         images: torch.Tensor,
         labels: torch.Tensor,
-        cipher: BlockCipher,
+        cipher: BlockCipher | None,
         image_mean: Sequence[float],
         image_std: Sequence[float],
         strengths: dict[str, Sequence[float]] | None = None,
         batch_size: int = 64,
         seed: int = 0,
         split: str = "validation",
+        description: dict[str, Any] | None = None,
     ):
+        if cipher is None and description is None:
+            raise ValueError("An attack suite on ciphertexts needs the cipher's public description (lcrypt.json).")
         self.images, self.labels, self.cipher = images, labels, cipher
+        self.description = cipher.describe() if cipher is not None else dict(description)
+        self.key_id = self.description["key_id"]
         self.image_mean, self.image_std = list(image_mean), list(image_std)
         self.strengths = strengths or DEFAULT_STRENGTHS
         self.batch_size, self.seed, self.split = batch_size, seed, split
         # A fixed, public wrong key: the wrong-key accuracy is reproducible and never depends on the secret.
-        self.wrong_cipher = with_key(cipher, wrong_keys(1)[0])
+        self.wrong_cipher = with_key(cipher, wrong_keys(1)[0]) if cipher is not None else None
 
     def conditions(self) -> dict[str, Condition]:
-        encrypt = self.cipher.encrypt
-        conditions: dict[str, Condition] = {
-            "clean": lambda x, g: encrypt(x),
-            "wrong_key": lambda x, g: self.wrong_cipher.encrypt(x),
-            "plain": lambda x, g: x,
-        }
+        if self.cipher is None:
+            encrypt = lambda x: x  # noqa: E731 (the images are ciphertexts)
+            conditions: dict[str, Condition] = {"clean": lambda x, g: x}
+        else:
+            encrypt = self.cipher.encrypt
+            conditions = {
+                "clean": lambda x, g: encrypt(x),
+                "wrong_key": lambda x, g: self.wrong_cipher.encrypt(x),
+                "plain": lambda x, g: x,
+            }
         for family, values in self.strengths.items():
             corrupt = FAMILIES[family].corrupt
             for value in values:
@@ -188,20 +212,26 @@ def write_attack_report(
     curves = suite.curves(results)
     accuracy = {k.removeprefix("attack_").removesuffix("_accuracy"): v for k, v in results.items()}
     majority = suite.labels.bincount().max().item() / len(suite.labels)  # what always guessing the commonest scores
+    key_holder = None
+    if suite.cipher is None:
+        command = KEY_HOLDER_COMMAND.format(model=directory.as_posix())
+        key_holder = {"command": command, "conditions": KEY_HOLDER_CONDITIONS}
     report = {
         "split": suite.split,
         "num_images": len(suite.labels),
-        "key_id": suite.cipher.key_id,
-        "wrong_key_id": suite.wrong_cipher.key_id,
-        "cipher": suite.cipher.describe(),
+        "key_id": suite.key_id,
+        "wrong_key_id": suite.wrong_cipher and suite.wrong_cipher.key_id,
+        "cipher": suite.description,
         "accuracy": accuracy,
         "majority_class_accuracy": majority,
         "curves": {family: {"strength": xs, "accuracy": ys} for family, (xs, ys) in curves.items()},
         "history": history or [],
+        "for_the_key_holder": key_holder,
     }
     paths = {"attack_report": directory / "attack_report.md", "attack_report_json": directory / "attack_report.json"}
     paths["attack_report_json"].write_text(json.dumps(report, indent=2) + "\n")
-    references = {"wrong key": accuracy["wrong_key"], "plain (unencrypted) input": accuracy["plain"]}
+    names = {"wrong_key": "wrong key", "plain": "plain (unencrypted) input"}
+    references = {title: accuracy[name] for name, title in names.items() if name in accuracy}
     for family, (xs, ys) in curves.items():
         title, xlabel = FAMILIES[family].title, FAMILIES[family].xlabel
         series = {f"{model_name}, key": (xs, ys), **{name: (xs, [v] * len(xs)) for name, v in references.items()}}
@@ -209,14 +239,23 @@ def write_attack_report(
             series, xlabel, "accuracy", title, directory / f"robustness_{family}.png"
         )
     rows = "\n".join(f"| `{name}` | {value:.4f} |" for name, value in accuracy.items())
+    pending = ""
+    if key_holder is not None:
+        listed = "".join(f"- `{name}`: {why}\n" for name, why in KEY_HOLDER_CONDITIONS.items())
+        pending = (
+            "## For the key holder\n\nThis model was trained on ciphertexts without the key, so these checks were not "
+            f"run; the key holder runs them on the plain images of the same split:\n\n{listed}\n"
+            f"```bash\n{key_holder['command']}\n```\n\n"
+        )
     paths["attack_report"].write_text(
-        f"# Attack report\n\nAccuracy of the {model_name} (key id `{suite.cipher.key_id}`) on {len(suite.labels)} "
+        f"# Attack report\n\nAccuracy of the {model_name} (key id `{suite.key_id}`) on {len(suite.labels)} "
         f"{suite.split} images.\n\n"
         "- `clean`: encrypted with the right key; `wrong_key`: encrypted with another key; `plain`: not encrypted.\n"
         "- `noise_<sigma>`, `bitflip_<p>`, `msb_<p>`: the encrypted images corrupted by Gaussian noise, by flipping "
         "each bit with probability p, or by flipping the most significant bit of a fraction p of the values.\n\n"
         f"| condition | accuracy |\n|---|---|\n{rows}\n\n"
         f"Always predicting the most common class would score {majority:.4f}.\n\n"
+        + pending
         + "".join(f"![{FAMILIES[f].title}](robustness_{f}.png)\n" for f in curves)
     )
     return paths

@@ -243,6 +243,7 @@ def build_model_card(
         dataset=dataset_title,
         folded_from_public=folded_from_public,
         mode=metrics.get("mode"),
+        trained_without_key=bool(metrics.get("trained_without_key")),
         split=results.split or "evaluation",
         attack_images=report.num_images if report else None,
         attack_split=report.split if report else "",
@@ -330,9 +331,11 @@ def build_dataset_card(
     source: str | None = None,
     pretty_name: str | None = None,
     licence_note: str | None = None,
+    augmentation: str | None = None,
 ) -> DatasetCard:
     """The dataset card of an encrypted dataset: metadata with one parquet config per split, and a body on use, the
-    key (by `key_id` only) and the cipher's limits. `licence_note` carries the source data's attribution."""
+    key (by `key_id` only) and the cipher's limits. `licence_note` carries the source data's attribution;
+    `augmentation` says how the training split's extra views were made (before encryption)."""
     hub_source, source_title = _hub_names(source)
     classes = _class_names(dataset)
     card_data = DatasetCardData(
@@ -366,6 +369,7 @@ def build_dataset_card(
         classes=", ".join(f"`{c}`" for c in classes),
         source=f"[`{hub_source}`](https://huggingface.co/datasets/{hub_source})" if hub_source else source_title,
         licence_note=licence_note,
+        augmentation=augmentation,
     )
 
 

@@ -110,12 +110,12 @@ _REMOTE_CHECK = textwrap.dedent(
     from PIL import Image
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    folder, images_path = sys.argv[1], sys.argv[2]
+    folder, images_path, encrypt = sys.argv[1], sys.argv[2], sys.argv[3] == "encrypt"
     images = [Image.fromarray(a) for a in np.load(images_path)]
     processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)  # key: the environment's key file
     model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
     with torch.no_grad():
-        logits = model(**processor(images, return_tensors="pt")).logits
+        logits = model(**processor(images, return_tensors="pt", do_encrypt=encrypt)).logits
     print(json.dumps({"model_class": type(model).__name__, "processor_class": type(processor).__name__,
                       "module": type(model).__module__, "logits": logits.tolist()}))
     """
@@ -123,12 +123,14 @@ _REMOTE_CHECK = textwrap.dedent(
 
 
 def check_remote_load(
-    folder: str | os.PathLike, key: LCryptKey, num_images: int = 3, seed: int = 0, atol: float = 1e-4
+    folder: str | os.PathLike, key: LCryptKey | None, num_images: int = 3, seed: int = 0, atol: float = 1e-4
 ) -> float:
     """Load `folder` in a fresh process where hf_lcrypt cannot be imported and compare its logits on a few seeded
     random images with this process's; returns the largest difference.
 
     The key reaches the child through a 0600 key file named by HF_LCRYPT_KEY_FILE, never through its command line.
+    Without a key (a model trained on ciphertexts by someone who never held it) the random images stand for
+    ciphertexts, and both processes feed them with `do_encrypt=False`.
     """
     folder = Path(folder).resolve()
     model = LCryptViTForImageClassification.from_pretrained(folder).eval()
@@ -136,13 +138,15 @@ def check_remote_load(
     height, width = size_pair(model.config.image_size)
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (num_images, height + 5, width + 7, 3), dtype=np.uint8)  # exercises the resize
+    pil_images = [Image.fromarray(a) for a in images]
     with torch.no_grad():
-        local = model(**processor([Image.fromarray(a) for a in images], return_tensors="pt")).logits
+        local = model(**processor(pil_images, return_tensors="pt", do_encrypt=key is not None)).logits
     with tempfile.TemporaryDirectory(prefix="hf-lcrypt-check-") as tmp:
         tmp_path = Path(tmp)
         np.save(tmp_path / "images.npy", images)
-        key_file = key.save(tmp_path / "check.key")
-        run = _run_fresh(_REMOTE_CHECK, [folder, tmp_path / "images.npy"], tmp_path, env={KEY_ENV_VAR: str(key_file)})
+        env = {KEY_ENV_VAR: str(key.save(tmp_path / "check.key"))} if key is not None else {}
+        mode = "encrypt" if key is not None else "as-is"
+        run = _run_fresh(_REMOTE_CHECK, [folder, tmp_path / "images.npy", mode], tmp_path, env=env)
     if run.returncode != 0:
         raise RuntimeError(
             f"The repository folder {folder} does not load with transformers alone (trust_remote_code):\n"
@@ -187,7 +191,7 @@ _STANDARD_CHECK = textwrap.dedent(
 def check_standard_load(
     folder: str | os.PathLike,
     model: LCryptViTForImageClassification,
-    key: LCryptKey,
+    key: LCryptKey | None,
     python: str | os.PathLike | None = None,
     num_images: int = 3,
     seed: int = 0,
@@ -198,17 +202,18 @@ def check_standard_load(
 
     The export must give exactly the keyed model's logits on the same pixel values, and logits within `atol` when its
     own `ViTImageProcessor` prepares the ciphertexts. Returns both differences and the child's transformers version.
-    The key encrypts the images here; the child never gets it.
+    The key encrypts the images here (the child never gets it); without one, the random images stand for ciphertexts.
     """
     folder = Path(folder).resolve()
     if any(folder.glob("*.py")):
         raise RuntimeError(f"{folder} holds Python files; a standard export must load without remote code.")
     model = model.eval()
-    processor = LCryptImageProcessor.for_model(model, key=key)
     height, width = size_pair(model.config.image_size)
     rng = np.random.default_rng(seed)
-    plain = [Image.fromarray(a) for a in rng.integers(0, 256, (num_images, height, width, 3), dtype=np.uint8)]
-    ciphertexts = np.stack([np.asarray(image) for image in processor.encrypt_images(plain)])
+    ciphertexts = rng.integers(0, 256, (num_images, height, width, 3), dtype=np.uint8)
+    if key is not None:
+        encrypted = LCryptImageProcessor.for_model(model, key=key).encrypt_images(list(ciphertexts))
+        ciphertexts = np.stack([np.asarray(image) for image in encrypted])
     server = LCryptImageProcessor.for_model(model)  # what a remote-code server does with ciphertexts
     pixel_values = server(list(ciphertexts), do_encrypt=False, do_resize=False, return_tensors="pt")["pixel_values"]
     with torch.no_grad():

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from huggingface_hub import (
@@ -153,7 +153,7 @@ def stage_model_folder(model_dir: str | os.PathLike, folder: str | os.PathLike) 
     return sorted(p.name for p in wanted), skipped
 
 
-def _standard_export_in_place(folder: Path, key: LCryptKey) -> tuple[list[str], list[str], float]:
+def _standard_export_in_place(folder: Path, key: LCryptKey | None) -> tuple[list[str], list[str], float]:
     """Replace the staged keyed model in `folder` by its standard `vit` export (keeping the weights gate's file) and
     check it in a fresh process without remote code; returns the files, those removed, and the largest logit
     difference (0)."""
@@ -183,7 +183,7 @@ def _upload(folder: Path, repo_id: str, repo_type: str, private: bool, message: 
 def publish_model(
     model_dir: str | os.PathLike,
     repo_id: str,
-    key: LCryptKey | str | bytes | os.PathLike,
+    key: LCryptKey | str | bytes | os.PathLike | None,
     *,
     dry_run_dir: str | os.PathLike | None = None,
     private: bool = False,
@@ -198,18 +198,22 @@ def publish_model(
 
     The key is used only for the checks (what the weights alone give away of it, the logits comparison and the
     secret scan) and must be the one the model is folded with. Weights that give the key's flips or pixel layout
-    away are refused unless `allow_leaky_weights`, which the card then records (`check_weights_keep_the_key`). With
-    `dry_run_dir`, the repository folder is written there and nothing is uploaded. `format="vit"` publishes the
-    standard export instead (`hf_lcrypt.export`), with the same weights gate, checked by a fresh process that loads it
-    without remote code and without hf-lcrypt and must give the keyed model's logits exactly.
+    away are refused unless `allow_leaky_weights`, which the card then records (`check_weights_keep_the_key`).
+    `key=None` is for a trainer who never held it (a model trained on an encrypted dataset): the weights check then
+    reads the key holder's `weights_only_attack.json` in the folder, the logits are compared on ciphertexts, and no
+    secret can have reached the folder. With `dry_run_dir`, the repository folder is written there and nothing is
+    uploaded. `format="vit"` publishes the standard export instead (`hf_lcrypt.export`), with the same weights gate,
+    checked by a fresh process that loads it without remote code and without hf-lcrypt and must give the keyed
+    model's logits exactly.
     """
     if format not in ("keyed", "vit"):
         raise ValueError(f"Unknown publish format {format!r}; choose keyed (the remote-code model) or vit.")
     model_dir = Path(model_dir)
-    key = LCryptKey.coerce(key)
+    key = None if key is None else LCryptKey.coerce(key)
     key_id = _read_json(model_dir / "config.json").get("key_id")
-    if key_id is not None and key.key_id != key_id:
+    if key is not None and key_id is not None and key.key_id != key_id:
         raise ValueError(f"The key (key_id {key.key_id}) is not the one {model_dir} is folded with (key_id {key_id}).")
+    key_id = key.key_id if key is not None else key_id
     folded = is_folded_from_public(model_dir, folded_from_public)
     with _staging(dry_run_dir) as folder:
         folder.mkdir(parents=True, exist_ok=True)
@@ -227,7 +231,8 @@ def publish_model(
         card.save(folder / "README.md")
         files.append("README.md")
         check_card_round_trip(folder / "README.md", card)
-        check_no_secrets(folder, key)
+        if key is not None:
+            check_no_secrets(folder, key)
         if format == "keyed":
             diff = check_remote_load(folder, key)
         result = PublishResult(
@@ -240,14 +245,14 @@ def publish_model(
         )
         if folded:
             warnings.warn(
-                f"{model_dir} was folded from a public checkpoint: anyone can recover the key (key_id {key.key_id}) "
+                f"{model_dir} was folded from a public checkpoint: anyone can recover the key (key_id {key_id}) "
                 "by comparing the weights with that checkpoint. Publish only models fine-tuned on private data, or "
                 "treat this key as public.",
                 PublicCheckpointWarning,
                 stacklevel=2,
             )
         if dry_run_dir is None:
-            result.url = _upload(folder, repo_id, "model", private, f"Upload keyed model (key_id {key.key_id})")
+            result.url = _upload(folder, repo_id, "model", private, f"Upload keyed model (key_id {key_id})")
             result.folder = None
     return result
 
@@ -289,17 +294,19 @@ def push_encrypted_dataset(
     source: str | None = None,
     pretty_name: str | None = None,
     licence_note: str | None = None,
+    dataset_info: dict[str, Any] | None = None,
 ) -> PublishResult:
     """Write an encrypted `DatasetDict` as parquet with embedded PNG bytes plus its card, check it, and upload it.
 
     The images must already be encrypted with `cipher` (`hf_lcrypt.data.encrypt_dataset`); the cipher supplies the
     public description in lcrypt.json and the card, and its key is used only to scan the files for the secret.
+    `dataset_info` (how it was made: split seed, augmentation copies) goes into lcrypt.json and the card.
     """
     from ..data import save_encrypted
 
     with _staging(dry_run_dir) as folder:
         folder.mkdir(parents=True, exist_ok=True)
-        save_encrypted(dataset, folder, cipher=cipher)
+        save_encrypted(dataset, folder, cipher=cipher, dataset_info=dataset_info)
         card = build_dataset_card(
             dataset,
             repo_id,
@@ -308,6 +315,7 @@ def push_encrypted_dataset(
             source=source,
             pretty_name=pretty_name,
             licence_note=licence_note,
+            augmentation=(dataset_info or {}).get("augmentation"),
         )
         card.save(folder / "README.md")
         check_card_round_trip(folder / "README.md", card)
@@ -321,3 +329,8 @@ def push_encrypted_dataset(
             )
             result.folder = None
     return result
+
+
+def upload_dataset_folder(folder: str | os.PathLike, repo_id: str, key_id: str, private: bool = False) -> str:
+    """Upload a folder that `push_encrypted_dataset(..., dry_run_dir=folder)` wrote and checked, as it is."""
+    return _upload(Path(folder), repo_id, "dataset", private, f"Upload encrypted dataset (key_id {key_id})")

@@ -166,8 +166,34 @@ class DataArguments:
         default=False,
         metadata={"help": "also report test metrics averaged over the orientations --augment draws from"},
     )
+    block_cutmix: float = field(
+        default=0.0,
+        metadata={
+            "help": "CutMix of whole blocks, on ciphertext: Beta(alpha, alpha) parameter of the share of blocks an "
+            "image keeps, the rest taken from another image of the batch, labels mixed alike (0: off)"
+        },
+    )
+    block_erasing: float = field(
+        default=0.0,
+        metadata={
+            "help": "probability that an image gets 2-25 %% of its blocks set to mid-grey, on ciphertext (0: off)"
+        },
+    )
+    contrast: float = field(
+        default=0.0,
+        metadata={"help": "contrast about mid-grey by a random factor in [1 - c, 1 + c], on ciphertext (0: off)"},
+    )
+    pixel_noise: float = field(
+        default=0.0,
+        metadata={"help": "Gaussian noise of this standard deviation (pixel values in [0, 1]), on ciphertext (0: off)"},
+    )
 
     def __post_init__(self) -> None:
+        for name in ("block_cutmix", "block_erasing", "contrast", "pixel_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be 0 (off) or positive, got {getattr(self, name)}.")
+        if self.block_erasing > 1 or self.contrast >= 1:
+            raise ValueError("--block_erasing is a probability (at most 1) and --contrast must stay below 1.")
         for flag, value in (("image_size", self.image_size), ("max_per_class", self.max_per_class)):
             if value is not None and value < 1:
                 raise ValueError(f"--{flag} must be a positive integer, got {value}.")
@@ -350,6 +376,7 @@ class RunArguments:
     distillation: DistillationArguments
     attack: AttackArguments
     training: LCryptTrainingArguments
+    given: frozenset[str] = frozenset()  # the settings named by a flag or the config file, not left at their default
 
     @property
     def key_path(self) -> Path:
@@ -366,7 +393,7 @@ class RunArguments:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunArguments":
         """Settings by flag name (e.g. from Python); the rest keep their defaults."""
-        return cls(*build_parser().parse_dict(values))
+        return cls(*build_parser().parse_dict(values), given=frozenset(values))
 
 
 def build_parser() -> HfArgumentParser:
@@ -431,10 +458,14 @@ def parse_args(argv: Sequence[str] | None = None) -> RunArguments:
         config_file = argv[position + 1]
         del argv[position : position + 2]
     _check_renamed_flags(argv, parser)
+    given = {token.split("=", 1)[0].lstrip("-").replace("-", "_") for token in argv if token.startswith("--")}
+    given |= {name.removeprefix("no_") for name in given}
     if config_file is not None:
-        parser.set_defaults(**read_config_file(config_file, parser))
+        values = read_config_file(config_file, parser)
+        given |= set(values)
+        parser.set_defaults(**values)
     parsed = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
-    return RunArguments(*parsed[: len(ARGUMENT_CLASSES)])
+    return RunArguments(*parsed[: len(ARGUMENT_CLASSES)], given=frozenset(given))
 
 
 __all__ = [

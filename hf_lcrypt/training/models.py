@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from transformers import AutoConfig, PreTrainedModel, ViTForImageClassification
 from transformers.image_processing_base import ImageProcessingMixin
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..configuration_lcrypt import LCryptViTConfig
+from ..configuration_lcrypt import LCryptViTConfig, architecture_settings
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import LCryptKey
 from ..modeling_lcrypt import LCryptViTForImageClassification
@@ -102,11 +103,16 @@ class Setup:
     image_mean: list[float]
     image_std: list[float]
 
-    def processor(self, key: LCryptKey | None, cipher_steps: list[str]) -> LCryptImageProcessor:
-        """The processor of this geometry: encrypting with `key`, or only resizing and normalising without one."""
+    def processor(
+        self, key: LCryptKey | None, cipher_steps: list[str], key_id: str | None = None
+    ) -> LCryptImageProcessor:
+        """The processor of this geometry: encrypting with `key`, or only resizing and normalising without one (then
+        images that carry hf-lcrypt's PNG chunk must name `key_id`, if given)."""
         geometry = {"image_size": self.image_size, "block_size": self.block_size, "cipher_steps": list(cipher_steps)}
         geometry |= {"image_mean": self.image_mean, "image_std": self.image_std}
-        return LCryptImageProcessor(**geometry, key=key) if key else LCryptImageProcessor(**geometry, do_encrypt=False)
+        if key:
+            return LCryptImageProcessor(**geometry, key=key)
+        return LCryptImageProcessor(**geometry, do_encrypt=False, key_id=key_id)
 
     def folder(self, key: LCryptKey, cipher_steps: list[str]) -> Callable[[PreTrainedModel], PreTrainedModel]:
         """The map from a plain model of this setup to its keyed copy."""
@@ -117,6 +123,35 @@ class Setup:
             image_std=self.image_std,
             steps=cipher_steps,
         )
+
+    def binder(self, key_id: str, cipher_steps: list[str]) -> Callable[[PreTrainedModel], PreTrainedModel]:
+        """Without the key: the map from a freshly initialised plain model to a keyed model bound to `key_id` with
+        the same weights. A random initialisation folded with a key is distributed as the unfolded one (the fold
+        permutes and sign-flips i.i.d. symmetric weights), so training on ciphertexts from it is keyed training."""
+        return partial(bind_to_key_id, key_id=key_id, steps=cipher_steps, mean=self.image_mean, std=self.image_std)
+
+
+def bind_to_key_id(
+    plain: PreTrainedModel, key_id: str, steps: list[str], mean: list[float], std: list[float]
+) -> LCryptViTForImageClassification:
+    """A keyed ViT (`config.key_id`) holding `plain`'s weights as they are: for a fresh secret initialisation only,
+    since the weights are not folded with any key."""
+    channels = plain.config.num_channels
+    settings = {**architecture_settings(plain.config), "cipher_steps": list(steps), "key_id": key_id}
+    config = LCryptViTConfig.from_dict(
+        settings | {"folded_image_mean": mean[:channels], "folded_image_std": std[:channels]}
+    )
+    with torch.device("meta"):
+        keyed = LCryptViTForImageClassification(config)
+    keyed.load_state_dict({k: v.detach().clone() for k, v in plain.state_dict().items()}, assign=True, strict=True)
+    keyed.train(plain.training)
+    return keyed
+
+
+def fresh_init_seed() -> int:
+    """A secret seed for a keyless run's initialisation, from the operating system: a seed anyone can regenerate
+    would give the key away by matching weights (docs/security.md), and without the key none can be derived."""
+    return secrets.randbits(32)
 
 
 def secret_init_seed(key: LCryptKey, seed: int) -> int:

@@ -74,6 +74,8 @@ class RunMetrics:
     config: dict[str, Any]
     training_args: dict[str, Any]
     attack_report: str = "attack_report.json"
+    trained_without_key: bool = False  # on an encrypted dataset, by someone who never held the key
+    dataset_encryption: dict[str, Any] | None = None  # the encrypted dataset's lcrypt.json (public), if it was one
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON would read it back: an undefined score (NaN, e.g. the AUROC or F1 of a class missing

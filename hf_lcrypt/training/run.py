@@ -19,7 +19,9 @@ from transformers import PreTrainedModel, Trainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..attacks.suite import write_attack_report
+from ..cipher import BlockCipher
 from ..data import DataSummary, label_maps, load_training_data
+from ..encrypted_datasets import EncryptedSource, check_image_metadata, read_encrypted_source
 from ..evaluation import plot_confusion_matrix
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import KEY_ENV_VAR, LCryptKey
@@ -27,6 +29,7 @@ from ..presets import MODEL_PRESETS
 from ..signals import describe, exit_status, stop_on_sigterm
 from ..weight_averaging import check_score_metric
 from .arguments import RunArguments, parse_args
+from .keyless import prepare_ciphertext_run
 from .models import (
     build_setup,
     check_checkpoint_key,
@@ -36,6 +39,7 @@ from .models import (
     checkpoint_key_id,
     checkpoints_keep_parameter_names,
     find_checkpoint,
+    fresh_init_seed,
     load_or_create_key,
     model_to_train,
     secret_init_seed,
@@ -74,24 +78,28 @@ def run(args: RunArguments) -> TrainResult:
     output_dir = Path(training.output_dir)
     model_dir = output_dir / "model"
 
-    resumed_from, dataset, data_summary = prepare(args)
+    resumed_from, dataset, data_summary, encrypted, key = prepare(args)
     id2label, label2id = label_maps(dataset)
-    with training.main_process_first(local=False, desc="key file"):  # one process creates it, the others read it
-        key = load_or_create_key(args.key_path)
-    check_checkpoint_key(resumed_from, key)
-    if training.dataloader_num_workers > 0:
-        os.environ[KEY_ENV_VAR] = str(args.key_path.resolve())  # for DataLoader workers started by spawn
+    if encrypted is None:  # plain images: the key holder's run
+        with training.main_process_first(local=False, desc="key file"):  # one process creates it, the others read it
+            key = load_or_create_key(args.key_path)
+        check_checkpoint_key(resumed_from, key)
+        if training.dataloader_num_workers > 0:
+            os.environ[KEY_ENV_VAR] = str(args.key_path.resolve())  # for DataLoader workers started by spawn
+    key_id = encrypted.key_id if encrypted is not None else key.key_id
 
-    set_seed(secret_init_seed(key, training.seed))
+    set_seed(secret_init_seed(key, training.seed) if key is not None else fresh_init_seed())
     setup = build_setup(args, id2label, label2id)
     set_seed(training.seed)
-    fold = setup.folder(key, args.cipher.cipher_steps)
+    steps = args.cipher.cipher_steps
+    fold = setup.folder(key, steps) if key is not None else setup.binder(key_id, steps)
     model = model_to_train(setup, mode, fold, args.model.patch_dropout)
-    trainer, callbacks = build_trainer(args, model, setup, key, dataset, data_summary, fold, resumed_from)
+    trainer, callbacks = build_trainer(args, model, setup, key, dataset, data_summary, fold, resumed_from, encrypted)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
-        "Mode %s, key %s, %s (%.2fM parameters), images %dx%d in blocks of %d, world size %d",
-        *(mode, key.key_id, args.model.from_plain or f"preset {args.model.model!r}", n_params / 1e6),
+        "Mode %s, key %s%s, %s (%.2fM parameters), images %dx%d in blocks of %d, world size %d",
+        *(mode, key_id, " (not held: ciphertexts only)" if key is None else ""),
+        *(args.model.from_plain or f"preset {args.model.model!r}", n_params / 1e6),
         *(setup.image_size, setup.image_size, setup.block_size, training.world_size),
     )
 
@@ -103,18 +111,18 @@ def run(args: RunArguments) -> TrainResult:
 
     # The test split and the attacks, every process alike (sharded models need all of them for a forward).
     eval_start = time.perf_counter()
-    keyed_processor = setup.processor(key, args.cipher.cipher_steps)
-    test = evaluate_on_test(trainer.model, args, setup, dataset, keyed_processor, fold, callbacks.averager, id2label)
+    cipher = None if encrypted is not None else BlockCipher(key, setup.image_size, setup.block_size, steps=steps)
+    resize = setup.processor(None, steps)
+    test = evaluate_on_test(trainer.model, args, setup, dataset, resize, cipher, fold, callbacks.averager, id2label)
     eval_seconds = time.perf_counter() - eval_start
-    cipher = keyed_processor.cipher(setup.image_size, setup.image_size)
-    suite, attack_results = attack_on_test(test, cipher, setup, args)
+    suite, attack_results = attack_on_test(test, cipher, setup, args, encrypted and encrypted.describe())
     attack_seconds = time.perf_counter() - eval_start - eval_seconds
     save_model_folder(trainer, test.keyed, mode, model_dir)
 
     paths: dict[str, Path] = {"model_folder": model_dir, "metrics": model_dir / "metrics.json"}
     metrics = RunMetrics(
         mode=mode,
-        key_id=key.key_id,
+        key_id=key_id,
         dataset=args.data.data,
         base_model=args.model.from_plain,
         folded_from_public=args.model.from_plain is not None and not Path(args.model.from_plain).exists(),
@@ -146,6 +154,8 @@ def run(args: RunArguments) -> TrainResult:
         hardware=hardware_info(training),
         config=args.settings(),
         training_args=training.to_dict(),
+        trained_without_key=encrypted is not None and key is None,
+        dataset_encryption=encrypted and {**encrypted.describe(), "dataset": encrypted.dataset_info},
     )
     if training.process_index == 0:
         paths.update(write_attack_report(suite, attack_results, model_dir, history=callbacks.attacks.history))
@@ -173,17 +183,29 @@ class InvalidRun(ValueError):
     """A setting found wrong before anything was written (the data, the sizes, the output folder, a checkpoint)."""
 
 
-def prepare(args: RunArguments) -> tuple[str | None, DatasetDict, DataSummary]:
+def prepare(
+    args: RunArguments,
+) -> tuple[str | None, DatasetDict, DataSummary, EncryptedSource | None, LCryptKey | None]:
     """Check every setting that can be checked before the run writes anything, a new key file included, so that a
-    failed run leaves nothing behind; returns the checkpoint to resume from and the data."""
+    failed run leaves nothing behind; returns the checkpoint to resume from, the data, and for an encrypted dataset
+    its `lcrypt.json` and the key file given for it (None: trained without the key)."""
     training = args.training
     output_dir = Path(training.output_dir)
+    encrypted, key = None, None
     try:
+        encrypted = read_encrypted_source(args.data.data)  # the dataset holds ciphertexts: no key needed
+        if encrypted is not None:
+            key = prepare_ciphertext_run(args, encrypted)  # its geometry into args, refusals, a matching key file
         with training.main_process_first(local=False, desc="output folder"):
             main_process = training.process_index == 0
             check_output_dir(output_dir, training.resume_from_checkpoint, training.overwrite_output_dir, main_process)
         resumed_from = find_checkpoint(training.resume_from_checkpoint, output_dir)
-        if checkpoint_key_id(resumed_from) and not args.key_path.is_file():
+        if encrypted is not None and checkpoint_key_id(resumed_from) not in (None, encrypted.key_id):
+            raise ValueError(
+                f"{resumed_from} is folded with key {checkpoint_key_id(resumed_from)}, not with {args.data.data}'s "
+                f"{encrypted.key_id}."
+            )
+        if encrypted is None and checkpoint_key_id(resumed_from) and not args.key_path.is_file():
             raise ValueError(
                 f"{resumed_from} is folded with key {checkpoint_key_id(resumed_from)}, and there is no key file at "
                 f"{args.key_path}; pass --key_file with the key the run was trained with."
@@ -195,14 +217,21 @@ def prepare(args: RunArguments) -> tuple[str | None, DatasetDict, DataSummary]:
             raise ValueError(f"--attack_weights_only reads a ViT's embeddings; {model} has none. Leave it out.")
         if training.push_to_hub and not foldable:
             raise ValueError(f"--push_to_hub publishes keyed ViTs; {model} is not one. Upload its folder yourself.")
+        if encrypted is not None and not foldable:
+            raise ValueError(
+                f"{model} cannot be bound to a key; on an encrypted dataset train a ViT preset, whose config names the "
+                "dataset's key_id so that the key holder can use it."
+            )
         check_geometry(args)
         with training.main_process_first(desc="dataset loading"):
             dataset, data_summary = load_training_data(args.data.data, args.data.split_seed, args.data.max_per_class)
+            if encrypted is not None:
+                check_image_metadata(dataset, encrypted, args.data.data)
         if training.ema_decay is not None:
             check_score_metric(training.metric_for_best_model, label_maps(dataset)[0])
     except (ValueError, FileNotFoundError) as err:
         raise InvalidRun(str(err)) from err
-    return resumed_from, dataset, data_summary
+    return resumed_from, dataset, data_summary, encrypted, key
 
 
 def save_model_folder(trainer: Trainer, keyed: PreTrainedModel, mode: str, model_dir: Path) -> None:
@@ -234,10 +263,11 @@ def _hub_token(token: str | None) -> Iterator[None]:
             os.environ.pop("HF_TOKEN") if previous is None else os.environ.update(HF_TOKEN=previous)
 
 
-def push_to_hub(args: RunArguments, model_dir: Path, key: LCryptKey, folded_from_public: bool) -> str:
+def push_to_hub(args: RunArguments, model_dir: Path, key: LCryptKey | None, folded_from_public: bool) -> str:
     """`--push_to_hub`: the final folder through `publish_model`'s checks (a fresh process loads it with transformers
     alone, no file holds the key, the card's model-index reads back), then one upload to `--hub_model_id` (default:
-    the output folder's name). The key and the checkpoints stay behind."""
+    the output folder's name). The key and the checkpoints stay behind. Without the key (a run on ciphertexts) the
+    logits are compared on ciphertexts, and the weights check reads the key holder's `weights_only_attack.json`."""
     from ..hub.publish import publish_model
 
     training = args.training

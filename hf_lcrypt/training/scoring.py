@@ -48,22 +48,24 @@ def evaluate_on_test(
     args: RunArguments,
     setup: Setup,
     dataset: DatasetDict,
-    keyed_processor: LCryptImageProcessor,
+    processor: LCryptImageProcessor,
+    cipher: BlockCipher | None,
     fold: Callable[[PreTrainedModel], PreTrainedModel],
     averager: WeightAverage | None,
     id2label: dict[int, str],
 ) -> TestResults:
     """Score the final keyed model on the test split. With a weight average, first score it against the best
-    checkpoint and make it the final model; in fold mode, fold the trained plain model and check the fold."""
-    cipher = keyed_processor.cipher(setup.image_size, setup.image_size)
+    checkpoint and make it the final model; in fold mode, fold the trained plain model and check the fold.
+    `processor` resizes the test images; `cipher` encrypts them (None: the dataset holds ciphertexts already)."""
     on_ciphertext = args.cipher.mode != "fold"
     batch_size = args.training.per_device_eval_batch_size
     predict = partial(predict_logits, image_mean=setup.image_mean, image_std=setup.image_std, batch_size=batch_size)
-    images, labels = load_plain_images(dataset["test"], keyed_processor)
+    images, labels = load_plain_images(dataset["test"], processor)
+    to_model = cipher.encrypt if cipher is not None else (lambda x: x)
     weight_average = None
     if averager is not None:
-        splits = {"validation": load_plain_images(dataset["validation"], keyed_processor), "test": (images, labels)}
-        encrypt = cipher.encrypt if on_ciphertext else (lambda x: x)
+        splits = {"validation": load_plain_images(dataset["validation"], processor), "test": (images, labels)}
+        encrypt = to_model if on_ciphertext else (lambda x: x)
         weight_average = score_weight_average(
             trained,
             averager,
@@ -73,12 +75,12 @@ def evaluate_on_test(
             args.training.metric_for_best_model,
         )
     keyed = trained if on_ciphertext else fold(trained)
-    logits = predict(keyed, images, transform=cipher.encrypt)
+    logits = predict(keyed, images, transform=to_model)
     metrics = compute_classification_metrics(logits.numpy(), labels.numpy(), id2label)
     tta = None
     if args.data.tta:
         augment = Augment(rotate90=args.data.augment_orientation)
-        tta = tta_metrics(keyed, images, labels, logits, augment, partial(predict, transform=cipher.encrypt), id2label)
+        tta = tta_metrics(keyed, images, labels, logits, augment, partial(predict, transform=to_model), id2label)
     fold_check = None if on_ciphertext else check_fold(trained, images, logits, predict)
     return TestResults(keyed, images, labels, logits, metrics, tta, fold_check, weight_average)
 
@@ -130,9 +132,10 @@ def check_fold(
 
 
 def attack_on_test(
-    test: TestResults, cipher: BlockCipher, setup: Setup, args: RunArguments
+    test: TestResults, cipher: BlockCipher | None, setup: Setup, args: RunArguments, description: dict | None = None
 ) -> tuple[AttackSuite, dict[str, float]]:
-    """The attack suite on (a sample of) the test split, with the final keyed model."""
+    """The attack suite on (a sample of) the test split, with the final keyed model (without a `cipher`: on the
+    ciphertexts, which `description` describes)."""
     subset = sample_indices(len(test.labels), args.attack.attack_max_images, args.training.seed)
     suite = AttackSuite(
         test.images[subset],
@@ -143,6 +146,7 @@ def attack_on_test(
         batch_size=args.training.per_device_eval_batch_size,
         seed=args.training.seed,
         split="test",
+        description=description,
     )
     return suite, suite.run(test.keyed)
 

@@ -12,9 +12,12 @@ from datasets import DatasetDict
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback
 
 from ..attacks.suite import AttackEvalCallback, AttackSuite, load_plain_images
+from ..ciphertext_augment import CiphertextAugment
 from ..data import Augment, DataSummary, ImageTransform, Mixup, label_maps
 from ..distillation import DistillationTrainer, check_teacher_split, load_teacher
+from ..encrypted_datasets import EncryptedSource
 from ..evaluation import make_compute_metrics
+from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import LCryptKey
 from ..weight_averaging import WeightAverage
 from .arguments import RunArguments
@@ -35,41 +38,62 @@ def build_trainer(
     args: RunArguments,
     model: PreTrainedModel,
     setup: Setup,
-    key: LCryptKey,
+    key: LCryptKey | None,
     dataset: DatasetDict,
     data_summary: DataSummary,
     fold: Callable[[PreTrainedModel], PreTrainedModel],
     resumed_from: str | None,
+    encrypted: EncryptedSource | None = None,
 ) -> tuple[Trainer, RunCallbacks]:
-    """A `Trainer` (a `DistillationTrainer` with a teacher or mixup) whose training images are augmented while plain,
-    then encrypted on the fly (plain in fold mode), and whose every evaluation also runs the attack suite."""
+    """A `Trainer` (a `DistillationTrainer` with a teacher or soft labels) whose training images are augmented while
+    plain, then encrypted on the fly (plain in fold mode), and whose every evaluation also runs the attack suite.
+
+    On an `encrypted` dataset the images are ciphertexts already: nothing is encrypted, only the ciphertext
+    augmentations apply, and the attack suite runs the conditions that need no key."""
     mode, steps = args.cipher.mode, args.cipher.cipher_steps
-    keyed_processor = setup.processor(key, steps)
-    processor = keyed_processor if mode != "fold" else setup.processor(None, steps)
     data = args.data
     id2label = label_maps(dataset)[0]
-    augment = Augment(rotate90=data.augment_orientation) if data.augment else None
+    if encrypted is not None:
+        processor = setup.processor(None, steps, key_id=encrypted.key_id)
+        saved_processor = LCryptImageProcessor.for_model(model)  # encrypts for the key holder, who has the key
+        cipher = None
+    else:
+        keyed_processor = setup.processor(key, steps)
+        processor = saved_processor = keyed_processor if mode != "fold" else setup.processor(None, steps)
+        cipher = keyed_processor.cipher(setup.image_size, setup.image_size)
+    augment = Augment(rotate90=data.augment_orientation) if data.augment and encrypted is None else None
     teacher, teacher_processor = None, None
     if args.distillation.teacher:
         teacher, teacher_processor = load_teacher(args.distillation.teacher, key, id2label)
         fingerprints = data_summary.split_fingerprints
         check_teacher_split(Path(args.distillation.teacher), data.split_seed, data.max_per_class, fingerprints)
     mixup = Mixup(data.mixup, len(id2label)) if data.mixup > 0 else None
-    train_set = dataset["train"].with_transform(ImageTransform(processor, augment, teacher_processor, mixup))
+    on_ciphertext = CiphertextAugment(
+        setup.block_size,
+        setup.image_mean,
+        setup.image_std,
+        len(id2label),
+        cutmix=data.block_cutmix,
+        erasing=data.block_erasing,
+        contrast=data.contrast,
+        noise=data.pixel_noise,
+    )
+    batch_augment = on_ciphertext if on_ciphertext.active else None
+    train_transform = ImageTransform(processor, augment, teacher_processor, mixup, batch_augment)
+    train_set = dataset["train"].with_transform(train_transform)
     eval_set = dataset["validation"].with_transform(ImageTransform(processor))
 
     training = args.training
-    images, labels = load_plain_images(
-        dataset["validation"], keyed_processor, args.attack.attack_max_images, training.seed
-    )
+    images, labels = load_plain_images(dataset["validation"], processor, args.attack.attack_max_images, training.seed)
     suite = AttackSuite(
         images,
         labels,
-        keyed_processor.cipher(setup.image_size, setup.image_size),
+        cipher,
         setup.image_mean,
         setup.image_std,
         batch_size=training.per_device_eval_batch_size,
         seed=training.seed,
+        description=encrypted and encrypted.describe(),
     )
     callbacks = RunCallbacks(
         attacks=AttackEvalCallback(suite, prepare_model=fold if mode == "fold" else None),
@@ -85,11 +109,11 @@ def build_trainer(
         args=training.for_trainer(),
         train_dataset=train_set,
         eval_dataset=eval_set,
-        processing_class=processor,
+        processing_class=saved_processor,
         compute_metrics=make_compute_metrics(id2label),
         callbacks=trainer_callbacks,
     )
-    if teacher is None and mixup is None:
+    if teacher is None and mixup is None and not on_ciphertext.mixes_labels:
         trainer = Trainer(**kwargs)
     else:
         distillation = args.distillation
