@@ -29,6 +29,21 @@ logger = logging.getLogger(__name__)
 DISTILLATION_TYPES = ("hard", "soft")
 
 
+def check_teacher(folder: Path, id2label: dict[int, str]) -> None:
+    """A finished run's model folder that knows the student's classes under the same ids (its config alone)."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(
+            f"--teacher {folder}: no config.json there; give the `model` folder of a finished run "
+            "(e.g. outputs/teacher/model)."
+        )
+    theirs = {int(i): name for i, name in json.loads(config_file.read_text()).get("id2label", {}).items()}
+    if theirs != id2label:
+        raise ValueError(
+            f"--teacher {folder} predicts classes {theirs}, but the data has {id2label}; train it on the same data."
+        )
+
+
 def load_teacher(
     path: str | Path, key: LCryptKey, id2label: dict[int, str]
 ) -> tuple[PreTrainedModel, LCryptImageProcessor]:
@@ -38,17 +53,8 @@ def load_teacher(
     The teacher must know the student's classes under the same ids, or its labels would teach the wrong classes.
     """
     folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise ValueError(
-            f"--teacher {path}: no config.json there; give the `model` folder of a finished run "
-            "(e.g. outputs/teacher/model)."
-        )
+    check_teacher(folder, id2label)
     teacher = AutoModelForImageClassification.from_pretrained(folder).eval()
-    theirs = {int(i): name for i, name in teacher.config.id2label.items()}
-    if theirs != id2label:
-        raise ValueError(
-            f"--teacher {path} predicts classes {theirs}, but the data has {id2label}; train it on the same data."
-        )
     processor = LCryptImageProcessor.from_pretrained(folder, key=key)
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)

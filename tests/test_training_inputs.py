@@ -91,6 +91,7 @@ def test_a_finished_run_is_refused_unless_resumed_or_overwritten(tmp_path, capsy
         (("--resume_from_checkpoint", "nowhere/checkpoint-9"), "default", "no checkpoint there"),
         (("--mode", "fold", "--model", "resnet-small"), "default", "--mode fold needs a ViT"),
         ((), "one-class", "an image folder needs one sub-folder per class, and at least two"),
+        (("--teacher", "nowhere/model"), "default", "--teacher nowhere/model: no config.json there"),
     ],
 )
 def test_a_run_with_a_wrong_setting_writes_no_key_file(tmp_path, capsys, monkeypatch, extra, data, message):

@@ -21,6 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..attacks.suite import write_attack_report
 from ..cipher import BlockCipher
 from ..data import DataSummary, label_maps, load_training_data
+from ..distillation import check_teacher, check_teacher_split
 from ..encrypted_datasets import EncryptedSource, check_image_metadata, read_encrypted_source
 from ..evaluation import plot_confusion_matrix
 from ..image_processing_lcrypt import LCryptImageProcessor
@@ -94,7 +95,7 @@ def run(args: RunArguments) -> TrainResult:
     steps = args.cipher.cipher_steps
     fold = setup.folder(key, steps) if key is not None else setup.binder(key_id, steps)
     model = model_to_train(setup, mode, fold, args.model.patch_dropout)
-    trainer, callbacks = build_trainer(args, model, setup, key, dataset, data_summary, fold, resumed_from, encrypted)
+    trainer, callbacks = build_trainer(args, model, setup, key, dataset, fold, resumed_from, encrypted)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
         "Mode %s, key %s%s, %s (%.2fM parameters), images %dx%d in blocks of %d, world size %d",
@@ -229,6 +230,10 @@ def prepare(
                 check_image_metadata(dataset, encrypted, args.data.data)
         if training.ema_decay is not None:
             check_score_metric(training.metric_for_best_model, label_maps(dataset)[0])
+        if args.distillation.teacher:
+            teacher, data = Path(args.distillation.teacher), args.data
+            check_teacher(teacher, label_maps(dataset)[0])
+            check_teacher_split(teacher, data.split_seed, data.max_per_class, data_summary.split_fingerprints)
     except (ValueError, FileNotFoundError) as err:
         raise InvalidRun(str(err)) from err
     return resumed_from, dataset, data_summary, encrypted, key

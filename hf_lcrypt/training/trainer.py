@@ -6,15 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from datasets import DatasetDict
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback
 
 from ..attacks.suite import AttackEvalCallback, AttackSuite, load_plain_images
 from ..ciphertext_augment import CiphertextAugment
-from ..data import Augment, DataSummary, ImageTransform, Mixup, label_maps
-from ..distillation import DistillationTrainer, check_teacher_split, load_teacher
+from ..data import Augment, ImageTransform, Mixup, label_maps
+from ..distillation import DistillationTrainer, load_teacher
 from ..encrypted_datasets import EncryptedSource
 from ..evaluation import make_compute_metrics
 from ..image_processing_lcrypt import LCryptImageProcessor
@@ -40,7 +39,6 @@ def build_trainer(
     setup: Setup,
     key: LCryptKey | None,
     dataset: DatasetDict,
-    data_summary: DataSummary,
     fold: Callable[[PreTrainedModel], PreTrainedModel],
     resumed_from: str | None,
     encrypted: EncryptedSource | None = None,
@@ -65,8 +63,6 @@ def build_trainer(
     teacher, teacher_processor = None, None
     if args.distillation.teacher:
         teacher, teacher_processor = load_teacher(args.distillation.teacher, key, id2label)
-        fingerprints = data_summary.split_fingerprints
-        check_teacher_split(Path(args.distillation.teacher), data.split_seed, data.max_per_class, fingerprints)
     mixup = Mixup(data.mixup, len(id2label)) if data.mixup > 0 else None
     on_ciphertext = CiphertextAugment(
         setup.block_size,
