@@ -14,7 +14,8 @@ SEED=${SEED:-0}
 PY=${PY:-.venv/bin/python}
 CNNS=${CNNS:-resnet-small convnext-small}
 common=(--image_size 64 --block_size 8 --max_per_class "$MAX_PER_CLASS" --num_train_epochs "$EPOCHS" --seed "$SEED"
-        --per_device_train_batch_size 32 --learning_rate 1e-3 --attack_max_images 128)
+        --per_device_train_batch_size 32 --learning_rate 1e-3 --attack_max_images 128
+        --embedding_init_scale 1)  # the initialisation the recorded runs used (the default before the key-hiding one)
 for dataset in brain-tumor-mri/train lc25000; do
   name=$(basename "$(dirname "$dataset")")-$(basename "$dataset"); name=${name#.-}
   key="$OUT/$name.key"

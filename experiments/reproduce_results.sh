@@ -24,7 +24,9 @@ DATA=${DATA_ROOT:-../shared/data}
 PY=${PY:-.venv/bin/python}
 SEED=${SEED:-0}
 STAGES=${STAGES:-teachers vits seeds medmnist geometry ablation figures}
-common=(--per_device_train_batch_size 32 --learning_rate 1e-3 --seed "$SEED" --attack_max_images 128 --logging_steps 50)
+# --embedding_init_scale 1: the initialisation the recorded runs used (the default before the key-hiding one).
+common=(--per_device_train_batch_size 32 --learning_rate 1e-3 --seed "$SEED" --attack_max_images 128 --logging_steps 50
+        --embedding_init_scale 1)
 at64=(--image_size 64 --block_size 8)
 at128=(--image_size 128 --block_size 16)  # the same 64 blocks as 64/8, so about the ViT's cost, at 4 times the pixels
 distil=(--distillation soft --distill_temperature 2)

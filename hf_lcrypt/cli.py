@@ -422,6 +422,13 @@ def add_publish(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--license", default="apache-2.0", help="licence for the card (default: apache-2.0)")
     parser.add_argument("--dataset", help="Hub id or name of the training data, for the card")
     parser.add_argument("--base-model", help="Hub id of the plain model the keyed one was made from, for the card")
+    parser.add_argument(
+        "--format",
+        choices=("keyed", "vit"),
+        default="keyed",
+        help="keyed (default): the model with its remote code; vit: its standard export (hf-lcrypt export), checked "
+        "by a fresh process that loads it without remote code and must give the same logits",
+    )
     parser.set_defaults(handler=run_publish)
 
 
@@ -444,6 +451,7 @@ def run_publish(args: argparse.Namespace) -> int:
             license=args.license,
             dataset=args.dataset,
             base_model=args.base_model,
+            format=args.format,
             allow_leaky_weights=args.allow_leaky_weights,
         )
     except (SecretLeakError, RuntimeError) as err:
@@ -459,6 +467,36 @@ def run_publish(args: argparse.Namespace) -> int:
         + (f"ABOVE CHANCE ({', '.join(gate['leaks'])}), published as allowed" if gate["leaks"] else "at chance")
     )
     print(f"Dry run: the repository is in {result.folder}" if result.url is None else f"Uploaded to {result.url}")
+    return 0
+
+
+# -- export ------------------------------------------------------------------------------------------------------------
+def add_export(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="write a keyed model as a plain ViT checkpoint or ONNX graph, for servers without remote code",
+        description=wrap(
+            "Write the keyed model in MODEL_DIR to OUT (new or empty) in a form any server runs: --format vit, a plain "
+            "`model_type: vit` checkpoint (safetensors, a ViTImageProcessor config that only rescales and normalises "
+            "ciphertexts of the model's size, a model card) that AutoModelForImageClassification loads without "
+            "trust_remote_code on transformers 4.x and 5.x; --format onnx, model.onnx with a dynamic batch size, "
+            "checked with ONNX Runtime (needs hf-lcrypt[onnx]). Either gives the keyed model's logits on encrypted "
+            "inputs and holds no key; the key holder's client still encrypts (hf-lcrypt classify). A model with an "
+            "MLP patch embedding exports to ONNX only."
+        ),
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR", type=Path, help="folder of a keyed model")
+    parser.add_argument("out", metavar="OUT", type=Path, help="new or empty folder for the export")
+    parser.add_argument("--format", choices=("vit", "onnx"), default="vit", help="vit (default) or onnx")
+    parser.add_argument("--repo-id", help="Hub repository the card's examples name (default: your-name/OUT)")
+    parser.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    out = export_model(args.model_dir, args.out, args.format, repo_id=args.repo_id)
+    print(f"hf-lcrypt export: wrote {args.format} export to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0
 
 
@@ -706,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_encrypt_decrypt(sub)
     add_encrypt_dataset(sub)
     add_publish(sub)
+    add_export(sub)
     add_train(sub)
     add_attack(sub)
     add_classify(sub)

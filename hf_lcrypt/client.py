@@ -2,7 +2,8 @@
 
 `RemoteClassifier` talks to a running hf-lcrypt app (space/app.py, locally or on the Hub) through `gradio_client`: it
 asks for the served model's geometry and key id, encrypts each image locally exactly as `LCryptImageProcessor` does,
-and sends only the encrypted PNG to `/classify_encrypted`. `LocalClassifier` runs a keyed model folder in-process.
+and sends only the encrypted PNG to `/classify_encrypted`. `LocalClassifier` runs a keyed model folder, or its
+standard or ONNX export (`hf-lcrypt export`), in-process.
 Both return one `Prediction` per image, in order; an image that cannot be read gets one with its `error` and the
 others are still classified. `hf-lcrypt classify` is the command line around them.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from .image_processing_lcrypt import LCryptImageProcessor
@@ -107,14 +109,7 @@ class RemoteClassifier:
         self.info: dict[str, Any] = self.client.predict(api_name="/model_info")
         self.key = LCryptKey.coerce(key)
         _check_key(self.key, self.info.get("key_id"), f"The model at {url}")
-        height, width = self.info["image_size"]
-        # The same resize and cipher as the processor the model was trained with; only its key stays here.
-        self.processor = LCryptImageProcessor(
-            image_size=(height, width),
-            block_size=self.info["block_size"],
-            cipher_steps=self.info["cipher_steps"],
-            key=self.key,
-        )
+        self.processor = encrypting_processor(self.info, self.key)
 
     def encrypt(self, image: ImageInput) -> Image.Image:
         """The ciphertext the server gets: resized to the model's size, encrypted, viewable (lossless as PNG)."""
@@ -144,15 +139,16 @@ class RemoteClassifier:
 
 
 class LocalClassifier:
-    """Classify images with a keyed model folder on this machine (the key holder runs the model too)."""
+    """Classify images with a model folder on this machine (the key holder runs the model too): the keyed model, or
+    its standard or ONNX export (`hf-lcrypt export`). Images are encrypted here, then classified as a server would."""
 
     def __init__(self, model_dir: str | os.PathLike, key: Any, batch_size: int = 32):
-        from .modeling_lcrypt import LCryptViTForImageClassification
+        from .serving import load_served_model
 
-        self.model = LCryptViTForImageClassification.from_pretrained(model_dir).eval()
+        self.served = load_served_model(model_dir)
         self.key = LCryptKey.coerce(key)
-        _check_key(self.key, self.model.config.key_id, f"The model in {model_dir}")
-        self.processor = LCryptImageProcessor.for_model(self.model, key=self.key)
+        _check_key(self.key, self.served.info["key_id"], f"The model in {model_dir}")
+        self.processor = encrypting_processor(self.served.info, self.key)
         self.batch_size = batch_size
 
     def classify(self, images: Iterable[ImageInput], progress: bool = False) -> list[Prediction]:
@@ -182,16 +178,23 @@ class LocalClassifier:
             return Prediction.failed(item[0], err)
 
     def _predict(self, opened: list[tuple[str, Image.Image]]) -> list[Prediction]:
-        import torch
-
-        names = self.model.config.id2label
-        batch = self.processor([picture for _, picture in opened], return_tensors="pt")
-        with torch.inference_mode():
-            probs = self.model(**batch).logits.softmax(-1).numpy()
+        logits = self.served.logits(self.processor.encrypt_images([picture for _, picture in opened]))
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        names = self.served.info["labels"]
         return [
-            Prediction.from_probabilities(name, {names[i]: float(p) for i, p in enumerate(row)})
+            Prediction.from_probabilities(name, dict(zip(names, map(float, row), strict=True)))
             for (name, _), row in zip(opened, probs, strict=True)
         ]
+
+
+def encrypting_processor(info: dict[str, Any], key: LCryptKey) -> LCryptImageProcessor:
+    """The key holder's half of a served model's processor (resize and encrypt) from its public `info`; the key
+    stays in this process."""
+    height, width = info["image_size"]
+    return LCryptImageProcessor(
+        image_size=(height, width), block_size=info["block_size"], cipher_steps=info["cipher_steps"], key=key
+    )
 
 
 def expand_images(

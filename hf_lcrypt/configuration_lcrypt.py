@@ -1,11 +1,16 @@
 """Configuration of a keyed ViT: a `ViTConfig` plus the public facts about the cipher folded into its weights."""
 
+# isort: off
+from .transformers_version import check_transformers_version  # noqa: F401  (first: checks the version)
+# isort: on
+
 import re
 
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 
 from .cipher import ALL_STEPS, size_pair
+from .keys import SPEC_VERSION  # noqa: F401  (transformers 4.x copies only direct imports: reach its clear error)
 
 # Written into every saved config, so that transformers alone (trust_remote_code) finds each Auto class, AutoModel too.
 AUTO_MAP = {

@@ -13,6 +13,7 @@ import errno
 import multiprocessing
 import os
 import sys
+import threading
 import warnings
 from argparse import Namespace
 from collections.abc import Callable
@@ -257,8 +258,9 @@ class CipherRun:
         """Each job in order, in this process or in `--num-proc` worker processes (forked: they share the key and
         the ciphers already made). Failures come back in the order of the jobs, and are handled here."""
         processes = min(getattr(self.args, "num_proc", 1) or 1, len(todo))
+        forking = processes > 1 and fork_is_safe()  # before the progress bar starts its monitor thread
         progress = tqdm(total=len(todo), desc=self.action, unit="img", file=sys.stderr)
-        if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        if not forking:
             for job in todo:
                 self.written += self.handle(job, self.written_or_raise(job, lambda job=job: self.transform(job)))
                 progress.update()
@@ -324,6 +326,17 @@ _ACTIVE: CipherRun | None = None  # the run a forked worker process works for
 
 def _transform(job: Job) -> str | None:
     return _ACTIVE.transform(job)
+
+
+def fork_is_safe() -> bool:
+    """Whether worker processes may be forked from this one. A fork copies locks that other threads hold (a web
+    server's, torch's OpenMP pool) and the child can wait on them forever; the command line starts with one thread
+    and without torch, so it forks, while a busy caller (a notebook, a server, a test run) transforms in-process."""
+    return (
+        "fork" in multiprocessing.get_all_start_methods()
+        and threading.active_count() == 1
+        and "torch" not in sys.modules
+    )
 
 
 def default_processes() -> int:

@@ -4,6 +4,10 @@ Encryption must come before normalisation (a channel shuffle does not commute wi
 any augmentation. The key is supplied at run time and never written to `preprocessor_config.json`.
 """
 
+# isort: off
+from .transformers_version import check_transformers_version  # noqa: F401  (first: checks the version)
+# isort: on
+
 import os
 import warnings
 from typing import Any

@@ -4,6 +4,10 @@ The forward pass is exactly `transformers`' ViT, so a keyed model costs nothing 
 happens once, in `from_plain` and `rekey`.
 """
 
+# isort: off
+from .transformers_version import check_transformers_version  # noqa: F401  (first: checks the version)
+# isort: on
+
 import copy
 import os
 from collections.abc import Sequence

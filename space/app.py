@@ -1,6 +1,7 @@
 """Gradio Space of hf-lcrypt: private inference. The visitor's browser encrypts, the server classifies ciphertext.
 
-The server holds a keyed model (HF_LCRYPT_MODEL: a folder or a Hub id) and no key. The page (static/page.mjs) reads
+The server holds a keyed model (HF_LCRYPT_MODEL: a folder or a Hub id, of the keyed model or of its standard or
+ONNX export, see hf_lcrypt/serving.py) and no key. The page (static/page.mjs) reads
 the image with a plain file input, resizes it exactly as LCryptImageProcessor does, encrypts it with static/lcrypt.mjs
 (docs/key-spec.md in JavaScript) and sends only the ciphertext PNG to `/classify_encrypted`. Python clients do the
 same with `hf-lcrypt classify --url URL --key-file KEY IMAGES...`.
@@ -35,15 +36,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402  (after the analytics switch)
-import torch  # noqa: E402
 from gradio.utils import get_upload_folder, is_in_or_equal  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification  # noqa: E402
-from hf_lcrypt.cipher import size_pair  # noqa: E402
+from hf_lcrypt import LCryptKey  # noqa: E402
 from hf_lcrypt.hub.cards import dataset_title, sort_results  # noqa: E402
 from hf_lcrypt.keys import KEY_ENV_VAR  # noqa: E402
 from hf_lcrypt.page_integrity import compute_manifest  # noqa: E402
+from hf_lcrypt.serving import ServedModel, load_served_model  # noqa: E402
 
 logger = logging.getLogger("hf_lcrypt.space")
 
@@ -65,38 +65,19 @@ mimetypes.add_type("text/javascript", ".mjs")  # browsers refuse ES modules serv
 
 
 # -- the model ----------------------------------------------------------------------------------------------------
-def load_model(source: str) -> LCryptViTForImageClassification:
-    """The keyed model from a local folder or a Hub id: the one place that knows how a served model is loaded."""
-    return LCryptViTForImageClassification.from_pretrained(source)
+def load_model(source: str) -> ServedModel:
+    """The served model from a local folder or a Hub id: the keyed model, or its standard or ONNX export (`hf-lcrypt
+    export`), which runs on transformers' own ViT or ONNX Runtime (hf_lcrypt/serving.py). The one place that knows
+    how a served model is loaded."""
+    return load_served_model(source)
 
 
-class ServedModel:
-    """The keyed model behind `/classify_encrypted`: ciphertext in, class probabilities out, no key anywhere."""
-
-    def __init__(self, model: LCryptViTForImageClassification):
-        self.model = model.eval()
-        # Images arrive encrypted and at the model's size: the processor only rescales and normalises them.
-        self.processor = LCryptImageProcessor.for_model(model)
-        config = model.config
-        self.height, self.width = size_pair(config.image_size)
-        self.info = {
-            "image_size": [self.height, self.width],
-            "block_size": int(config.block_size),
-            "channels": int(config.num_channels),
-            "cipher_steps": list(config.cipher_steps),
-            "key_id": config.key_id,
-            "labels": [config.id2label[i] for i in range(len(config.id2label))],
-        }
-
-    def probabilities(self, image: Image.Image) -> dict[str, float]:
-        """The class probabilities, or the processor's own message (another key_id, edited parameters) as a gr.Error."""
-        try:
-            batch = self.processor([image], do_encrypt=False, do_resize=False, return_tensors="pt")
-        except ValueError as err:
-            raise gr.Error(str(err).replace("Image 0", "The encrypted image")) from None
-        with torch.inference_mode():
-            probs = self.model(**batch).logits.softmax(-1)[0]
-        return {self.info["labels"][i]: float(p) for i, p in enumerate(probs.tolist())}
+def probabilities(served: ServedModel, image: Image.Image) -> dict[str, float]:
+    """The class probabilities, or the processor's own message (another key_id, edited parameters) as a gr.Error."""
+    try:
+        return served.probabilities(image)
+    except ValueError as err:
+        raise gr.Error(str(err).replace("Image 0", "The encrypted image")) from None
 
 
 def refuse_secret_variables() -> None:
@@ -113,7 +94,10 @@ def refuse_secret_variables() -> None:
 def model_source() -> str:
     source = os.environ.get(MODEL_ENV_VAR) or str(DEFAULT_MODEL)
     if source == str(DEFAULT_MODEL) and not DEFAULT_MODEL.is_dir():
-        raise SystemExit(f"No model: set {MODEL_ENV_VAR} to a keyed model folder or Hub id (or put one in {source}).")
+        raise SystemExit(
+            f"No model: set {MODEL_ENV_VAR} to a keyed model folder or Hub id, or its standard or ONNX export "
+            f"(hf-lcrypt export), or put one in {source}."
+        )
     return source
 
 
@@ -341,7 +325,7 @@ def build_demo(
     take_upload = UploadTaker()
 
     def classify_encrypted(ciphertext: Any) -> dict[str, float]:
-        return label_value(served.probabilities(read_ciphertext(take_upload(ciphertext), height, width)))
+        return label_value(probabilities(served, read_ciphertext(take_upload(ciphertext), height, width)))
 
     def model_info() -> dict[str, Any]:
         return served.info
@@ -370,9 +354,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     refuse_secret_variables()
     source = model_source()
-    served = ServedModel(load_model(source))
+    served = load_model(source)
     demo_key = load_demo_key(served)
-    logger.info("Serving %s (key_id %s); the server holds no key.", source, served.info["key_id"])
+    logger.info("Serving %s (%s, key_id %s); the server holds no key.", source, served.form, served.info["key_id"])
     if demo_key is not None:
         logger.warning(
             "The page offers a PUBLIC demo key (key_id %s): anyone can read it and decrypt what it encrypts.",

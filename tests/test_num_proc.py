@@ -29,12 +29,34 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def run_fresh(*argv: object) -> tuple[int, str, str]:
+    """The command line in a fresh process, as a user runs it: one thread, no torch, so it forks its workers."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_lcrypt.cli", *map(str, argv)], capture_output=True, text=True, timeout=300
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_the_command_line_forks_its_workers():
+    code = (
+        "import sys; from hf_lcrypt import folder_run; from hf_lcrypt.cli import main; forks = []; "
+        "real = folder_run.ProcessPoolExecutor; "
+        "folder_run.ProcessPoolExecutor = lambda *a, **k: forks.append(a[0]) or real(*a, **k); "
+        "rc = main(['encrypt', '--key-file', 'k.key', '--block-size', '8', '--num-proc', '3', 'plain', 'enc']); "
+        "print(rc, forks)"
+    )
+    images(Path("plain"), 6)
+    assert run_fresh("keygen", "k.key")[0] == 0
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "[3]"] and len(tree(Path("enc"))) == 6
+
+
 def test_processes_give_the_same_files_and_failures_as_one(capsys, key_file):
     images(Path("plain"), 12, bad=(3, 7))
     cipher = ["--key-file", key_file, "--block-size", 8, "--image-size", 32, "--skip-errors"]
     results = {}
     for n in (1, 3):
-        rc, _, err = run(capsys, "encrypt", *cipher, "--num-proc", n, "plain", f"enc{n}")
+        rc, _, err = run_fresh("encrypt", *cipher, "--num-proc", n, "plain", f"enc{n}")
         failures = [line for line in err.splitlines() if line.startswith("  ")]
         results[n] = (rc, failures, tree(Path(f"enc{n}")))
         assert rc == 1 and len(failures) == 2 and "03x.jpg" in failures[0] and "07x.jpg" in failures[1]
@@ -65,3 +87,25 @@ def test_encrypt_and_decrypt_do_not_import_torch(tmp_path, capsys, key_file):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["0", "False"]
+
+
+def test_a_busy_process_transforms_in_process_instead_of_forking(capsys, key_file, monkeypatch):
+    """Forking a process whose other threads hold locks (a server, torch's pool) can hang the child: such a caller
+    gets the same outputs from its own process."""
+    import threading
+
+    from hf_lcrypt import folder_run
+
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        assert folder_run.fork_is_safe() is False
+        forks = []
+        monkeypatch.setattr(folder_run, "ProcessPoolExecutor", lambda *a, **k: forks.append(a) or None)
+        images(Path("plain"), 6)
+        rc, _, _ = run(capsys, "encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 3, "plain", "e")
+        assert rc == 0 and not forks and len(tree(Path("e"))) == 6
+    finally:
+        stop.set()
+        worker.join()

@@ -61,6 +61,7 @@ EXPECTED_FILES = {
     "model.safetensors",
     "modeling_lcrypt.py",
     "png_metadata.py",
+    "transformers_version.py",
     "preprocessor_config.json",
     "robustness_noise.png",
     "weights_only_attack.json",  # measured at publishing when the folder has none

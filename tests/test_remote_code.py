@@ -77,6 +77,7 @@ def test_saved_folder_has_code_files_and_auto_map(saved_model):
         "image_processing_lcrypt.py",
         "cipher.py",
         "keys.py",
+        "transformers_version.py",
     } <= names
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}

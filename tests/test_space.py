@@ -402,7 +402,7 @@ def test_a_public_demo_key_is_offered_only_for_the_served_model(space_app, tmp_p
     spec = importlib.util.spec_from_file_location("space_app_module", APP)
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
-    served = app.ServedModel(space_app.model)
+    served = app.load_model(str(space_app.model_dir))
     monkeypatch.setenv("HF_LCRYPT_DEMO_KEY_FILE", str(space_app.key.save(tmp_path / "demo.key")))
     demo = app.load_demo_key(served)
     assert demo == space_app.key and space_app.key.to_hex() in app.page_html(served, demo)
@@ -493,7 +493,7 @@ def test_build_space_rekeys_a_copy_of_the_model_to_a_fresh_demo_key(space_app, t
     app.main()
     assert launched["enable_monitoring"] is False
     assert any(f"PUBLIC demo key (key_id {demo_key.key_id})" in m for m in messages), messages
-    served = app.ServedModel(app.load_model(str(out / "model")))
+    served = app.load_model(str(out / "model"))
     assert served.info["key_id"] == demo_key.key_id and app.load_demo_key(served) == demo_key
     page = html.unescape(app.page_html(served, demo_key, app.model_facts(str(out / "model"), served)))
     assert "glioma" in page and "public (key_id" in page and "81.2%" in page

@@ -256,6 +256,57 @@ def build_model_card(
     )
 
 
+def build_export_card(
+    export_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    license: str = DEFAULT_LICENSE,
+    base_model: str | None = None,
+    folded_from_public: bool = False,
+) -> ModelCard:
+    """The card of a standard (`vit`) or ONNX export (`hf_lcrypt.export`): for encrypted inputs only, which client
+    encrypts them, and the public cipher facts of its config's `lcrypt` entry. It names the key only by `key_id`."""
+    config = _read_json(Path(export_dir) / "config.json")
+    meta = config.get("lcrypt") or {}
+    onnx_file = meta.get("onnx_file")
+    height, width = meta.get("image_size", _geometry(config))
+    id2label = config.get("id2label") or {}
+    classes = [id2label[k] for k in sorted(id2label, key=int)]
+    card_data = ModelCardData(
+        library_name="onnx" if onnx_file else "transformers",
+        pipeline_tag="image-classification",
+        license=license,
+        tags=[*TAGS, "encrypted-inputs", "onnx" if onnx_file else "vit"],
+        base_model=base_model,
+        model_name=repo_id.split("/")[-1],
+        hf_lcrypt={
+            **{k: meta.get(k) for k in ("key_id", "image_size", "block_size", "cipher_steps")},
+            "folded_from_public": bool(folded_from_public),
+        },
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=_template("export_card.md"),
+        title=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        format="onnx" if onnx_file else "vit",
+        onnx_file=onnx_file,
+        project_url=PROJECT_URL,
+        docs_url=DOCS_URL,
+        key_id=meta.get("key_id"),
+        image_size=f"{height}x{width}",
+        block_size=meta.get("block_size"),
+        cipher_steps=", ".join(f"`{s}`" for s in meta.get("cipher_steps") or []),
+        mean=[round(v, 6) for v in meta.get("folded_image_mean") or []],
+        std=[round(v, 6) for v in meta.get("folded_image_std") or []],
+        classes=", ".join(f"`{c}`" for c in classes[:20])
+        + (f" and {len(classes) - 20} more" if len(classes) > 20 else ""),
+        folded_from_public=folded_from_public,
+        library_version=_library_version(),
+        weights_only=_read_json(Path(export_dir) / "weights_only_attack.json") or None,
+    )
+
+
 def _class_names(dataset: DatasetDict) -> list[str]:
     from datasets import ClassLabel
 

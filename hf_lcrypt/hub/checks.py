@@ -80,6 +80,28 @@ def check_no_secrets(folder: str | os.PathLike, key: LCryptKey) -> None:
         )
 
 
+def _run_fresh(
+    script: str,
+    args: list[str | os.PathLike],
+    tmp_path: Path,
+    env: dict[str, str],
+    python: str | os.PathLike | None = None,
+) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh Python (`python`, default this one), offline, in `tmp_path` with its own Hugging Face
+    cache there, without this process's HF_LCRYPT_ variables or PYTHONPATH; `env` adds variables."""
+    base = {name: value for name, value in os.environ.items() if not name.startswith("HF_LCRYPT_")}
+    base.update({"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
+    base["TRANSFORMERS_VERBOSITY"] = "error"
+    return subprocess.run(
+        [str(python or sys.executable), "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        cwd=tmp_path,
+        timeout=600,
+    )
+
+
 _REMOTE_CHECK = textwrap.dedent(
     """
     import json, sys
@@ -122,32 +144,9 @@ def check_remote_load(
     with tempfile.TemporaryDirectory(prefix="hf-lcrypt-check-") as tmp:
         tmp_path = Path(tmp)
         np.save(tmp_path / "images.npy", images)
-        env = {name: value for name, value in os.environ.items() if not name.startswith("HF_LCRYPT_")}
-        if key is not None:
-            env[KEY_ENV_VAR] = str(key.save(tmp_path / "check.key"))
-        env.update(
-            {
-                "HF_HOME": str(tmp_path / "hf-home"),
-                "HF_HUB_OFFLINE": "1",
-                "PYTHONPATH": "",
-                "TRANSFORMERS_VERBOSITY": "error",
-            }
-        )
-        run = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                _REMOTE_CHECK,
-                str(folder),
-                str(tmp_path / "images.npy"),
-                "encrypt" if key else "as-is",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=600,
-        )
+        env = {KEY_ENV_VAR: str(key.save(tmp_path / "check.key"))} if key is not None else {}
+        mode = "encrypt" if key is not None else "as-is"
+        run = _run_fresh(_REMOTE_CHECK, [folder, tmp_path / "images.npy", mode], tmp_path, env=env)
     if run.returncode != 0:
         raise RuntimeError(
             f"The repository folder {folder} does not load with transformers alone (trust_remote_code):\n"
@@ -165,6 +164,79 @@ def check_remote_load(
             f"The model loaded from {folder} by transformers alone gives different logits (max difference {diff:.3g})."
         )
     return diff
+
+
+_STANDARD_CHECK = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["hf_lcrypt"] = None  # a server without hf-lcrypt
+    import numpy as np, torch, transformers
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    folder, data = sys.argv[1], np.load(sys.argv[2])
+    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=False).eval()
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)
+    ciphertexts = [Image.fromarray(a) for a in data["ciphertexts"]]
+    with torch.no_grad():
+        same_inputs = model(pixel_values=torch.from_numpy(data["pixel_values"])).logits
+        processed = model(**processor(ciphertexts, return_tensors="pt")).logits
+    print(json.dumps({"model_class": type(model).__name__, "module": type(model).__module__,
+                      "transformers": transformers.__version__, "same_inputs": same_inputs.tolist(),
+                      "processed": processed.tolist()}))
+    """
+)
+
+
+def check_standard_load(
+    folder: str | os.PathLike,
+    model: LCryptViTForImageClassification,
+    key: LCryptKey | None,
+    python: str | os.PathLike | None = None,
+    num_images: int = 3,
+    seed: int = 0,
+    atol: float = 1e-4,
+) -> dict[str, float | str]:
+    """Load the standard (`vit`) export in `folder` in a fresh process (`python`, default this one) without
+    hf-lcrypt and without remote code, and compare with the keyed `model` on ciphertexts of seeded random images.
+
+    The export must give exactly the keyed model's logits on the same pixel values, and logits within `atol` when its
+    own `ViTImageProcessor` prepares the ciphertexts. Returns both differences and the child's transformers version.
+    The key encrypts the images here (the child never gets it); without one, the random images stand for ciphertexts.
+    """
+    folder = Path(folder).resolve()
+    if any(folder.glob("*.py")):
+        raise RuntimeError(f"{folder} holds Python files; a standard export must load without remote code.")
+    model = model.eval()
+    height, width = size_pair(model.config.image_size)
+    rng = np.random.default_rng(seed)
+    ciphertexts = rng.integers(0, 256, (num_images, height, width, 3), dtype=np.uint8)
+    if key is not None:
+        encrypted = LCryptImageProcessor.for_model(model, key=key).encrypt_images(list(ciphertexts))
+        ciphertexts = np.stack([np.asarray(image) for image in encrypted])
+    server = LCryptImageProcessor.for_model(model)  # what a remote-code server does with ciphertexts
+    pixel_values = server(list(ciphertexts), do_encrypt=False, do_resize=False, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        local = model(pixel_values=pixel_values).logits
+    with tempfile.TemporaryDirectory(prefix="hf-lcrypt-check-") as tmp:
+        tmp_path = Path(tmp)
+        np.savez(tmp_path / "inputs.npz", ciphertexts=ciphertexts, pixel_values=pixel_values.numpy())
+        # The same thread count as here, so that the matrix products sum in the same order.
+        threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+        run = _run_fresh(_STANDARD_CHECK, [folder, tmp_path / "inputs.npz"], tmp_path, env=threads, python=python)
+    if run.returncode != 0:
+        raise RuntimeError(f"The export in {folder} does not load without remote code:\n{run.stderr[-3000:]}")
+    child = json.loads(run.stdout.strip().splitlines()[-1])
+    if child["model_class"] != "ViTForImageClassification" or not child["module"].startswith("transformers."):
+        raise RuntimeError(f"The fresh process loaded {child['module']}.{child['model_class']}, not transformers' ViT.")
+    exact = float((torch.tensor(child["same_inputs"]) - local).abs().max())
+    processed = float((torch.tensor(child["processed"]) - local).abs().max())
+    if exact != 0.0 or processed > atol:
+        raise RuntimeError(
+            f"The export in {folder} gives other logits than the keyed model (max difference {exact:.3g} on the same "
+            f"inputs, {processed:.3g} through its own processor)."
+        )
+    return {"max_logit_diff": exact, "max_logit_diff_processor": processed, "transformers": child["transformers"]}
 
 
 # -- the key in the weights ---------------------------------------------------------------------------------------

@@ -27,12 +27,20 @@ from huggingface_hub import (
 
 from ..cipher import BlockCipher
 from ..keys import LCryptKey
-from .cards import DEFAULT_LICENSE, _read_json, build_dataset_card, build_model_card, is_folded_from_public
+from .cards import (
+    DEFAULT_LICENSE,
+    _read_json,
+    build_dataset_card,
+    build_export_card,
+    build_model_card,
+    is_folded_from_public,
+)
 from .checks import (
     WEIGHTS_ONLY_FILE,
     check_card_round_trip,
     check_no_secrets,
     check_remote_load,
+    check_standard_load,
     check_weights_keep_the_key,
 )
 
@@ -145,6 +153,25 @@ def stage_model_folder(model_dir: str | os.PathLike, folder: str | os.PathLike) 
     return sorted(p.name for p in wanted), skipped
 
 
+def _standard_export_in_place(folder: Path, key: LCryptKey | None) -> tuple[list[str], list[str], float]:
+    """Replace the staged keyed model in `folder` by its standard `vit` export (keeping the weights gate's file) and
+    check it in a fresh process without remote code; returns the files, those removed, and the largest logit
+    difference (0)."""
+    from ..export import export_vit, load_keyed
+
+    keyed = load_keyed(folder)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        export = export_vit(keyed, Path(tmp) / "vit")
+        removed = sorted(p.name for p in folder.iterdir() if p.name != WEIGHTS_ONLY_FILE)
+        for name in removed:
+            (folder / name).unlink()
+        for path in export.iterdir():
+            shutil.move(path, folder / path.name)
+    diff = check_standard_load(folder, keyed, key)["max_logit_diff"]
+    files = sorted(p.name for p in folder.iterdir())
+    return files, [name for name in removed if name not in files], diff
+
+
 def _upload(folder: Path, repo_id: str, repo_type: str, private: bool, message: str) -> str:
     """Create (or reuse) the repository and upload the folder; HfApi reads the endpoint and token as usual."""
     api = HfApi()
@@ -165,6 +192,7 @@ def publish_model(
     dataset: str | None = None,
     base_model: str | None = None,
     allow_leaky_weights: bool = False,
+    format: str = "keyed",
 ) -> PublishResult:
     """Build, check and (unless `dry_run_dir` is given) upload a keyed model repository.
 
@@ -174,8 +202,12 @@ def publish_model(
     `key=None` is for a trainer who never held it (a model trained on an encrypted dataset): the weights check then
     reads the key holder's `weights_only_attack.json` in the folder, the logits are compared on ciphertexts, and no
     secret can have reached the folder. With `dry_run_dir`, the repository folder is written there and nothing is
-    uploaded.
+    uploaded. `format="vit"` publishes the standard export instead (`hf_lcrypt.export`), with the same weights gate,
+    checked by a fresh process that loads it without remote code and without hf-lcrypt and must give the keyed
+    model's logits exactly.
     """
+    if format not in ("keyed", "vit"):
+        raise ValueError(f"Unknown publish format {format!r}; choose keyed (the remote-code model) or vit.")
     model_dir = Path(model_dir)
     key = None if key is None else LCryptKey.coerce(key)
     key_id = _read_json(model_dir / "config.json").get("key_id")
@@ -188,15 +220,21 @@ def publish_model(
         files, skipped = stage_model_folder(model_dir, folder)
         weights_only = check_weights_keep_the_key(folder, key, allow_leak=allow_leaky_weights)
         files = sorted({*files, WEIGHTS_ONLY_FILE})
-        card = build_model_card(
-            folder, repo_id, license=license, dataset=dataset, base_model=base_model, folded_from_public=folded
-        )
+        if format == "vit":
+            files, removed, diff = _standard_export_in_place(folder, key)
+            skipped = sorted({*skipped, *removed})
+            card = build_export_card(folder, repo_id, license=license, base_model=base_model, folded_from_public=folded)
+        else:
+            card = build_model_card(
+                folder, repo_id, license=license, dataset=dataset, base_model=base_model, folded_from_public=folded
+            )
         card.save(folder / "README.md")
         files.append("README.md")
         check_card_round_trip(folder / "README.md", card)
         if key is not None:
             check_no_secrets(folder, key)
-        diff = check_remote_load(folder, key)
+        if format == "keyed":
+            diff = check_remote_load(folder, key)
         result = PublishResult(
             folder=Path(dry_run_dir or folder),
             repo_id=repo_id,
