@@ -18,6 +18,7 @@ import getpass
 import os
 import shlex
 import sys
+import tempfile
 import textwrap
 import warnings
 from collections.abc import Iterator, Sequence
@@ -403,7 +404,12 @@ def add_publish(sub: argparse._SubParsersAction) -> None:
         help="folder of the trained keyed model (config, weights, processor)",
     )
     parser.add_argument("--repo-id", required=True, help="Hub repository, e.g. user/keyed-vit")
-    add_key_file_argument(parser, "key the model is folded with, used only for the checks")
+    add_key_file_argument(
+        parser,
+        "key the model is folded with, used only for the checks (a trainer who never held it leaves it out: the "
+        "weights check then reads the key holder's weights_only_attack.json)",
+    )
+    parser.set_defaults(needs_key_file=False)
     parser.add_argument(
         "--dry-run", type=Path, metavar="OUT_DIR", help="write and check the repository here, upload nothing"
     )
@@ -417,7 +423,8 @@ def add_publish(sub: argparse._SubParsersAction) -> None:
         "--allow-leaky-weights",
         action="store_true",
         help="publish even if the weights alone give the key's flips or pixel layout away above chance (measured "
-        "from weights_only_attack.json, or now with the key); the card then says so",
+        "from weights_only_attack.json, or now with the key), or, without the key and that file, unmeasured; the "
+        "card then says so",
     )
     parser.add_argument("--license", default="apache-2.0", help="licence for the card (default: apache-2.0)")
     parser.add_argument("--dataset", help="Hub id or name of the training data, for the card")
@@ -444,7 +451,7 @@ def run_publish(args: argparse.Namespace) -> int:
         result = publish_model(
             args.model_dir,
             args.repo_id,
-            LCryptKey.load(args.key_file),
+            LCryptKey.load(args.key_file) if args.key_file else None,
             dry_run_dir=args.dry_run,
             private=args.private,
             folded_from_public=args.folded_from_public,
@@ -461,11 +468,15 @@ def run_publish(args: argparse.Namespace) -> int:
         print(f"Left out: {', '.join(result.skipped)}")
     print(f"Fresh-process logits match (max difference {result.max_logit_diff:.2g}); no secret in any file.")
     scores, gate = result.weights_only, result.weights_only["gate"]
-    print(
-        f"Weights alone: {scores['flips_right']:.2f} of the flips (chance {scores['chance_flips_right']:.2f}), pixel "
-        f"neighbours {scores['pixel_neighbours_kept']:.2f} (chance {scores['chance_pixel_neighbours_kept']:.2f}); "
-        + (f"ABOVE CHANCE ({', '.join(gate['leaks'])}), published as allowed" if gate["leaks"] else "at chance")
-    )
+    if not gate.get("measured", True):
+        print("Weights alone: NOT measured (trained without the key), published as allowed; the card says so")
+    else:
+        print(
+            f"Weights alone: {scores['flips_right']:.2f} of the flips (chance {scores['chance_flips_right']:.2f}), "
+            f"pixel neighbours {scores['pixel_neighbours_kept']:.2f} (chance "
+            f"{scores['chance_pixel_neighbours_kept']:.2f}); "
+            + (f"ABOVE CHANCE ({', '.join(gate['leaks'])}), published as allowed" if gate["leaks"] else "at chance")
+        )
     print(f"Dry run: the repository is in {result.folder}" if result.url is None else f"Uploaded to {result.url}")
     return 0
 
@@ -535,9 +546,18 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", metavar="DIR", required=True, help="image folder, one sub-folder per class")
     add_key_file_argument(parser, "the key holder's secret key file")
-    parser.add_argument("--out", metavar="DIR", required=True, help="folder for the report and figures")
     parser.add_argument(
-        "--model", metavar="DIR", help="keyed model folder (needed by every attack but the cipher ones)"
+        "--out",
+        metavar="DIR",
+        help="folder for the report and figures (optional for a model trained without the key, whose own report "
+        "this command completes)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="DIR",
+        help="keyed model folder (needed by every attack but the cipher ones). For a model trained without the key, "
+        "the checks its report leaves to the key holder (wrong key, plain input, weights only) run by default and "
+        "complete the folder's attack_report.json and weights_only_attack.json, which its card and publish read",
     )
     parser.add_argument(
         "--plain-model",
@@ -592,16 +612,22 @@ def attack_names(text: str) -> tuple[str, ...]:
 
 
 def run_attack(args: argparse.Namespace) -> int:
+    from .attacks.key_holder import complete_report, default_attacks, pending_conditions
+    from .attacks.record import AttackReport
     from .attacks.report import load_sample, run_report
     from .keys import LCryptKey
 
+    pending = pending_conditions(args.model) if args.model else {}
+    if args.out is None and not pending:
+        raise CLIError("--out is needed: name the folder for the report and figures.")
     key = LCryptKey.load(args.key_file)
     if args.weights_only and args.attacks not in (None, ("weights-only",)):
         raise CLIError("--weights-only runs one attack; leave out --attacks, or name weights-only there instead.")
     if args.adaptive and not args.weights_only:
         raise CLIError("--adaptive strengthens --weights-only; add --weights-only, or name weights-only-adaptive.")
     weights_only = ("weights-only-adaptive" if args.adaptive else "weights-only",)
-    attacks = weights_only if args.weights_only else args.attacks or (ATTACK_NAMES if args.model else CIPHER_ATTACKS)
+    default = default_attacks(args.model) if pending else ATTACK_NAMES if args.model else CIPHER_ATTACKS
+    attacks = weights_only if args.weights_only else args.attacks or default
     sample, sources = load_sample(
         args.data,
         key,
@@ -615,14 +641,23 @@ def run_attack(args: argparse.Namespace) -> int:
         args.seed,
     )
     sample.batch_size = args.batch_size
-    paths = run_report(sample, attacks, args.out, sources, command=attack_command(args, attacks))
-    print(f"attacked key {key.key_id} with {', '.join(attacks)} on {len(sample.images)} images: {paths['md']}")
+    with contextlib.ExitStack() as stack:
+        out = args.out or stack.enter_context(tempfile.TemporaryDirectory(prefix="hf-lcrypt-attack-"))
+        paths = run_report(sample, attacks, out, sources, command=attack_command(args, attacks))
+        report = AttackReport.read(paths["json"])
+        done = complete_report(args.model, report.attacks, report.sources) if pending else []
+    where = paths["md"] if args.out else ", ".join(str(p) for p in done)
+    print(f"attacked key {key.key_id} with {', '.join(attacks)} on {len(sample.images)} images: {where}")
+    if done:
+        left = pending_conditions(args.model)
+        print(f"completed {args.model}'s report" + (f"; still for the key holder: {', '.join(left)}" if left else ""))
     return 0
 
 
 def attack_command(args: argparse.Namespace, attacks: Sequence[str]) -> str:
     """The command line that reproduces an attack report (the key file's path only, never its content)."""
-    words = ["hf-lcrypt", "attack", "--data", args.data, "--key-file", args.key_file, "--out", args.out]
+    words = ["hf-lcrypt", "attack", "--data", args.data, "--key-file", args.key_file]
+    words += ["--out", args.out] if args.out else []
     for flag in ("model", "plain_model", "image_size", "block_size", "split", "max_images", "seed"):
         value = getattr(args, flag)
         if value is not None:

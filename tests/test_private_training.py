@@ -134,6 +134,7 @@ def test_trainer_refusals(owner, tmp_path, capsys, monkeypatch):
         (["--image_size", "32"], "--image_size 32 differs from"),
         (["--block_size", "7"], "--block_size 7 differs from"),
         (["--attack_weights_only"], "--attack_weights_only scores"),
+        (["--push_to_hub"], "--push_to_hub without the key"),
         (["--key_file", tmp_path / "absent.key"], "a key file is never created"),
     ):
         assert expected in _train_refusal(capsys, "--data", ds, *out, *flags), flags

@@ -76,10 +76,8 @@ KEY_HOLDER_CONDITIONS = {
     "plain": "accuracy on the plain images (needs the plain images)",
     "weights_only": "how much of the key the trained weights alone give away (scoring it needs the key)",
 }
-KEY_HOLDER_COMMAND = (
-    "hf-lcrypt attack --model {model} --key-file KEY --data PLAIN_IMAGES --attacks access,weights-only "
-    "--out {model}/key-holder"
-)
+# It completes the model folder's own report (`hf_lcrypt.attacks.key_holder`).
+KEY_HOLDER_COMMAND = "hf-lcrypt attack --model {model} --key-file KEY --data PLAIN_IMAGES"
 
 
 class AttackSuite:

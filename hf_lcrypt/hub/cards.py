@@ -218,7 +218,8 @@ def build_model_card(
             "block_size": config.get("block_size"),
             "cipher_steps": config.get("cipher_steps"),
             "folded_from_public": bool(folded_from_public),
-            **({"weights_leak_allowed": gate["leaks"]} if gate else {}),
+            **({"weights_leak_allowed": gate["leaks"]} if gate and gate.get("measured", True) else {}),
+            **({"weights_leak_measured": False} if gate and not gate.get("measured", True) else {}),
         },
     )
     id2label = config.get("id2label") or {}

@@ -254,6 +254,10 @@ class LeakyWeightsError(ValueError):
     """The weights alone give part of the key away (docs/security.md), and publishing them was not allowed."""
 
 
+class UnmeasuredWeightsError(ValueError):
+    """No key and no key holder's measurement: what the weights give away is unknown, and publishing was not allowed."""
+
+
 def check_weights_keep_the_key(
     folder: str | os.PathLike, key: LCryptKey | None = None, *, allow_leak: bool = False
 ) -> dict:
@@ -271,15 +275,22 @@ def check_weights_keep_the_key(
     model = LCryptViTForImageClassification.from_pretrained(folder)
     scores = json.loads(path.read_text()) if path.is_file() else {}
     if not set(scores) >= _MEASURED:  # none, or written by an older version
+        if key is None and allow_leak:
+            # A trainer who never held the key cannot score the weights: published unmeasured, and the card says so.
+            scores = {"gate": {"measured": False, "leaks": [], "published_despite_leak": False}}
+            path.write_text(json.dumps(scores, indent=2) + "\n")
+            return scores
         if key is None:
-            raise ValueError(
-                f"{folder} has no complete {WEIGHTS_ONLY_FILE} and no key was given to measure what its weights alone "
-                "give away; give the key, or run hf-lcrypt attack --weights-only first."
+            raise UnmeasuredWeightsError(
+                f"What {folder.name}'s weights alone give away of the key is measured only with the key (no "
+                f"{WEIGHTS_ONLY_FILE}): the key holder runs `hf-lcrypt attack --model MODEL_FOLDER --key-file KEY "
+                f"--data PLAIN_IMAGES` and hands the folder back, or pass {ALLOW_FLAG} (train.py: "
+                "--allow_leaky_weights) to publish with a card that says the leakage was not measured."
             )
         scores = {**scores, **weights_only_scores(model, model.cipher(key))}
     thresholds = leak_thresholds(model.cipher(LCryptKey(bytes(32))))  # chance depends on the geometry alone
     leaks = weights_leak(scores, thresholds)
-    scores["gate"] = {"thresholds": thresholds, "leaks": leaks, "published_despite_leak": bool(leaks)}
+    scores["gate"] = {"measured": True, "thresholds": thresholds, "leaks": leaks, "published_despite_leak": bool(leaks)}
     if leaks and not allow_leak:
         found = ", ".join(f"{name} {scores[name]:.2f} (chance {scores[f'chance_{name}']:.2f})" for name in leaks)
         raise LeakyWeightsError(

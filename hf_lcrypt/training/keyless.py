@@ -71,6 +71,13 @@ def prepare_ciphertext_run(args: RunArguments, source: EncryptedSource) -> LCryp
         )
     data.image_size, cipher.block_size, cipher.cipher_steps = height, source.block_size, list(source.steps)
     if not cipher.key_file:
+        if args.training.push_to_hub and not args.attack.allow_leaky_weights:
+            raise EncryptedDatasetError(
+                "--push_to_hub without the key: what the weights alone give away of the key is measured only with it. "
+                "Train without --push_to_hub, have the key holder run `hf-lcrypt attack --model OUTPUT_DIR/model "
+                "--key-file KEY --data PLAIN_IMAGES`, then `hf-lcrypt publish OUTPUT_DIR/model`; or add "
+                "--allow_leaky_weights to publish now with a card that says the leakage was not measured."
+            )
         logger.info("Training on ciphertexts of key %s without the key (%s)", source.key_id, name)
         return None
     path = Path(cipher.key_file)
