@@ -409,7 +409,7 @@ def add_publish(sub: argparse._SubParsersAction) -> None:
         "key the model is folded with, used only for the checks (a trainer who never held it leaves it out: the "
         "weights check then reads the key holder's weights_only_attack.json)",
     )
-    parser.set_defaults(needs_key_file=False)
+    parser.set_defaults(needs_key_file=trained_with_the_key)
     parser.add_argument(
         "--dry-run", type=Path, metavar="OUT_DIR", help="write and check the repository here, upload nothing"
     )
@@ -437,6 +437,17 @@ def add_publish(sub: argparse._SubParsersAction) -> None:
         "by a fresh process that loads it without remote code and must give the same logits",
     )
     parser.set_defaults(handler=run_publish)
+
+
+def trained_with_the_key(args: argparse.Namespace) -> bool:
+    """Publishing needs the key (for the secret scan and the weights check) unless the model's metrics.json says it
+    was trained on ciphertexts by someone who never held it."""
+    import json
+
+    try:
+        return not json.loads((args.model_dir / "metrics.json").read_text()).get("trained_without_key")
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def run_publish(args: argparse.Namespace) -> int:
@@ -791,7 +802,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 on success, 1 for a user-fixable error, 2 for bad usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "needs_key_file", False) and not args.key_file:
+    needs_key_file = getattr(args, "needs_key_file", False)
+    if (needs_key_file(args) if callable(needs_key_file) else needs_key_file) and not args.key_file:
         parser.error(f"{args.command} needs a key: pass --key-file K, or set {KEY_ENV_VAR} to the key file's path")
     try:
         with stop_on_sigterm():

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import run_cli
 from test_private_training import QUICK, _env, owner  # noqa: F401 (the encrypted dataset fixture)
 
 from hf_lcrypt.attacks.key_holder import pending_conditions
@@ -36,13 +37,18 @@ def _card(folder):
     return (folder / "README.md").read_text()
 
 
-def test_key_holder_completes_the_report_and_unlocks_publishing(keyless_model, tmp_path):
+def test_key_holder_completes_the_report_and_unlocks_publishing(keyless_model, tmp_path, capsys, monkeypatch):
     model_dir, key_file = keyless_model
     before = json.loads((model_dir / "attack_report.json").read_text())
     files_before = sorted(p.name for p in model_dir.iterdir())
+    monkeypatch.delenv("HF_LCRYPT_KEY_FILE", raising=False)
     assert set(pending_conditions(model_dir)) == {"wrong_key", "plain", "weights_only"}
 
     # the trainer, without the key: refused with the key holder's command, or published as unmeasured
+    rc, _, err = run_cli(capsys, "publish", model_dir, "--repo-id", "trainer/keyless", "--dry-run", tmp_path / "cli")
+    line = err.strip().splitlines()[-1]  # after the weights' loading bar
+    assert rc != 0 and line.startswith("hf-lcrypt publish: error: ")
+    assert "hf-lcrypt attack --model" in line and "--allow-leaky-weights" in line
     with pytest.raises(UnmeasuredWeightsError, match=r"hf-lcrypt attack --model .* --allow-leaky-weights"):
         publish_model(model_dir, "trainer/keyless", None, dry_run_dir=tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
