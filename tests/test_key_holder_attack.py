@@ -8,6 +8,7 @@ import pytest
 from helpers import run_cli
 from test_private_training import QUICK, _env, owner  # noqa: F401 (the encrypted dataset fixture)
 
+from hf_lcrypt import LCryptKey
 from hf_lcrypt.attacks.key_holder import pending_conditions
 from hf_lcrypt.hub.checks import _MEASURED, UnmeasuredWeightsError
 from hf_lcrypt.hub.publish import publish_model
@@ -31,6 +32,17 @@ def test_keyless_model_uses_the_key_hiding_initialisation(keyless_model):
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["trained_without_key"]
     assert metrics["config"]["embedding_init_scale"] == SAFE_EMBEDDING_INIT_SCALE
+
+
+def test_another_key_changes_nothing(keyless_model, tmp_path, capsys):
+    model_dir, _ = keyless_model
+    other = LCryptKey.generate()
+    other.save(tmp_path / "other.key")
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    rc, _, err = run_cli(capsys, "attack", "--model", model_dir, "--key-file", tmp_path / "other.key",
+                         "--data", "default", "--max-images", "8")  # fmt: skip
+    assert rc != 0 and other.key_id in err.strip().splitlines()[-1], err[-500:]
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == before
 
 
 def _card(folder):
