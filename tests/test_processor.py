@@ -16,7 +16,7 @@ def mixed_images() -> list[Image.Image]:
     return [
         Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)),
         Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)),  # greyscale
-        Image.fromarray(rng.integers(0, 256, (40, 44, 4), dtype=np.uint8), "RGBA"),
+        Image.fromarray(rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)).convert("RGBA"),  # opaque: no warning
     ]
 
 
