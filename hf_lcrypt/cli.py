@@ -589,7 +589,8 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
         help="run only the attack that guesses the key from the keyed model's weights alone (no image, not the "
         "checkpoint they came from; the key and the images only score it) = --attacks weights-only. With "
         "--plain-model, a plain model the attacker trained on similar images guides the jigsaws. Also writes "
-        "weights_only_attack.json, which the model card quotes when copied into the model folder",
+        "weights_only_attack.json into --out (into the model folder itself for a model trained without the key); "
+        "in the model folder, the model card quotes it and the publish gate reads it",
     )
     parser.add_argument(
         "--adaptive",
