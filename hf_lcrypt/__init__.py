@@ -15,6 +15,8 @@ DOCS_URL = f"{PROJECT_URL}/blob/main/docs"  # messages and cards link here: a wh
 _EXPORTS = {
     "ALL_STEPS": "keys",
     "LCryptKey": "keys",
+    "KeyMismatchError": "keys",
+    "check_key_id": "keys",
     "BlockCipher": "cipher",
     "LCryptViTConfig": "configuration_lcrypt",
     "LCryptImageProcessor": "image_processing_lcrypt",
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from .cipher import BlockCipher
     from .configuration_lcrypt import LCryptViTConfig
     from .image_processing_lcrypt import LCryptImageProcessor
-    from .keys import ALL_STEPS, LCryptKey
+    from .keys import ALL_STEPS, KeyMismatchError, LCryptKey, check_key_id
     from .modeling_lcrypt import LCryptViTForImageClassification, LCryptViTModel
 
 
@@ -60,11 +62,13 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ALL_STEPS",
     "BlockCipher",
+    "KeyMismatchError",
     "LCryptImageProcessor",
     "LCryptKey",
     "LCryptViTConfig",
     "LCryptViTForImageClassification",
     "LCryptViTModel",
     "__version__",
+    "check_key_id",
     "register_auto_classes",
 ]

@@ -508,3 +508,20 @@ class BlockCipher:
             "channels": self.channels,
             "steps": list(self.steps),
         }
+
+
+class CipherCache:
+    """One `BlockCipher` per image size and channel count for one key, block size and steps: a cipher's
+    permutations are derived once, then reused for every image of that size (mixed-size folders, batches)."""
+
+    def __init__(self, key: LCryptKey | str | bytes, block_size: int, steps: Iterable[str] = ALL_STEPS):
+        self.key = LCryptKey.coerce(key)
+        self.block_size = int(block_size)
+        self.steps = steps
+        self._ciphers: dict[tuple[int, int, int], BlockCipher] = {}
+
+    def get(self, height: int, width: int, channels: int = 3) -> BlockCipher:
+        geometry = (int(height), int(width), int(channels))
+        if geometry not in self._ciphers:
+            self._ciphers[geometry] = BlockCipher(self.key, geometry[:2], self.block_size, geometry[2], self.steps)
+        return self._ciphers[geometry]

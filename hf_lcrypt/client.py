@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .image_processing_lcrypt import LCryptImageProcessor
-from .keys import LCryptKey
+from .keys import LCryptKey, check_key_id
 from .medical_io import MedicalImage, MedicalOptions, is_medical, medical_images
 
 ImageInput = str | os.PathLike | Image.Image | MedicalImage
@@ -87,11 +87,14 @@ def _connect(url: str) -> Any:
 
 
 def _check_key(key: LCryptKey, expected_key_id: str | None, where: str) -> None:
-    if expected_key_id and key.key_id != expected_key_id:
-        raise ValueError(
-            f"{where} is folded with key_id {expected_key_id}, but this key's id is {key.key_id}: its answers on "
-            "images encrypted with this key would be meaningless. Use the key the model was trained or folded with."
-        )
+    check_key_id(
+        key.key_id,
+        expected_key_id or None,
+        "This key",
+        f"{where} is folded with",
+        "Its answers on images encrypted with this key would be meaningless: use the key the model was trained or "
+        "folded with.",
+    )
 
 
 class RemoteClassifier:
@@ -108,7 +111,7 @@ class RemoteClassifier:
         self.url = url
         self.info: dict[str, Any] = self.client.predict(api_name="/model_info")
         self.key = LCryptKey.coerce(key)
-        _check_key(self.key, self.info.get("key_id"), f"The model at {url}")
+        _check_key(self.key, self.info.get("key_id"), f"the model at {url}")
         self.processor = encrypting_processor(self.info, self.key)
 
     def encrypt(self, image: ImageInput) -> Image.Image:
@@ -147,7 +150,7 @@ class LocalClassifier:
 
         self.served = load_served_model(model_dir)
         self.key = LCryptKey.coerce(key)
-        _check_key(self.key, self.served.info["key_id"], f"The model in {model_dir}")
+        _check_key(self.key, self.served.info["key_id"], f"the model in {model_dir}")
         self.processor = encrypting_processor(self.served.info, self.key)
         self.batch_size = batch_size
 

@@ -33,8 +33,8 @@ CIPHER_FIELDS = (
 class LCryptViTConfig(ViTConfig):
     r"""
     block_size (`int`, *optional*):
-        Side of the cipher's blocks; must equal `patch_size` so that the key folds into the patch embedding.
-        Defaults to `patch_size`.
+        Side of the cipher's blocks. Always `patch_size` (only then does the key fold into the patch embedding): a
+        read-only view of it, written to config.json for readers of the file; a value given must equal it.
     cipher_steps (`list[str]`, *optional*):
         Cipher steps the model expects, a subset of `pixel_shuffle`, `negative_positive`, `block_scramble`.
     folded_image_mean (`list[float]`, *optional*):
@@ -51,7 +51,6 @@ class LCryptViTConfig(ViTConfig):
 
     model_type = "lcrypt-vit"
 
-    block_size: int | None = None
     cipher_steps: list[str] | None = None
     folded_image_mean: list[float] | None = None
     folded_image_std: list[float] | None = None
@@ -59,8 +58,7 @@ class LCryptViTConfig(ViTConfig):
     key_id: str | None = None
 
     def __post_init__(self, **kwargs):
-        if self.block_size is None:
-            self.block_size = self.patch_size if isinstance(self.patch_size, int) else self.patch_size[0]
+        self._given_block_size = kwargs.pop("block_size", None)
         self.cipher_steps = list(ALL_STEPS if self.cipher_steps is None else self.cipher_steps)
         self.folded_image_mean = [0.5] * self.num_channels if self.folded_image_mean is None else self.folded_image_mean
         self.folded_image_std = [0.5] * self.num_channels if self.folded_image_std is None else self.folded_image_std
@@ -69,13 +67,26 @@ class LCryptViTConfig(ViTConfig):
         super().__post_init__(**kwargs)
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
+    @property
+    def block_size(self) -> int:
+        """Side of the cipher's blocks: the patch size, so that every block is one token."""
+        return self.patch_size if isinstance(self.patch_size, int) else self.patch_size[0]
+
+    def to_dict(self) -> dict:
+        output = {**super().to_dict(), "block_size": self.block_size}
+        output.pop("_given_block_size", None)
+        return output
+
     def validate_cipher(self):
         patch = self.patch_size if isinstance(self.patch_size, int) else tuple(self.patch_size)
-        if patch != self.block_size:
+        given = getattr(self, "_given_block_size", None)
+        if given is not None and (type(given) is not int or given != patch):
             raise ValueError(
-                f"block_size ({self.block_size}) must equal patch_size ({patch}): only then is every block one token "
+                f"block_size ({given!r}) must equal patch_size ({patch}): only then is every block one token "
                 "and the key foldable into the patch embedding. Use the same value for both."
             )
+        if patch != self.block_size:
+            raise ValueError(f"patch_size {patch} must be square to fold a key: every block is one square token.")
         size = size_pair(self.image_size)
         if any(s % self.block_size for s in size):
             raise ValueError(f"image_size {size} is not a multiple of block_size {self.block_size}; resize the images.")

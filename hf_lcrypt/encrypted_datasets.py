@@ -26,6 +26,7 @@ from PIL import Image as PILImage
 from . import png_metadata
 from .cipher import BlockCipher
 from .data import EMBEDDED_DATASETS, Augment, _Encryptor, encrypt_dataset, load_image_dataset
+from .keys import check_key_id
 
 logger = logging.getLogger(__name__)
 
@@ -121,12 +122,14 @@ def check_image_metadata(dataset: DatasetDict, source: EncryptedSource, name: st
         for index, params in enumerate(image_params(images)):
             if params is None:
                 continue
-            if params.get("key_id") != source.key_id:
-                raise EncryptedDatasetError(
-                    f"{name}: image {index} of split {split!r} was encrypted with key_id {params.get('key_id')}, but "
-                    f"{LCRYPT_JSON} names key_id {source.key_id}; one dataset must hold one key's ciphertexts. Ask the "
-                    "data owner to rebuild it with one key."
-                )
+            check_key_id(
+                str(params.get("key_id")),
+                source.key_id,
+                f"{name}: the key of image {index} of split {split!r}",
+                f"{LCRYPT_JSON} names",
+                "One dataset must hold one key's ciphertexts: ask the data owner to rebuild it with one key.",
+                error=EncryptedDatasetError,
+            )
             differ = png_metadata.mismatches(params, expected)
             if differ:
                 raise EncryptedDatasetError(

@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm  # not tqdm.auto: a command line needs no notebook widget, nor asyncio's import
 
 from . import DOCS_URL
-from .cipher import BlockCipher
+from .cipher import BlockCipher, CipherCache
 from .image_io import (
     CIPHERTEXT_COMPRESS_LEVEL,
     LOSSY_SUFFIXES,
@@ -108,7 +108,7 @@ class CipherRun:
         if args.image_size is not None:
             check_memory(*args.image_size, "--image-size", self.at_once)
         self.failures: list[tuple[Job, str]] = []
-        self.ciphers: dict[tuple[int, int, int], BlockCipher] = {}
+        self.ciphers = CipherCache(self.key, args.block_size, args.steps)
         self.infos: dict[Job, ImageInfo] = {}
         self.tags: dict[Path, str] = {}
         self.written = 0
@@ -222,11 +222,7 @@ class CipherRun:
         return 1 if info.bits == 16 and not self.args.to_8bit else 3
 
     def cipher(self, shape: tuple[int, int], channels: int) -> BlockCipher:
-        if (*shape, channels) not in self.ciphers:
-            self.ciphers[(*shape, channels)] = BlockCipher(
-                self.key, shape, self.args.block_size, channels, self.args.steps
-            )
-        return self.ciphers[(*shape, channels)]
+        return self.ciphers.get(*shape, channels)
 
     def is_done(self, job: Job) -> bool:
         """--resume: an existing output counts as done if it reads to the end and matches (encrypt: its parameters)."""

@@ -20,8 +20,8 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, PILImageResampling
 from transformers.processing_utils import ImagesKwargs
 
-from .cipher import ALL_STEPS, BlockCipher, size_pair
-from .keys import KEY_ENV_VAR, SPEC_VERSION, LCryptKey
+from .cipher import ALL_STEPS, BlockCipher, CipherCache, size_pair
+from .keys import KEY_ENV_VAR, SPEC_VERSION, LCryptKey, check_key_id
 from .png_metadata import decode, mismatches
 
 # PIL modes with more than 8 bits per sample: converting them to RGB saturates them at 255.
@@ -128,7 +128,7 @@ class LCryptImageProcessor(PilBackend):
             kwargs["size"] = {"height": int(height), "width": int(width)}
         super().__init__(**kwargs)
         self._key: LCryptKey | None = None
-        self._ciphers: dict[tuple[int, int, int], BlockCipher] = {}
+        self._ciphers: CipherCache | None = None
         if key is not None:
             self.set_key(key)
 
@@ -136,14 +136,16 @@ class LCryptImageProcessor(PilBackend):
     def set_key(self, key: Any) -> None:
         """Attach the secret key (kept in memory only). It must match `key_id` when the processor has one."""
         key = LCryptKey.coerce(key)
-        if self.key_id is not None and key.key_id != self.key_id:
-            raise ValueError(
-                f"This key (key_id {key.key_id}) is not the one the model was made for (key_id {self.key_id}). "
-                "Use the key file that was used to train or fold the model; a wrong key gives meaningless outputs."
-            )
+        check_key_id(
+            key.key_id,
+            self.key_id,
+            "This key",
+            "the model was made for",
+            "Use the key file that was used to train or fold the model; a wrong key gives meaningless outputs.",
+        )
         self.key_id = key.key_id
         self._key = key
-        self._ciphers.clear()
+        self._ciphers = None
 
     def _resolve_key(self, key: Any = None) -> LCryptKey:
         if key is not None:
@@ -164,12 +166,9 @@ class LCryptImageProcessor(PilBackend):
     def cipher(self, height: int, width: int, channels: int = 3, key: Any = None) -> BlockCipher:
         """The (cached) cipher for this geometry."""
         resolved = self._resolve_key(key)
-        geometry = (height, width, channels)
-        if geometry not in self._ciphers:
-            self._ciphers[geometry] = BlockCipher(
-                resolved, (height, width), self.block_size, channels=channels, steps=self.cipher_steps
-            )
-        return self._ciphers[geometry]
+        if self._ciphers is None or self._ciphers.key is not resolved:
+            self._ciphers = CipherCache(resolved, self.block_size, self.cipher_steps)
+        return self._ciphers.get(height, width, channels)
 
     @classmethod
     def for_model(cls, model_or_config: Any, key: Any = None, **kwargs) -> "LCryptImageProcessor":

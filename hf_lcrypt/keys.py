@@ -14,6 +14,7 @@ import secrets
 import stat
 import string
 import warnings
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -279,6 +280,30 @@ class LCryptKey:
 
     def __deepcopy__(self, memo: dict) -> LCryptKey:
         return self
+
+
+class KeyMismatchError(ValueError):
+    """A key, an input or a model met something bound to another key (their key_ids differ)."""
+
+
+def check_key_id(
+    found: str | Iterable[str] | None,
+    expected: str | None,
+    what: str,
+    owner: str,
+    fix: str,
+    error: type[Exception] = KeyMismatchError,
+) -> None:
+    """Refuse `what`, which belongs to key_id `found` (one id, or the ids of a batch), for `owner`, which belongs to
+    key_id `expected`: one message for every such check, naming both ids and `fix`. A side without a key_id (an
+    unkeyed model, an input without metadata) has nothing to refuse.
+
+    `owner` reads after "is not the one", e.g. "the model is folded with"; `fix` is a sentence."""
+    if found is None or expected is None:
+        return
+    ids = {found} if isinstance(found, str) else set(found)
+    if ids != {expected}:
+        raise error(f"{what} (key_id {', '.join(sorted(ids))}) is not the one {owner} (key_id {expected}). {fix}")
 
 
 @lru_cache(maxsize=256)

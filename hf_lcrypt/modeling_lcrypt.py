@@ -23,7 +23,7 @@ from transformers.models.vit.modeling_vit import ViTPatchEmbeddings
 from .cipher import ALL_STEPS, BlockCipher, size_pair
 from .configuration_lcrypt import CIPHER_FIELDS, LCryptViTConfig, architecture_settings
 from .folding import apply_fold, fold_map
-from .keys import LCryptKey
+from .keys import LCryptKey, check_key_id
 
 # Checkpoints name ViT weights as transformers 4 did ("encoder.layer.0.attention.attention.query"). transformers 5
 # renames them on load for its own ViT classes only, and skips custom-code classes; `LCryptViTModel` as the loaded
@@ -39,6 +39,9 @@ LEGACY_VIT_WEIGHT_NAMES = {
 }
 
 
+_USE_THE_MODELS_KEY = "Use the key file the model was trained or folded with."
+
+
 def _check_no_interpolation(interpolate_pos_encoding: bool | None) -> None:
     if interpolate_pos_encoding:
         raise ValueError(
@@ -49,16 +52,15 @@ def _check_no_interpolation(interpolate_pos_encoding: bool | None) -> None:
 
 def _check_key_id(config: LCryptViTConfig, lcrypt_key_id: str | Sequence[str] | None) -> None:
     """Refuse inputs that `LCryptImageProcessor` encrypted with another key than the one folded into the model."""
-    if lcrypt_key_id is None or config.key_id is None:
-        return
-    found = {lcrypt_key_id} if isinstance(lcrypt_key_id, str) else set(lcrypt_key_id)
-    if found != {config.key_id}:
-        raise ValueError(
-            f"These pixel_values were encrypted by a processor for key_id {', '.join(sorted(found))}, but this model "
-            f"is folded with key_id {config.key_id}: its predictions would be at chance level. Use the processor "
-            "saved with this model (AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True, key=...)) "
-            "or LCryptImageProcessor.for_model(model, key=...) with this model's key."
-        )
+    check_key_id(
+        lcrypt_key_id,
+        config.key_id,
+        "The key these pixel_values were encrypted with",
+        "this model is folded with",
+        "Its predictions would be at chance level: use the processor saved with this model "
+        "(AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True, key=...)) or "
+        "LCryptImageProcessor.for_model(model, key=...) with this model's key.",
+    )
 
 
 class LCryptMLPPatchEmbeddings(ViTPatchEmbeddings):
@@ -111,6 +113,12 @@ class LCryptViTForImageClassification(ViTForImageClassification):
     """Keyed ViT classifier; build one from a plain ViT with `from_plain` and move it to a new key with `rekey`."""
 
     config: LCryptViTConfig
+    # The weights a key folds into (docs/architecture.md): the first patch-embedding layer, whose columns it permutes
+    # and sign-flips, and the position embeddings, whose rows it permutes. A plain ViT has them under the same names.
+    key_bearing_parameter_names = (
+        "vit.embeddings.patch_embeddings.projection.weight",
+        "vit.embeddings.position_embeddings",
+    )
 
     def __init__(self, config: LCryptViTConfig):
         # `self.vit` stays transformers' own ViTModel, so its checkpoint names load as every ViT's do.
@@ -208,10 +216,7 @@ class LCryptViTForImageClassification(ViTForImageClassification):
                 "rekey needs the key the model is folded with now: pass current_key=... (a loaded model does not keep "
                 "its secret)."
             )
-        if current.key_id != self.config.key_id:
-            raise ValueError(
-                f"current_key has key_id {current.key_id} but the model is folded with key_id {self.config.key_id}."
-            )
+        check_key_id(current.key_id, self.config.key_id, "current_key", "the model is folded with", _USE_THE_MODELS_KEY)
         mean, std = self.config.folded_image_mean, self.config.folded_image_std
         self._fold(current, mean, std, inverse=True)
         self._fold(LCryptKey.coerce(new_key), mean, std, inverse=False)
@@ -221,10 +226,7 @@ class LCryptViTForImageClassification(ViTForImageClassification):
         the checkpoint the key holder folded, or would have folded (`from_plain`'s inverse). A model with an MLP patch
         embedding, which `ViTForImageClassification` lacks, stays this class, not bound to a key."""
         key = LCryptKey.coerce(key)
-        if key.key_id != self.config.key_id:
-            raise ValueError(
-                f"The key has key_id {key.key_id} but the model is folded with key_id {self.config.key_id}."
-            )
+        check_key_id(key.key_id, self.config.key_id, "The key", "the model is folded with", _USE_THE_MODELS_KEY)
         plain = copy.deepcopy(self)
         plain._fold(key, self.config.folded_image_mean, self.config.folded_image_std, inverse=True)
         if self.config.patch_embedding_mlp_size is not None:
@@ -243,6 +245,12 @@ class LCryptViTForImageClassification(ViTForImageClassification):
         apply_fold(embeddings.patch_embeddings.projection, embeddings.position_embeddings, fmap, inverse=inverse)
         self.config.key_id = None if inverse else key.key_id
         self._lcrypt_key = None if inverse else key
+
+    @classmethod
+    def key_bearing_parameters(cls, model: ViTForImageClassification) -> list[nn.Parameter]:
+        """`model`'s weights that carry the key (patch-embedding weight, position embeddings), in that order: a keyed
+        model's, or a plain ViT's before folding. Training scales and groups them; the weight attacks read them."""
+        return [model.get_parameter(name) for name in cls.key_bearing_parameter_names]
 
     def cipher(self, key: LCryptKey | str | bytes) -> BlockCipher:
         """The `BlockCipher` this model expects its inputs encrypted with, for `key`."""

@@ -41,7 +41,7 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from hf_lcrypt import LCryptKey  # noqa: E402
 from hf_lcrypt.hub.cards import dataset_title, sort_results  # noqa: E402
-from hf_lcrypt.keys import KEY_ENV_VAR  # noqa: E402
+from hf_lcrypt.keys import KEY_ENV_VAR, KeyMismatchError, check_key_id  # noqa: E402
 from hf_lcrypt.page_integrity import compute_manifest  # noqa: E402
 from hf_lcrypt.serving import ServedModel, load_served_model  # noqa: E402
 
@@ -54,6 +54,7 @@ DEMO_KEY_ENV_VAR = "HF_LCRYPT_DEMO_KEY_FILE"
 SECRET_ENV_VARS = ("HF_LCRYPT_KEY", KEY_ENV_VAR)
 DEFAULT_MODEL = HERE / "model"
 DEFAULT_DEMO_KEY = HERE / "demo.key"
+_NO_DEMO_KEY = "The page goes on without one: no demo key is offered."
 EXAMPLES_DIR = HERE / "examples"  # the served model's own images, written by build_space.py --examples
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_PIXELS = 20_000_000  # what the page accepts as a plain image (checked in the browser)
@@ -145,8 +146,10 @@ def load_demo_key(served: ServedModel) -> LCryptKey | None:
     if not path.is_file():
         return None
     key = LCryptKey.from_hex(path.read_text())  # public by definition: no warning about who may read the file
-    if key.key_id != served.info["key_id"]:
-        logger.warning("%s is not the served model's key (key_id %s); no demo key is offered.", path, key.key_id)
+    try:
+        check_key_id(key.key_id, served.info["key_id"], str(path), "the served model is folded with", _NO_DEMO_KEY)
+    except KeyMismatchError as err:
+        logger.warning("%s", err)
         return None
     return key
 

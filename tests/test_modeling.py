@@ -1,5 +1,7 @@
 """Key folding: a keyed ViT on encrypted images must reproduce the plain ViT on plain images exactly."""
 
+import json
+
 import pytest
 import torch
 from helpers import IMAGENET_MEAN, IMAGENET_STD, tiny_vit
@@ -185,6 +187,24 @@ def test_config_validation_and_no_secret():
     config = LCryptViTForImageClassification.from_plain(tiny_vit(), key, image_mean=HALF, image_std=HALF).config
     assert key.to_hex() not in config.to_json_string()
     assert config.key_id == key.key_id
+
+
+def test_block_size_is_the_patch_size_and_saved_configs_still_load(tmp_path):
+    config = LCryptViTConfig(image_size=32, patch_size=8)
+    assert config.block_size == 8 and config.to_dict()["block_size"] == 8
+    with pytest.raises(AttributeError):
+        config.block_size = 4
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["block_size"] == 8 and not any(name.startswith("_") for name in saved)
+    saved.update(patch_size=4, block_size=4)  # a config.json written when block_size was a field of its own
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = LCryptViTConfig.from_pretrained(tmp_path)
+    assert loaded.block_size == loaded.patch_size == 4
+    saved["block_size"] = 8
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(Exception, match="block_size"):
+        LCryptViTConfig.from_pretrained(tmp_path)
 
 
 def test_the_model_code_changes_no_global_state_of_transformers():

@@ -157,7 +157,7 @@ def test_mixed_key_ids_are_refused(owner, tmp_path, capsys, monkeypatch):
     for part in (tmp_path / "other" / "data").glob("test-*"):
         shutil.copy(part, mixed / "data" / part.name)
     err = _train_refusal(capsys, "--data", mixed, "--output_dir", tmp_path / "run", *QUICK)
-    assert f"split 'test' was encrypted with key_id {other.key_id}" in err and key_id in err
+    assert f"split 'test' (key_id {other.key_id})" in err and key_id in err
 
 
 def test_three_roles_in_three_processes(tmp_path):

@@ -393,7 +393,7 @@ def test_cli_classify_refuses_a_key_the_model_was_not_folded_with(space_app, tmp
     for where in (["--url", space_app.url], ["--model", str(space_app.model_dir)]):
         assert cli(["classify", *where, "--key-file", str(other), str(EXAMPLE)]) == 1
         err = capsys.readouterr().err
-        assert f"folded with key_id {space_app.key.key_id}" in err and LCryptKey.load(other).to_hex() not in err
+        assert f"is folded with (key_id {space_app.key.key_id})" in err and LCryptKey.load(other).to_hex() not in err
     assert cli(["classify", "--model", str(space_app.model_dir), "--key-file", str(other), str(tmp_path / "none")]) == 1
     assert "No image or folder at" in capsys.readouterr().err
 

@@ -316,7 +316,7 @@ def test_a_folder_without_splits_is_split_by_content_and_its_duplicates_reported
 
 def test_resume_refuses_a_checkpoint_folded_with_another_key(root, encrypted, tmp_path):
     other = tmp_path / "other.key"
-    with pytest.raises(ValueError, match="folded with key"):
+    with pytest.raises(ValueError, match="is folded with"):
         run(settings(root, "encrypted", mode="encrypted", resume_from_checkpoint="last", key_file=str(other)))
     with pytest.raises(ValueError, match="no checkpoint"):
         run(settings(tmp_path, "empty", resume_from_checkpoint="last"))

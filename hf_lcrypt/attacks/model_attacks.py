@@ -361,9 +361,9 @@ def _assign(score: np.ndarray) -> np.ndarray:
 
 def _embeddings(model: ViTForImageClassification) -> tuple[np.ndarray, np.ndarray]:
     """(patch-embedding weight as (hidden, C*M*M), position embeddings without the CLS row), in float64."""
-    embeddings = model.vit.embeddings
-    weight = embeddings.patch_embeddings.projection.weight.detach().double().cpu()
-    return weight.reshape(weight.shape[0], -1).numpy(), embeddings.position_embeddings.detach()[0, 1:].double().numpy()
+    weight, positions = LCryptViTForImageClassification.key_bearing_parameters(model)
+    weight, positions = weight.detach().double().cpu(), positions.detach().double().cpu()
+    return weight.reshape(weight.shape[0], -1).numpy(), positions[0, 1:].numpy()
 
 
 def recover_key_from_weights(
@@ -432,7 +432,8 @@ def finetuning_defence(
     model = copy.deepcopy(keyed)
     target = Target.keyed(model, key)
     x, unseen = target.inputs(images), images.permute(0, 2, 3, 1).numpy()
-    start = model.vit.embeddings.patch_embeddings.projection.weight.detach().clone()
+    patch_weight = LCryptViTForImageClassification.key_bearing_parameters(model)[0]
+    start = patch_weight.detach().clone()
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     results: dict[str, Any] = {"steps": sorted(steps), "patch_weight_change": []}
@@ -447,7 +448,7 @@ def finetuning_defence(
             optimiser.step()
         done = count
         model.eval()
-        current = model.vit.embeddings.patch_embeddings.projection.weight.detach()
+        current = patch_weight.detach()
         results["patch_weight_change"].append(((current - start).norm() / start.norm()).item())
         for name, value in weight_recovery_experiment(model, plain, target.cipher, unseen).items():
             results.setdefault(name, []).append(value)

@@ -26,7 +26,7 @@ from huggingface_hub import (
 )
 
 from ..cipher import BlockCipher
-from ..keys import LCryptKey
+from ..keys import LCryptKey, check_key_id
 from .cards import (
     DEFAULT_LICENSE,
     _read_json,
@@ -211,8 +211,10 @@ def publish_model(
     model_dir = Path(model_dir)
     key = None if key is None else LCryptKey.coerce(key)
     key_id = _read_json(model_dir / "config.json").get("key_id")
-    if key is not None and key_id is not None and key.key_id != key_id:
-        raise ValueError(f"The key (key_id {key.key_id}) is not the one {model_dir} is folded with (key_id {key_id}).")
+    if key is not None:
+        check_key_id(
+            key.key_id, key_id, "The key", f"{model_dir} is folded with", "Publish it with the key it was folded with."
+        )
     key_id = key.key_id if key is not None else key_id
     folded = is_folded_from_public(model_dir, folded_from_public)
     with _staging(dry_run_dir) as folder:

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from ..encrypted_datasets import LCRYPT_JSON, EncryptedDatasetError, EncryptedSource
-from ..keys import LCryptKey
+from ..keys import LCryptKey, check_key_id
 from .arguments import RunArguments
 
 logger = logging.getLogger(__name__)
@@ -87,10 +87,13 @@ def prepare_ciphertext_run(args: RunArguments, source: EncryptedSource) -> LCryp
             "out to train without the key."
         )
     key = LCryptKey.load(path)
-    if key.key_id != source.key_id:
-        raise EncryptedDatasetError(
-            f"The key file {path} has key_id {key.key_id}, but {name} was encrypted with key_id {source.key_id}; "
-            "use that dataset's key file, or leave --key_file out to train without the key."
-        )
+    check_key_id(
+        key.key_id,
+        source.key_id,
+        f"The key file {path}",
+        f"{name} was encrypted with",
+        "Use that dataset's key file, or leave --key_file out to train without the key.",
+        error=EncryptedDatasetError,
+    )
     logger.info("Training on ciphertexts of key %s with its key file; nothing is encrypted again", key.key_id)
     return key

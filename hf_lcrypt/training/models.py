@@ -20,7 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..configuration_lcrypt import LCryptViTConfig, architecture_settings
 from ..image_processing_lcrypt import LCryptImageProcessor
-from ..keys import LCryptKey
+from ..keys import LCryptKey, check_key_id
 from ..modeling_lcrypt import LCryptViTForImageClassification
 from ..presets import MODEL_PRESETS, ModelSpec
 from .arguments import RunArguments
@@ -192,7 +192,7 @@ def build_setup(args: RunArguments, id2label: dict[int, str], label2id: dict[str
             )
         if model_args.embedding_init_scale != 1.0:
             with torch.no_grad():
-                for parameter in key_bearing_parameters(model):
+                for parameter in LCryptViTForImageClassification.key_bearing_parameters(model):
                     parameter.mul_(model_args.embedding_init_scale)
         return Setup(model, preset.foldable, image_size, block_size, list(HALF), list(HALF))
 
@@ -231,13 +231,6 @@ def model_to_train(
     if patch_dropout > 0:
         model.vit.embeddings.patch_embeddings.register_forward_pre_hook(partial(_drop_patch_values, patch_dropout))
     return model
-
-
-def key_bearing_parameters(model: PreTrainedModel) -> list[nn.Parameter]:
-    """The weights a key folds into (docs/architecture.md): the first patch-embedding layer, whose columns it permutes
-    and sign-flips, and the position embeddings, whose rows it permutes. The weights-only attack reads these."""
-    embeddings = model.vit.embeddings
-    return [embeddings.patch_embeddings.projection.weight, embeddings.position_embeddings]
 
 
 def _drop_patch_values(p: float, module: nn.Module, args: tuple) -> tuple:
@@ -283,8 +276,12 @@ def checkpoint_key_id(checkpoint: str | None) -> str | None:
     return json.loads((Path(checkpoint) / "config.json").read_text()).get("key_id")
 
 
-def check_checkpoint_key(checkpoint: str | None, key: LCryptKey) -> None:
-    """Refuse to resume a checkpoint whose weights are folded with another key."""
-    saved = checkpoint_key_id(checkpoint)
-    if saved is not None and saved != key.key_id:
-        raise ValueError(f"{checkpoint} is folded with key {saved}, not with the key file's {key.key_id}.")
+def check_checkpoint_key(checkpoint: str | None, key_id: str, what: str = "The key file's key") -> None:
+    """Refuse to resume a checkpoint whose weights are folded with another key than `what` (which has `key_id`)."""
+    check_key_id(
+        key_id,
+        checkpoint_key_id(checkpoint),
+        what,
+        f"{checkpoint} is folded with",
+        "Resume with the key (or the dataset) the checkpoint was trained with, or start a new --output_dir.",
+    )

@@ -84,7 +84,7 @@ def run(args: RunArguments) -> TrainResult:
     if encrypted is None:  # plain images: the key holder's run
         with training.main_process_first(local=False, desc="key file"):  # one process creates it, the others read it
             key = load_or_create_key(args.key_path)
-        check_checkpoint_key(resumed_from, key)
+        check_checkpoint_key(resumed_from, key.key_id)
         if training.dataloader_num_workers > 0:
             os.environ[KEY_ENV_VAR] = str(args.key_path.resolve())  # for DataLoader workers started by spawn
     key_id = encrypted.key_id if encrypted is not None else key.key_id
@@ -201,11 +201,8 @@ def prepare(
             main_process = training.process_index == 0
             check_output_dir(output_dir, training.resume_from_checkpoint, training.overwrite_output_dir, main_process)
         resumed_from = find_checkpoint(training.resume_from_checkpoint, output_dir)
-        if encrypted is not None and checkpoint_key_id(resumed_from) not in (None, encrypted.key_id):
-            raise ValueError(
-                f"{resumed_from} is folded with key {checkpoint_key_id(resumed_from)}, not with {args.data.data}'s "
-                f"{encrypted.key_id}."
-            )
+        if encrypted is not None:
+            check_checkpoint_key(resumed_from, encrypted.key_id, f"The key of {args.data.data}'s ciphertexts")
         if encrypted is None and checkpoint_key_id(resumed_from) and not args.key_path.is_file():
             raise ValueError(
                 f"{resumed_from} is folded with key {checkpoint_key_id(resumed_from)}, and there is no key file at "

@@ -18,9 +18,10 @@ from ..encrypted_datasets import EncryptedSource
 from ..evaluation import make_compute_metrics
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import LCryptKey
+from ..modeling_lcrypt import LCryptViTForImageClassification
 from ..weight_averaging import WeightAverage
 from .arguments import RunArguments
-from .models import Setup, key_bearing_parameters
+from .models import Setup
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def set_embedding_weight_decay(trainer: Trainer, weight_decay: float) -> None:
     The Trainer keeps an optimizer that exists when training starts and builds its scheduler over these groups; a
     resumed run rebuilds the same groups before it loads the optimizer's state."""
     optimizer = trainer.create_optimizer()
-    embeddings = key_bearing_parameters(trainer.model)
+    embeddings = LCryptViTForImageClassification.key_bearing_parameters(trainer.model)
     chosen = {id(parameter) for parameter in embeddings}
     for group in optimizer.param_groups:
         group["params"] = [parameter for parameter in group["params"] if id(parameter) not in chosen]
