@@ -73,20 +73,18 @@ class LCryptViTConfig(ViTConfig):
         return self.patch_size if isinstance(self.patch_size, int) else self.patch_size[0]
 
     def to_dict(self) -> dict:
-        output = {**super().to_dict(), "block_size": self.block_size}
-        output.pop("_given_block_size", None)
-        return output
+        return {**super().to_dict(), "block_size": self.block_size}
 
     def validate_cipher(self):
         patch = self.patch_size if isinstance(self.patch_size, int) else tuple(self.patch_size)
-        given = getattr(self, "_given_block_size", None)
+        given = self.__dict__.pop("_given_block_size", None)  # checked once, then block_size is patch_size
         if given is not None and (type(given) is not int or given != patch):
             raise ValueError(
                 f"block_size ({given!r}) must equal patch_size ({patch}): only then is every block one token "
                 "and the key foldable into the patch embedding. Use the same value for both."
             )
         if patch != self.block_size:
-            raise ValueError(f"patch_size {patch} must be square to fold a key: every block is one square token.")
+            raise ValueError(f"patch_size must be one int, the side of a square block (got {patch}).")
         size = size_pair(self.image_size)
         if any(s % self.block_size for s in size):
             raise ValueError(f"image_size {size} is not a multiple of block_size {self.block_size}; resize the images.")

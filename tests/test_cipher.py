@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import hf_lcrypt.cipher as cipher_module
 from hf_lcrypt import ALL_STEPS, BlockCipher, LCryptKey
-from hf_lcrypt.cipher import BLOCK_SCRAMBLE, NEGATIVE_POSITIVE, PIXEL_SHUFFLE
+from hf_lcrypt.cipher import BLOCK_SCRAMBLE, NEGATIVE_POSITIVE, PIXEL_SHUFFLE, CipherCache
 
 SETTINGS = settings(max_examples=30, deadline=None)
 DTYPES = [torch.uint8, torch.float32, torch.float64]
@@ -370,3 +370,13 @@ def test_repr_and_describe_hide_the_key():
         "channels": 3,
         "steps": [BLOCK_SCRAMBLE],
     }
+
+
+def test_one_cipher_per_image_size_and_channels():
+    key = LCryptKey.generate()
+    cache = CipherCache(key, 4, [BLOCK_SCRAMBLE])
+    cipher = cache.get(8, 12)
+    assert cache.get(8, 12) is cipher and cache.get(8, 12, 1) is not cipher and cache.get(12, 8) is not cipher
+    image = np.arange(8 * 12 * 3, dtype=np.uint8).reshape(8, 12, 3)
+    expected = BlockCipher(key, (8, 12), 4, steps=[BLOCK_SCRAMBLE]).encrypt(image)
+    assert np.array_equal(cipher.encrypt(image), expected)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_lcrypt import LCryptKey
+from hf_lcrypt import KeyMismatchError, LCryptKey, check_key_id
 from hf_lcrypt.keys import PURPOSE_BLOCK_SCRAMBLE, PURPOSE_NEGATIVE_POSITIVE, PURPOSE_PIXEL_SHUFFLE, geometry_label
 
 secrets_ = st.binary(min_size=32, max_size=32)
@@ -236,3 +236,19 @@ def test_permutation_is_a_copy():
     perm[:] = 0
     assert sorted(key.permutation("p", "g", 10).tolist()) == list(range(10))
     assert np.array_equal(key.permutation("p", "g", 10), key.permutation("p", "g", 10))
+
+
+def test_one_key_ownership_check_names_both_ids_and_the_fix():
+    mine, other = LCryptKey.generate().key_id, LCryptKey.generate().key_id
+    check_key_id(mine, mine, "This key", "the model is folded with", "Use the model's key.")
+    check_key_id([mine, mine], mine, "A batch", "the model is folded with", "Use the model's key.")
+    check_key_id(None, mine, "An input without metadata", "the model is folded with", "Nothing to check.")
+    check_key_id(other, None, "A key", "an unkeyed model is folded with", "Nothing to check.")
+    with pytest.raises(KeyMismatchError) as err:
+        check_key_id([mine, other], mine, "A batch", "the model is folded with", "Use the model's key.")
+    assert str(err.value) == (
+        f"A batch (key_id {', '.join(sorted([mine, other]))}) is not the one the model is folded with (key_id {mine}). "
+        "Use the model's key."
+    )
+    with pytest.raises(FileNotFoundError, match=f"key_id {other}.*key_id {mine}"):
+        check_key_id(other, mine, "This key", "the data", "Fix.", error=FileNotFoundError)
