@@ -131,7 +131,8 @@ def convnext_preset(hidden_sizes: list[int], depths: list[int]) -> ModelPreset:
     return ModelPreset(build, foldable=False, description=f"ConvNeXt, widths {hidden_sizes}")
 
 
-# resnet18 is ResNet-18 (11M parameters); resnet-small is the 2.8M-parameter ResNet measured in the project brief;
+# resnet18 is ResNet-18 (11M parameters); resnet-small is ResNet-18's layout at half its widths (2.8M
+# parameters), the CNN teacher of docs/results.md;
 # convnext-small is a ConvNeXt at half of ConvNeXt-T's width (4.2M parameters).
 register_model_preset("resnet18", resnet_preset([64, 128, 256, 512], [2, 2, 2, 2], embedding_size=64))
 register_model_preset("resnet-small", resnet_preset([32, 64, 128, 256], [2, 2, 2, 2], embedding_size=32))
