@@ -350,10 +350,10 @@ def test_a_config_file_then_flags(tmp_path):
     path.write_text("epocs: 3\n")
     with pytest.raises(ValueError, match="epocs"):
         parse_args([str(path)])
-    path.write_text("epochs: 3\n")  # a setting of hf-lcrypt 0.1: the error names the new spelling
-    with pytest.raises(ValueError, match="epochs -> num_train_epochs"):
+    path.write_text("epochs: 3\n")  # only the transformers spelling, num_train_epochs
+    with pytest.raises(ValueError, match=r"Unknown setting\(s\) \['epochs'\]"):
         parse_args([str(path)])
-    with pytest.raises(ValueError, match="--batch-size is now --per_device_train_batch_size"):
+    with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \['--batch-size', '4'\]"):
         parse_args(["--batch-size", "4"])
     with pytest.raises(ValueError, match="--mode must be one of"):
         RunArguments.from_dict({"mode": "plaintext"})
@@ -758,7 +758,7 @@ def test_embedding_mitigations_are_checked_and_need_a_vit(tmp_path):
     """The weights-only attack's mitigations (docs/security.md): flags that act on a ViT's key-bearing embeddings."""
     with pytest.raises(ValueError, match="--patch_dropout act on a ViT's embeddings; 'resnet-small' has none"):
         settings(tmp_path, "cnn", model="resnet-small", patch_dropout=0.1)
-    with pytest.raises(ValueError, match=r"--patch_dropout is a share of values to drop, in \[0, 1\), got 1.0"):
+    with pytest.raises(ValueError, match=r"--patch_dropout is a share of tokens to drop, in \[0, 1\), got 1.0"):
         settings(tmp_path, "all", patch_dropout=1.0)
     with pytest.raises(ValueError, match="--embedding_init_scale must be positive"):
         settings(tmp_path, "zero", embedding_init_scale=0.0)
@@ -814,7 +814,7 @@ def test_publish_accepts_a_model_trained_with_the_default(root, encrypted, tmp_p
     assert not (folder / "weights_only_attack.json").exists()  # measured in the repository folder, not the run's
 
 
-def test_patch_dropout_drops_patch_values_while_training_and_keeps_the_fold_exact(tmp_path):
+def test_patch_dropout_drops_patch_tokens_while_training_and_keeps_the_fold_exact(tmp_path):
     steps = list(ALL_STEPS)
     reference = fresh_setup(tmp_path).model.eval()
     setup = fresh_setup(tmp_path)
@@ -827,13 +827,18 @@ def test_patch_dropout_drops_patch_values_while_training_and_keeps_the_fold_exac
         expected = reference(pixels).logits
         assert torch.allclose(plain.eval()(pixels).logits, expected, atol=1e-5)
         assert torch.allclose(keyed.eval()(ciphertext).logits, expected, atol=1e-5)
-        patches = plain.train().vit.embeddings.patch_embeddings
-        torch.manual_seed(1)
-        dropped = patches(pixels)
-        torch.manual_seed(1)
-        mask = torch.nn.functional.dropout(torch.ones_like(pixels), 0.5)
-        assert 0.4 < (mask == 0).float().mean() < 0.6
-        assert torch.allclose(dropped, reference.vit.embeddings.patch_embeddings(pixels * mask), atol=1e-6)
+        tokens = reference.vit.embeddings(pixels)  # CLS + 64 patch tokens
+        half = (tokens.shape[1] - 1) // 2
+        for model, inputs in ((plain, pixels), (keyed, ciphertext)):
+            kept = model.train().vit.embeddings(inputs)
+            assert kept.shape == (4, 1 + half, tokens.shape[-1])  # half of the patch tokens, the CLS token first
+            assert torch.allclose(kept[:, 0], tokens[:, 0], atol=1e-6)
+        kept = plain.train().vit.embeddings(pixels)
+        for image in range(4):  # whole tokens of that image, each once
+            distances = (kept[image, 1:, None] - tokens[image, None, 1:]).abs().amax(-1)
+            assert (distances.min(-1).values < 1e-5).all()
+            assert len(set(distances.argmin(-1).tolist())) == half
+        assert not torch.allclose(plain.train()(pixels).logits, expected, atol=1e-5)  # training drops, evaluation not
 
 
 def test_embedding_weight_decay_is_a_parameter_group_of_its_own_that_resumes(tmp_path):

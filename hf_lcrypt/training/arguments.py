@@ -40,21 +40,6 @@ def _check_choice(flag: str, value: Any, choices: Sequence[str]) -> None:
         raise ValueError(f"--{flag} must be one of {list(choices)}, got {value!r}.")
 
 
-# Flags of hf-lcrypt 0.1 that are now `TrainingArguments` flags or were renamed (CHANGELOG.md). An old name in a
-# command or a config file fails with the new one in the message.
-RENAMED = {
-    "epochs": "num_train_epochs",
-    "batch_size": "per_device_train_batch_size (and per_device_eval_batch_size)",
-    "lr": "learning_rate",
-    "warmup": "warmup_steps",
-    "label_smoothing": "label_smoothing_factor",
-    "eval_steps": "eval_strategy steps --eval_steps N --save_strategy steps --save_steps N",
-    "num_proc": "dataloader_num_workers",
-    "metric": "metric_for_best_model",
-    "resume": "resume_from_checkpoint (a checkpoint folder, or `last`)",
-}
-
-
 @dataclass
 class ModelArguments:
     """The model to train: a preset from scratch, or a plain checkpoint."""
@@ -82,8 +67,8 @@ class ModelArguments:
     patch_dropout: float = field(
         default=0.0,
         metadata={
-            "help": "while training, drop this share of the patch embedding's input values (each value of each "
-            "patch); a mitigation of the weights-only key attack, docs/security.md"
+            "help": "while training, drop this share of the patch tokens (the CLS token stays), as timm's "
+            "PatchDropout does; a mitigation of the weights-only key attack, docs/security.md"
         },
     )
     embedding_weight_decay: float | None = field(
@@ -108,7 +93,7 @@ class ModelArguments:
             raise ValueError(f"Unknown model preset {self.model!r}; choose from {sorted(MODEL_PRESETS)}.")
         vit = self.from_plain is not None or MODEL_PRESETS[self.model].foldable
         if not 0.0 <= self.patch_dropout < 1.0:
-            raise ValueError(f"--patch_dropout is a share of values to drop, in [0, 1), got {self.patch_dropout}.")
+            raise ValueError(f"--patch_dropout is a share of tokens to drop, in [0, 1), got {self.patch_dropout}.")
         if self.embedding_init_scale is not None and self.embedding_init_scale <= 0:
             raise ValueError(f"--embedding_init_scale must be positive, got {self.embedding_init_scale}.")
         if self.embedding_weight_decay is not None and self.embedding_weight_decay < 0:
@@ -425,24 +410,13 @@ def read_config_file(path: str | os.PathLike, parser: HfArgumentParser) -> dict[
         raise ValueError(f"{path} must hold a mapping of settings, got {type(loaded).__name__}.")
     values = {str(name).replace("-", "_"): value for name, value in (loaded or {}).items()}
     actions = {action.dest: action for action in parser._actions}
-    renamed = [f"{name} -> {RENAMED[name]}" for name in values if name in RENAMED and name not in actions]
-    unknown = sorted(name for name in values if name not in actions and name not in RENAMED)
-    if renamed or unknown:
-        hint = f" Renamed (CHANGELOG.md): {'; '.join(renamed)}." if renamed else ""
-        raise ValueError(f"Unknown setting(s) {unknown + [r.split(' ')[0] for r in renamed]} in {path}.{hint}")
+    unknown = sorted(name for name in values if name not in actions)
+    if unknown:
+        raise ValueError(f"Unknown setting(s) {unknown} in {path}; `--help` lists them.")
     for name, value in values.items():  # a single value where the flag takes several
         if actions[name].nargs == "+" and not isinstance(value, list):
             values[name] = [value]
     return values
-
-
-def _check_renamed_flags(argv: Sequence[str], parser: HfArgumentParser) -> None:
-    known = {option for action in parser._actions for option in action.option_strings}
-    for token in argv:
-        flag = token.split("=", 1)[0]
-        name = flag.lstrip("-").replace("-", "_")
-        if flag.startswith("--") and flag not in known and name in RENAMED:
-            raise ValueError(f"{flag} is now --{RENAMED[name]} (the transformers name; see CHANGELOG.md).")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> RunArguments:
@@ -457,7 +431,6 @@ def parse_args(argv: Sequence[str] | None = None) -> RunArguments:
             raise ValueError("Give one config file: as the first argument, or after --config.")
         config_file = argv[position + 1]
         del argv[position : position + 2]
-    _check_renamed_flags(argv, parser)
     given = {token.split("=", 1)[0].lstrip("-").replace("-", "_") for token in argv if token.startswith("--")}
     given |= {name.removeprefix("no_") for name in given}
     if config_file is not None:
@@ -471,7 +444,6 @@ def parse_args(argv: Sequence[str] | None = None) -> RunArguments:
 __all__ = [
     "ARGUMENT_CLASSES",
     "MODES",
-    "RENAMED",
     "AttackArguments",
     "CipherArguments",
     "DataArguments",

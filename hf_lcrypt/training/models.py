@@ -224,21 +224,27 @@ def model_to_train(
     setup: Setup, mode: str, fold: Callable[[PreTrainedModel], PreTrainedModel], patch_dropout: float = 0.0
 ) -> PreTrainedModel:
     """On ciphertext (encrypted and plain mode) a ViT starts from the folded copy of its initialisation; a CNN, and
-    fold mode's plain ViT, start as built. `patch_dropout` > 0 drops patch values while it trains."""
+    fold mode's plain ViT, start as built. `patch_dropout` > 0 drops that share of patch tokens while it trains."""
     check_foldable(mode, setup.foldable)
     model = fold(setup.model) if mode != "fold" and setup.foldable else setup.model
     checkpoints_keep_parameter_names(model, True)
     if patch_dropout > 0:
-        model.vit.embeddings.patch_embeddings.register_forward_pre_hook(partial(_drop_patch_values, patch_dropout))
+        model.vit.embeddings.register_forward_hook(partial(_drop_patch_tokens, patch_dropout))
     return model
 
 
-def _drop_patch_values(p: float, module: nn.Module, args: tuple) -> tuple:
-    """Dropout of the pixel values a patch embedding reads. Under the presets' normalisation (mean = std = 0.5) zero is
-    the grey that negation keeps, so dropping ciphertext values drops plain values: encrypted training still tracks
-    plain training."""
-    pixels, *rest = args
-    return (nn.functional.dropout(pixels, p, module.training), *rest)
+def _drop_patch_tokens(p: float, module: nn.Module, args: tuple, tokens: torch.Tensor) -> torch.Tensor:
+    """timm's `PatchDropout` on the embeddings' output: while training, keep the CLS token and a random
+    `1 - p` share of the patch tokens (at least one), each image its own. The key permutes whole tokens and position
+    embeddings together, so a uniformly random subset of tokens is the same draw for the keyed and the plain model and
+    the fold stays exact; in evaluation nothing is dropped."""
+    if not module.training or p == 0.0:
+        return tokens
+    cls, patches = tokens[:, :1], tokens[:, 1:]
+    keep = max(1, int(patches.shape[1] * (1.0 - p)))
+    chosen = torch.randn(patches.shape[:2], device=tokens.device).argsort(dim=-1)[:, :keep]
+    kept = patches.gather(1, chosen.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+    return torch.cat([cls, kept], dim=1)
 
 
 def checkpoints_keep_parameter_names(model: PreTrainedModel, keep: bool) -> None:

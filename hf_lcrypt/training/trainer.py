@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from datasets import DatasetDict
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback
@@ -123,19 +124,24 @@ def build_trainer(
             label_smoothing=training.label_smoothing_factor,
         )
     if args.model.embedding_weight_decay is not None:
-        set_embedding_weight_decay(trainer, args.model.embedding_weight_decay)
+        trainer.optimizer_cls_and_kwargs = embedding_decay_optimizer(trainer, args.model.embedding_weight_decay)
     return trainer, callbacks
 
 
-def set_embedding_weight_decay(trainer: Trainer, weight_decay: float) -> None:
-    """Create the Trainer's optimizer now, with the key-bearing embeddings in a group of their own `weight_decay`.
-
-    The Trainer keeps an optimizer that exists when training starts and builds its scheduler over these groups; a
-    resumed run rebuilds the same groups before it loads the optimizer's state."""
-    optimizer = trainer.create_optimizer()
-    embeddings = LCryptViTForImageClassification.key_bearing_parameters(trainer.model)
+def embedding_decay_optimizer(trainer: Trainer, weight_decay: float) -> tuple[type, dict[str, Any]]:
+    """The Trainer's optimizer class and arguments with the key-bearing embeddings in a parameter group of their own
+    `weight_decay`, for `Trainer.optimizer_cls_and_kwargs`: `create_optimizer` takes the groups from `params`, so the
+    scheduler drives every group and a resumed run rebuilds the same groups before it loads the optimizer's state.
+    The other parameters keep the Trainer's own split (`get_decay_parameter_names`)."""
+    model = trainer.model
+    optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
+    decay = set(trainer.get_decay_parameter_names(model))
+    embeddings = LCryptViTForImageClassification.key_bearing_parameters(model)
     chosen = {id(parameter) for parameter in embeddings}
-    for group in optimizer.param_groups:
-        group["params"] = [parameter for parameter in group["params"] if id(parameter) not in chosen]
-    optimizer.param_groups = [group for group in optimizer.param_groups if group["params"]]
-    optimizer.add_param_group({"params": embeddings, "weight_decay": weight_decay})
+    others = [(name, p) for name, p in model.named_parameters() if p.requires_grad and id(p) not in chosen]
+    groups = [
+        {"params": [p for name, p in others if name in decay], "weight_decay": trainer.args.weight_decay},
+        {"params": [p for name, p in others if name not in decay], "weight_decay": 0.0},
+        {"params": embeddings, "weight_decay": weight_decay},
+    ]
+    return optimizer_cls, {**kwargs, "params": [group for group in groups if group["params"]]}
