@@ -278,29 +278,22 @@ class BlockCipher:
     def _device_plan(
         self, layout: str, inverse: bool, device: torch.device, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Index and flip operand on `device`: XOR bits for integers, a (sign, offset) pair stacked for floats."""
+        """`_numpy_plan` as tensors on `device` in `dtype` (bfloat16 and other dtypes numpy lacks: from float64)."""
         import torch
 
         cache_key = (layout, inverse, str(device), dtype)
         cached = self._device_cache.get(cache_key)
         if cached is not None:
             return cached
-        plan = self._plan(layout, inverse)
-        index = torch.from_numpy(plan.index).to(device)
-        flip = None
-        if plan.flip.any():
-            xor = {torch.uint8: 255, torch.int16: -1}.get(dtype)
-            if xor is not None:
-                flip = torch.from_numpy(plan.flip * xor).to(device=device, dtype=dtype)
-            else:
-                sign = torch.from_numpy(np.where(plan.flip, -1.0, 1.0)).to(device=device, dtype=dtype)
-                offset = torch.from_numpy(plan.flip.astype(np.float64)).to(device=device, dtype=dtype)
-                flip = torch.stack([sign, offset])
+        numpy_dtype = {torch.uint8: np.uint8, torch.int16: np.int16}.get(dtype, np.float64)
+        index, flip = self._numpy_plan(layout, inverse, numpy_dtype)
+        index = torch.from_numpy(index).to(device)
+        flip = None if flip is None else torch.from_numpy(flip).to(device=device, dtype=dtype)
         self._device_cache[cache_key] = (index, flip)
         return index, flip
 
     def _numpy_plan(self, layout: str, inverse: bool, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
-        """`_device_plan` for numpy arrays, without torch: the same index and flip operand, as numpy arrays."""
+        """Index and flip operand: XOR bits for integers (`_XOR_ALL`), a (sign, offset) pair stacked for floats."""
         cache_key = (layout, inverse, "numpy", np.dtype(dtype))
         cached = self._device_cache.get(cache_key)
         if cached is not None:
