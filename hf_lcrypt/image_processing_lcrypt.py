@@ -213,15 +213,20 @@ class LCryptImageProcessor(PilBackend):
         """
         if key is not None:
             self.set_key(key)
-        images = _upright(images)
-        flat = _flatten(images)
-        self._check_depth(flat)
-        self._check_shapes(flat)
+        images, flat = self._upright_and_checked(images)
         if kwargs.get("do_rescale", self.do_rescale):
             self._warn_if_rescaled(flat)
         if not kwargs.get("do_encrypt", self.do_encrypt):
             self._check_encrypted(flat)
         return super().preprocess(images, *args, **kwargs)
+
+    def _upright_and_checked(self, images: Any) -> tuple[Any, list[Any]]:
+        """The images turned upright (EXIF) and checked (depth, shape, animation, transparency), and their flat list."""
+        images = _upright(images)
+        flat = _flatten(images)
+        self._check_depth(flat)
+        self._check_shapes(flat)
+        return images, flat
 
     @staticmethod
     def _check_shapes(images: list[Any]) -> None:
@@ -236,7 +241,7 @@ class LCryptImageProcessor(PilBackend):
                 warnings.warn(
                     f"Image {i} is animated ({image.n_frames} frames); only its first frame is processed.",
                     UserWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
             transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
             if transparent and image.convert("RGBA").getchannel("A").getextrema()[0] < 255:
@@ -244,7 +249,7 @@ class LCryptImageProcessor(PilBackend):
                     f"Image {i} has transparent pixels; converting it to RGB drops the transparency (flatten it "
                     "onto the background you want first, e.g. with PIL's Image.alpha_composite).",
                     UserWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
 
     @staticmethod
@@ -364,10 +369,7 @@ class LCryptImageProcessor(PilBackend):
         return self._transform_images(images, key, inverse=True)
 
     def _transform_images(self, images, key: Any, inverse: bool) -> list[Image.Image]:
-        images = _upright(images)
-        flat = _flatten(images)
-        self._check_depth(flat)
-        self._check_shapes(flat)
+        images, _ = self._upright_and_checked(images)
         prepared = self._prepare_image_like_inputs(_unit_floats_to_bytes(images), do_convert_rgb=True)
         if inverse:  # never resample ciphertext: resizing mixes pixels across blocks
             sizes = {image.shape[1:] for image in prepared}
