@@ -39,7 +39,7 @@ from hf_lcrypt.hub import publish as publishing
 from hf_lcrypt.keys import KEY_ENV_VAR
 from hf_lcrypt.presets import PATCH_EMBEDDINGS, ModelPreset, register_model_preset, vit_preset
 from hf_lcrypt.training import RunArguments, build_parser, load_or_create_key, parse_args, run, secret_init_seed
-from hf_lcrypt.training.arguments import SAFE_EMBEDDING_INIT_SCALE
+from hf_lcrypt.training.arguments import SAFE_EMBEDDING_INIT_SCALE, SAFE_EMBEDDING_WEIGHT_DECAY
 from hf_lcrypt.training.models import build_setup, model_to_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -766,6 +766,12 @@ def test_embedding_mitigations_are_checked_and_need_a_vit(tmp_path):
         settings(tmp_path, "negative", embedding_weight_decay=-1.0)
     with pytest.raises(ValueError, match="not --from_plain weights"):
         settings(tmp_path, "hub", from_plain="google/vit-base-patch16-224-in21k", embedding_init_scale=2.0)
+    with pytest.raises(ValueError, match="--position_init_scale must be positive"):
+        settings(tmp_path, "zero-positions", position_init_scale=-1.0)
+    with pytest.raises(ValueError, match="--freeze_position_embeddings act on a ViT's embeddings"):
+        settings(tmp_path, "cnn-frozen", model="resnet-small", freeze_position_embeddings=True)
+    with pytest.raises(ValueError, match="--position_init_scale scales a preset's fresh initialisation"):
+        settings(tmp_path, "hub-positions", from_plain="google/vit-base-patch16-224-in21k", position_init_scale=2.0)
     parsed = parse_args(["--patch-dropout", "0.2", "--embedding_weight_decay", "0.5", "--embedding-init-scale", "4"])
     assert (parsed.model.patch_dropout, parsed.model.embedding_weight_decay, parsed.model.embedding_init_scale) == (
         0.2,
@@ -790,6 +796,27 @@ def test_embedding_init_scale_multiplies_the_key_bearing_embeddings_only(tmp_pat
         assert torch.equal(scaled[name], 4.0 * value if name in KEY_BEARING else value), name
 
 
+def test_position_init_scale_multiplies_the_position_embeddings_alone(tmp_path):
+    base = fresh_setup(tmp_path, embedding_init_scale=1.0).model.state_dict()
+    scaled = fresh_setup(tmp_path, embedding_init_scale=2.0, position_init_scale=30.0).model.state_dict()
+    factors = {"vit.embeddings.patch_embeddings.projection.weight": 2.0, "vit.embeddings.position_embeddings": 30.0}
+    for name, value in base.items():
+        assert torch.equal(scaled[name], factors.get(name, 1.0) * value), name
+
+
+def test_frozen_position_embeddings_stay_at_their_folded_initialisation(tmp_path):
+    options = dict(mode="encrypted", freeze_position_embeddings=True, attack_max_images=8, max_steps=3, save_steps=1)
+    options.update(save_strategy="steps", eval_strategy="steps", eval_steps=1)
+    run(settings(tmp_path, "frozen", **options))
+    first = load_file(tmp_path / "frozen" / "checkpoint-1" / "model.safetensors")
+    last = load_file(tmp_path / "frozen" / "model" / "model.safetensors")
+    positions, patches = sorted(KEY_BEARING, reverse=True)
+    assert torch.equal(first[positions], last[positions])
+    assert not torch.equal(first[patches], last[patches])  # the rest trains
+    saved = torch.load(tmp_path / "frozen" / "checkpoint-3" / "optimizer.pt", weights_only=True)["param_groups"]
+    assert [group["weight_decay"] for group in saved][-1] == 0.0 and len(saved[-1]["params"]) == 1  # the patch weight
+
+
 def test_presets_trained_from_scratch_hide_the_key_by_default(tmp_path, root, encrypted):
     assert parse_args([]).model.embedding_init_scale == SAFE_EMBEDDING_INIT_SCALE == 10.0  # scripts/train.py's parser
     assert parse_args(["--model", "resnet-small"]).model.embedding_init_scale == 1.0  # nothing to scale
@@ -803,6 +830,11 @@ def test_presets_trained_from_scratch_hide_the_key_by_default(tmp_path, root, en
     for name in KEY_BEARING:
         assert trained[name].std() > 5 * initial_std, name
     assert encrypted.metrics["config"]["embedding_init_scale"] == 10.0
+    # ...and keeps it at that scale: no weight decay on the key-bearing embeddings, the Trainer's split for the rest.
+    assert SAFE_EMBEDDING_WEIGHT_DECAY == 0.0 == parse_args([]).model.embedding_weight_decay
+    assert parse_args(["--model", "resnet-small"]).model.embedding_weight_decay is None  # --weight_decay for all
+    assert encrypted.metrics["config"]["embedding_weight_decay"] == 0.0
+    assert encrypted.metrics["config"]["position_init_scale"] == 10.0
 
 
 def test_publish_accepts_a_model_trained_with_the_default(root, encrypted, tmp_path):

@@ -29,6 +29,9 @@ from ..presets import MODEL_PRESETS, PATCH_EMBEDDINGS
 # The key-hiding initialisation of the key-bearing embeddings: measured in docs/security.md (M3, M5 and the
 # default rows), where it takes the flips and the pixel layout the weights give away down to chance.
 SAFE_EMBEDDING_INIT_SCALE = 10.0
+# Their weight decay by default: none, so the secret initialisation keeps its scale over long schedules (AdamW's
+# decoupled decay of 0.05 under the brain MRI recipe would leave 0.6 of it); timm exempts position embeddings too.
+SAFE_EMBEDDING_WEIGHT_DECAY = 0.0
 
 Mode = Literal["encrypted", "fold", "plain"]
 MODES: tuple[str, ...] = Mode.__args__
@@ -74,7 +77,9 @@ class ModelArguments:
     embedding_weight_decay: float | None = field(
         default=None,
         metadata={
-            "help": "weight decay of the patch-embedding weights and the position embeddings (default: weight_decay)"
+            "help": f"weight decay of the patch-embedding weights and the position embeddings (default "
+            f"{SAFE_EMBEDDING_WEIGHT_DECAY:g} for ViT presets, so that their secret initialisation keeps its scale; "
+            "--weight_decay otherwise)"
         },
     )
     embedding_init_scale: float | None = field(
@@ -86,6 +91,17 @@ class ModelArguments:
             "flips away, docs/security.md); not with --from_plain"
         },
     )
+    position_init_scale: float | None = field(
+        default=None,
+        metadata={"help": "the same for the position embeddings alone (default: --embedding_init_scale)"},
+    )
+    freeze_position_embeddings: bool = field(
+        default=False,
+        metadata={
+            "help": "keep the position embeddings at their secret initialisation (the fold stays exact); a "
+            "measured choice against the weights-only block-layout attack, docs/security.md"
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_choice("patch_embedding", self.patch_embedding, PATCH_EMBEDDINGS)
@@ -94,22 +110,34 @@ class ModelArguments:
         vit = self.from_plain is not None or MODEL_PRESETS[self.model].foldable
         if not 0.0 <= self.patch_dropout < 1.0:
             raise ValueError(f"--patch_dropout is a share of tokens to drop, in [0, 1), got {self.patch_dropout}.")
-        if self.embedding_init_scale is not None and self.embedding_init_scale <= 0:
-            raise ValueError(f"--embedding_init_scale must be positive, got {self.embedding_init_scale}.")
+        for flag, scale in (
+            ("embedding_init_scale", self.embedding_init_scale),
+            ("position_init_scale", self.position_init_scale),
+        ):
+            if scale is not None and scale <= 0:
+                raise ValueError(f"--{flag} must be positive, got {scale}.")
         if self.embedding_weight_decay is not None and self.embedding_weight_decay < 0:
             raise ValueError(f"--embedding_weight_decay must be >= 0, got {self.embedding_weight_decay}.")
         embedding_flags = {
             "--patch_dropout": self.patch_dropout != 0.0,
             "--embedding_weight_decay": self.embedding_weight_decay is not None,
             "--embedding_init_scale": self.embedding_init_scale not in (None, 1.0),
+            "--position_init_scale": self.position_init_scale is not None,
+            "--freeze_position_embeddings": self.freeze_position_embeddings,
         }
         if not vit and any(embedding_flags.values()):
             used = [flag for flag, given in embedding_flags.items() if given]
             raise ValueError(f"{', '.join(used)} act on a ViT's embeddings; {self.model!r} has none. Leave them out.")
-        if self.from_plain is not None and embedding_flags["--embedding_init_scale"]:
-            raise ValueError("--embedding_init_scale scales a preset's fresh initialisation, not --from_plain weights.")
-        if self.embedding_init_scale is None:  # safe by default where there is a fresh initialisation to scale
-            self.embedding_init_scale = SAFE_EMBEDDING_INIT_SCALE if vit and self.from_plain is None else 1.0
+        for flag in ("--embedding_init_scale", "--position_init_scale"):
+            if self.from_plain is not None and embedding_flags[flag]:
+                raise ValueError(f"{flag} scales a preset's fresh initialisation, not --from_plain weights.")
+        fresh_vit = vit and self.from_plain is None  # safe by default where there is a secret initialisation to keep
+        if self.embedding_init_scale is None:
+            self.embedding_init_scale = SAFE_EMBEDDING_INIT_SCALE if fresh_vit else 1.0
+        if self.position_init_scale is None:
+            self.position_init_scale = self.embedding_init_scale
+        if self.embedding_weight_decay is None and fresh_vit:
+            self.embedding_weight_decay = SAFE_EMBEDDING_WEIGHT_DECAY
         if self.patch_embedding != "linear" and (self.from_plain is not None or not vit):
             raise ValueError(
                 f"--patch_embedding {self.patch_embedding} applies to the ViT presets trained from scratch, not to "

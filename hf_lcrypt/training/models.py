@@ -190,10 +190,11 @@ def build_setup(args: RunArguments, id2label: dict[int, str], label2id: dict[str
                 f"Preset {model_args.model!r} ignores --patch_embedding mlp (its build function does not read "
                 "ModelSpec.patch_embedding); build it with vit_preset, or leave the flag out."
             )
-        if model_args.embedding_init_scale != 1.0:
+        if preset.foldable:
+            patch_weight, positions = LCryptViTForImageClassification.key_bearing_parameters(model)
             with torch.no_grad():
-                for parameter in LCryptViTForImageClassification.key_bearing_parameters(model):
-                    parameter.mul_(model_args.embedding_init_scale)
+                patch_weight.mul_(model_args.embedding_init_scale)
+                positions.mul_(model_args.position_init_scale)
         return Setup(model, preset.foldable, image_size, block_size, list(HALF), list(HALF))
 
     source = model_args.from_plain
@@ -221,15 +222,22 @@ def check_foldable(mode: str, foldable: bool) -> None:
 
 
 def model_to_train(
-    setup: Setup, mode: str, fold: Callable[[PreTrainedModel], PreTrainedModel], patch_dropout: float = 0.0
+    setup: Setup,
+    mode: str,
+    fold: Callable[[PreTrainedModel], PreTrainedModel],
+    patch_dropout: float = 0.0,
+    freeze_position_embeddings: bool = False,
 ) -> PreTrainedModel:
     """On ciphertext (encrypted and plain mode) a ViT starts from the folded copy of its initialisation; a CNN, and
-    fold mode's plain ViT, start as built. `patch_dropout` > 0 drops that share of patch tokens while it trains."""
+    fold mode's plain ViT, start as built. `patch_dropout` > 0 drops that share of patch tokens while it trains;
+    frozen position embeddings stay at their (secret) initialisation, the key's block order folded in."""
     check_foldable(mode, setup.foldable)
     model = fold(setup.model) if mode != "fold" and setup.foldable else setup.model
     checkpoints_keep_parameter_names(model, True)
     if patch_dropout > 0:
         model.vit.embeddings.register_forward_hook(partial(_drop_patch_tokens, patch_dropout))
+    if freeze_position_embeddings:
+        LCryptViTForImageClassification.key_bearing_parameters(model)[1].requires_grad_(False)
     return model
 
 

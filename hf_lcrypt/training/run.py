@@ -94,7 +94,7 @@ def run(args: RunArguments) -> TrainResult:
     set_seed(training.seed)
     steps = args.cipher.cipher_steps
     fold = setup.folder(key, steps) if key is not None else setup.binder(key_id, steps)
-    model = model_to_train(setup, mode, fold, args.model.patch_dropout)
+    model = model_to_train(setup, mode, fold, args.model.patch_dropout, args.model.freeze_position_embeddings)
     trainer, callbacks = build_trainer(args, model, setup, key, dataset, fold, resumed_from, encrypted)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(

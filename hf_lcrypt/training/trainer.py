@@ -136,7 +136,7 @@ def embedding_decay_optimizer(trainer: Trainer, weight_decay: float) -> tuple[ty
     model = trainer.model
     optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
     decay = set(trainer.get_decay_parameter_names(model))
-    embeddings = LCryptViTForImageClassification.key_bearing_parameters(model)
+    embeddings = [p for p in LCryptViTForImageClassification.key_bearing_parameters(model) if p.requires_grad]
     chosen = {id(parameter) for parameter in embeddings}
     others = [(name, p) for name, p in model.named_parameters() if p.requires_grad and id(p) not in chosen]
     groups = [
