@@ -19,7 +19,7 @@ import torch
 
 from hf_lcrypt import LCryptKey, LCryptViTForImageClassification
 from hf_lcrypt.export import export_onnx, onnx_session
-from hf_lcrypt.presets import MODEL_PRESETS, ModelSpec
+from hf_lcrypt.training.presets import MODEL_PRESETS, ModelSpec
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 MODELS = {"micro": ("micro", 28, 4), "vit-s16": ("small", 224, 16)}  # name: (preset, image size, block size)

@@ -14,7 +14,7 @@ import torch
 from transformers import ViTForImageClassification
 
 from hf_lcrypt import LCryptKey, LCryptViTForImageClassification
-from hf_lcrypt.presets import ModelSpec, vit_preset
+from hf_lcrypt.training.presets import ModelSpec, vit_preset
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

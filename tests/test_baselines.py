@@ -8,8 +8,8 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hf_lcrypt import LCryptKey, LCryptViTForImageClassification
 from hf_lcrypt.data import load_image_dataset
-from hf_lcrypt.presets import MODEL_PRESETS, ModelSpec
 from hf_lcrypt.training import RunArguments, run
+from hf_lcrypt.training.presets import MODEL_PRESETS, ModelSpec
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
 from hf_lcrypt.data import ImageTransform, Mixup
-from hf_lcrypt.distillation import TEACHER_INPUTS, distillation_loss
 from hf_lcrypt.training import HALF
+from hf_lcrypt.training.distillation import TEACHER_INPUTS, distillation_loss
 
 
 @pytest.fixture

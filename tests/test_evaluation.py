@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from transformers import EvalPrediction
 
-from hf_lcrypt.evaluation import compute_classification_metrics, make_compute_metrics, plot_confusion_matrix
-from hf_lcrypt.metrics import METRIC_NAMES, load_metric, metric_path
+from hf_lcrypt.training.evaluation import compute_classification_metrics, make_compute_metrics, plot_confusion_matrix
+from hf_lcrypt.training.metrics import METRIC_NAMES, load_metric, metric_path
 
 # Three classes. Per class (TP, FP, FN): 0 -> (1, 1, 0), 1 -> (1, 1, 1), 2 -> (2, 0, 1).
 PREDS = [0, 1, 1, 2, 2, 0]
@@ -44,7 +44,7 @@ def test_metrics_load_offline_in_a_fresh_process(tmp_path):
     """A fresh module cache and an unreachable endpoint: loading must not need the Hub."""
     script = (
         "import json\n"
-        "from hf_lcrypt.metrics import METRIC_NAMES, load_metric\n"
+        "from hf_lcrypt.training.metrics import METRIC_NAMES, load_metric\n"
         "print(json.dumps(load_metric('f1').compute(predictions=[0, 1, 1], references=[0, 1, 0])))\n"
         "print(json.dumps([load_metric(n).name for n in METRIC_NAMES]))\n"
     )

@@ -33,14 +33,14 @@ from hf_lcrypt.cipher import ALL_STEPS
 from hf_lcrypt.cli import build_parser as build_cli_parser
 from hf_lcrypt.cli import run_train
 from hf_lcrypt.data import Augment, ImageTransform, content_hashes, label_maps, load_image_dataset, split_fingerprints
-from hf_lcrypt.distillation import check_teacher_split
-from hf_lcrypt.evaluation import compute_classification_metrics
 from hf_lcrypt.hub import publish as publishing
 from hf_lcrypt.keys import KEY_ENV_VAR
-from hf_lcrypt.presets import PATCH_EMBEDDINGS, ModelPreset, register_model_preset, vit_preset
 from hf_lcrypt.training import RunArguments, build_parser, load_or_create_key, parse_args, run, secret_init_seed
 from hf_lcrypt.training.arguments import SAFE_EMBEDDING_INIT_SCALE, SAFE_EMBEDDING_WEIGHT_DECAY
+from hf_lcrypt.training.distillation import check_teacher_split
+from hf_lcrypt.training.evaluation import compute_classification_metrics
 from hf_lcrypt.training.models import build_setup, model_to_train
+from hf_lcrypt.training.presets import PATCH_EMBEDDINGS, ModelPreset, register_model_preset, vit_preset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from transformers import Trainer
 
-from hf_lcrypt.presets import register_model_preset, vit_preset
 from hf_lcrypt.training import main
+from hf_lcrypt.training.presets import register_model_preset, vit_preset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

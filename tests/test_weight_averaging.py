@@ -6,7 +6,7 @@ from helpers import tiny_vit
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from hf_lcrypt import LCryptKey, LCryptViTForImageClassification
-from hf_lcrypt.weight_averaging import WeightAverage, averaged_entries
+from hf_lcrypt.training.weight_averaging import WeightAverage, averaged_entries
 
 HALF = [0.5, 0.5, 0.5]
 

@@ -23,8 +23,8 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..cipher import ALL_STEPS
-from ..distillation import DISTILLATION_TYPES
-from ..presets import MODEL_PRESETS, PATCH_EMBEDDINGS
+from .distillation import DISTILLATION_TYPES
+from .presets import MODEL_PRESETS, PATCH_EMBEDDINGS
 
 # The key-hiding initialisation of the key-bearing embeddings: measured in docs/security.md (M3, M5 and the
 # default rows), where it takes the flips and the pixel layout the weights give away down to chance.

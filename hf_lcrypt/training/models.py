@@ -22,8 +22,8 @@ from ..configuration_lcrypt import LCryptViTConfig, architecture_settings
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import LCryptKey, check_key_id
 from ..modeling_lcrypt import LCryptViTForImageClassification
-from ..presets import MODEL_PRESETS, ModelSpec
 from .arguments import RunArguments
+from .presets import MODEL_PRESETS, ModelSpec
 
 logger = logging.getLogger(__name__)
 

@@ -21,15 +21,13 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..attacks.suite import write_attack_report
 from ..cipher import BlockCipher
 from ..data import DataSummary, label_maps, load_training_data
-from ..distillation import check_teacher, check_teacher_split
 from ..encrypted_datasets import EncryptedSource, check_image_metadata, read_encrypted_source
-from ..evaluation import plot_confusion_matrix
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import KEY_ENV_VAR, LCryptKey
-from ..presets import MODEL_PRESETS
 from ..signals import describe, exit_status, stop_on_sigterm
-from ..weight_averaging import check_score_metric
 from .arguments import RunArguments, parse_args
+from .distillation import check_teacher, check_teacher_split
+from .evaluation import plot_confusion_matrix
 from .keyless import prepare_ciphertext_run
 from .models import (
     build_setup,
@@ -45,6 +43,7 @@ from .models import (
     model_to_train,
     secret_init_seed,
 )
+from .presets import MODEL_PRESETS
 from .record import (
     BestValidation,
     ModelSummary,
@@ -57,6 +56,7 @@ from .record import (
 )
 from .scoring import attack_on_test, evaluate_on_test, weights_only_on_test
 from .trainer import build_trainer
+from .weight_averaging import check_score_metric
 
 logger = logging.getLogger(__name__)
 

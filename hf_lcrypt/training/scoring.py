@@ -18,13 +18,13 @@ from ..attacks.suite import AttackSuite, load_plain_images, predict_logits, samp
 from ..attacks.weights_only import weights_only_experiment
 from ..cipher import BlockCipher
 from ..data import Augment
-from ..evaluation import compute_classification_metrics
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import LCryptKey
 from ..modeling_lcrypt import LCryptViTForImageClassification
-from ..weight_averaging import WeightAverage, score_weight_average
 from .arguments import RunArguments
+from .evaluation import compute_classification_metrics
 from .models import Setup
+from .weight_averaging import WeightAverage, score_weight_average
 
 logger = logging.getLogger(__name__)
 

@@ -14,15 +14,15 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, Traine
 from ..attacks.suite import AttackEvalCallback, AttackSuite, load_plain_images
 from ..ciphertext_augment import CiphertextAugment
 from ..data import Augment, ImageTransform, Mixup, label_maps
-from ..distillation import DistillationTrainer, load_teacher
 from ..encrypted_datasets import EncryptedSource
-from ..evaluation import make_compute_metrics
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import LCryptKey
 from ..modeling_lcrypt import LCryptViTForImageClassification
-from ..weight_averaging import WeightAverage
 from .arguments import RunArguments
+from .distillation import DistillationTrainer, load_teacher
+from .evaluation import make_compute_metrics
 from .models import Setup
+from .weight_averaging import WeightAverage
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 import evaluate
 from sklearn.metrics import accuracy_score
 
-from hf_lcrypt.metrics import _scores
+from hf_lcrypt.training.metrics import _scores
 
 _DESCRIPTION = (
     "Accuracy = (number of correct predictions) / (number of predictions). On imbalanced medical data it rewards "

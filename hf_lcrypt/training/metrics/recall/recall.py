@@ -1,6 +1,6 @@
 """Recall (sensitivity), macro-averaged over classes by default (evaluate metric script shipped with hf-lcrypt)."""
 
-from hf_lcrypt.metrics import _scores
+from hf_lcrypt.training.metrics import _scores
 
 
 class Recall(_scores.AveragedScore):

@@ -18,8 +18,8 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from .configuration_lcrypt import LCryptViTConfig
-from .modeling_lcrypt import LCryptViTForImageClassification
+from ..configuration_lcrypt import LCryptViTConfig
+from ..modeling_lcrypt import LCryptViTForImageClassification
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import evaluate
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from hf_lcrypt.metrics import _scores
+from hf_lcrypt.training.metrics import _scores
 
 _DESCRIPTION = (
     "AUROC: the probability that a random positive image scores higher than a random negative one (ties count one "
