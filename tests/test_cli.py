@@ -15,7 +15,7 @@ from PIL import Image
 
 from hf_lcrypt import BlockCipher, LCryptKey
 from hf_lcrypt.cli import main
-from hf_lcrypt.image_io import RESAMPLE
+from hf_lcrypt.cli.image_io import RESAMPLE
 from hf_lcrypt.keys import KEY_ENV_VAR
 
 pytestmark = pytest.mark.usefixtures("cli_workdir")

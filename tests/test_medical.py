@@ -313,7 +313,7 @@ def test_nibabel_volumes_give_one_image_per_slice(cli_workdir, key_file, capsys)
 
 
 def test_encrypt_does_not_import_pydicom_for_png_folders(cli_workdir):
-    code = "import sys; from hf_lcrypt import image_io; print('pydicom' in sys.modules, 'nibabel' in sys.modules)"
+    code = "import sys; from hf_lcrypt.cli import image_io; print('pydicom' in sys.modules, 'nibabel' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 

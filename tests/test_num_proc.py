@@ -39,7 +39,7 @@ def run_fresh(*argv: object) -> tuple[int, str, str]:
 
 def test_the_command_line_forks_its_workers():
     code = (
-        "import sys; from hf_lcrypt import folder_run; from hf_lcrypt.cli import main; forks = []; "
+        "import sys; from hf_lcrypt.cli import folder_run, main; forks = []; "
         "real = folder_run.ProcessPoolExecutor; "
         "folder_run.ProcessPoolExecutor = lambda *a, **k: forks.append(a[0]) or real(*a, **k); "
         "rc = main(['encrypt', '--key-file', 'k.key', '--block-size', '8', '--num-proc', '3', 'plain', 'enc']); "
@@ -94,7 +94,7 @@ def test_a_busy_process_transforms_in_process_instead_of_forking(capsys, key_fil
     gets the same outputs from its own process."""
     import threading
 
-    from hf_lcrypt import folder_run
+    from hf_lcrypt.cli import folder_run
 
     stop = threading.Event()
     worker = threading.Thread(target=stop.wait)

@@ -17,7 +17,7 @@ from helpers import REPO_ROOT, run_cli
 from PIL import Image
 
 from hf_lcrypt import BlockCipher, LCryptKey
-from hf_lcrypt.client import LocalClassifier
+from hf_lcrypt.cli.client import LocalClassifier
 from hf_lcrypt.data import Augment, load_image_dataset
 from hf_lcrypt.encrypted_datasets import build_encrypted_dataset, image_params
 from hf_lcrypt.hub.publish import push_encrypted_dataset

@@ -23,7 +23,7 @@ from PIL import Image, PngImagePlugin
 
 from hf_lcrypt import BlockCipher, LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, image_io
 from hf_lcrypt.cli import build_parser, main
-from hf_lcrypt.image_io import to_8bit
+from hf_lcrypt.cli.image_io import to_8bit
 from hf_lcrypt.keys import KEY_ENV_VAR, MIN_PASSPHRASE_CHARS
 from hf_lcrypt.png_metadata import CHUNK_KEY
 
@@ -293,11 +293,11 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(capsys, key_file, monkeypatch)
             raise KeyboardInterrupt
         real_write(pixels, path, *rest, **kwargs)
 
-    monkeypatch.setattr("hf_lcrypt.folder_run.write_png", interrupted)
+    monkeypatch.setattr("hf_lcrypt.cli.folder_run.write_png", interrupted)
     rc, _, err = run(capsys, *args)
     assert rc == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err
     assert files(Path("enc")) == ["00.png", "01.png"]  # complete files only, no temporaries
-    monkeypatch.setattr("hf_lcrypt.folder_run.write_png", real_write)
+    monkeypatch.setattr("hf_lcrypt.cli.folder_run.write_png", real_write)
 
     rc, _, err = run(capsys, *args)  # a plain rerun refuses, and says what to do
     assert rc == 1 and "--resume" in err and "--force" in err
@@ -456,17 +456,17 @@ def test_sigterm_stops_like_ctrl_c_and_a_rerun_removes_what_sigkill_left(capsys,
             os.kill(os.getpid(), signal.SIGTERM)  # what `docker stop` and systemd send
         real_write(pixels, path, *rest, **kwargs)
 
-    monkeypatch.setattr("hf_lcrypt.folder_run.write_png", terminated)
+    monkeypatch.setattr("hf_lcrypt.cli.folder_run.write_png", terminated)
     rc, _, err = run(capsys, *args)
     assert rc == 128 + signal.SIGTERM and "stopped by SIGTERM" in err and "--resume" in err
     assert files(Path("enc")) == ["00.png", "01.png"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the run
-    monkeypatch.setattr("hf_lcrypt.folder_run.write_png", real_write)
+    monkeypatch.setattr("hf_lcrypt.cli.folder_run.write_png", real_write)
 
     # SIGKILL (the OOM killer) in the middle of a write leaves write_png's temporary file: make one for real.
     killed = (
         "import os, signal, numpy as np; from pathlib import Path; from PIL import Image\n"
-        "from hf_lcrypt import image_io\n"
+        "from hf_lcrypt.cli import image_io\n"
         "def save(self, fp, format=None, **kw):\n"
         "    fp.write(b'half'); fp.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
         "Image.Image.save = save\n"
@@ -665,11 +665,11 @@ def test_an_image_size_beyond_memory_is_refused_before_reading(capsys, key_file,
     rc, _, err = run(capsys, "encrypt", *common, "--image-size", 400000, "plain", "enc")
     assert rc == 1 and "--image-size 400000x400000 needs about" in err and "smaller --image-size" in err
     assert not Path("enc").exists()
-    monkeypatch.setattr("hf_lcrypt.folder_run.physical_memory", lambda: int(0.4e9) + 6 * 32 * 48 * 3 - 1)
+    monkeypatch.setattr("hf_lcrypt.cli.folder_run.physical_memory", lambda: int(0.4e9) + 6 * 32 * 48 * 3 - 1)
     rc, _, err = run(capsys, "encrypt", *common, "plain", "enc")  # the largest input, after the headers are read
     assert rc == 1 and "The largest image is 32x48" in err and not Path("enc").exists()
     rgb_images(Path("plain"), 2)  # memory for one image, two worker processes: refused, and fine with one
-    monkeypatch.setattr("hf_lcrypt.folder_run.physical_memory", lambda: int(0.4e9) + 6 * 32 * 48 * 3)
+    monkeypatch.setattr("hf_lcrypt.cli.folder_run.physical_memory", lambda: int(0.4e9) + 6 * 32 * 48 * 3)
     rc, _, err = run(capsys, "encrypt", *common, "--num-proc", 2, "plain", "enc")
     assert rc == 1 and "2 such images at once (--num-proc)" in err and not Path("enc").exists()
     assert run(capsys, "encrypt", *common, "--num-proc", 1, "plain", "enc")[0] == 0

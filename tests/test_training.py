@@ -31,7 +31,7 @@ from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassifi
 from hf_lcrypt import data as data_module
 from hf_lcrypt.cipher import ALL_STEPS
 from hf_lcrypt.cli import build_parser as build_cli_parser
-from hf_lcrypt.cli import run_train
+from hf_lcrypt.cli.train import run_train
 from hf_lcrypt.data import Augment, ImageTransform, content_hashes, label_maps, load_image_dataset, split_fingerprints
 from hf_lcrypt.hub import publish as publishing
 from hf_lcrypt.keys import KEY_ENV_VAR

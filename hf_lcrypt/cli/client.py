@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .image_processing_lcrypt import LCryptImageProcessor
-from .keys import LCryptKey, check_key_id
-from .medical_io import MedicalImage, MedicalOptions, is_medical, medical_images
+from ..image_processing_lcrypt import LCryptImageProcessor
+from ..keys import LCryptKey, check_key_id
+from ..medical_io import MedicalImage, MedicalOptions, is_medical, medical_images
 
 ImageInput = str | os.PathLike | Image.Image | MedicalImage
 # What reading a damaged or unsupported image raises (Pillow uses all of these).
@@ -146,7 +146,7 @@ class LocalClassifier:
     its standard or ONNX export (`hf-lcrypt export`). Images are encrypted here, then classified as a server would."""
 
     def __init__(self, model_dir: str | os.PathLike, key: Any, batch_size: int = 32):
-        from .serving import load_served_model
+        from ..serving import load_served_model
 
         self.served = load_served_model(model_dir)
         self.key = LCryptKey.coerce(key)

@@ -23,8 +23,12 @@ from pathlib import Path
 
 from tqdm import tqdm  # not tqdm.auto: a command line needs no notebook widget, nor asyncio's import
 
-from . import DOCS_URL
-from .cipher import BlockCipher, CipherCache
+from .. import DOCS_URL
+from ..cipher import BlockCipher, CipherCache
+from ..keys import SPEC_VERSION, LCryptKey
+from ..medical_io import OFFSET_CHUNK, MedicalOptions
+from ..png_metadata import SOURCE_KEY, cipher_params, mismatches
+from ..signals import describe, exit_status, stop_on_sigterm
 from .image_io import (
     CIPHERTEXT_COMPRESS_LEVEL,
     LOSSY_SUFFIXES,
@@ -37,10 +41,6 @@ from .image_io import (
     read_source,
     write_png,
 )
-from .keys import SPEC_VERSION, LCryptKey
-from .medical_io import OFFSET_CHUNK, MedicalOptions
-from .png_metadata import SOURCE_KEY, cipher_params, mismatches
-from .signals import describe, exit_status, stop_on_sigterm
 
 # Peak memory of one image, measured by scripts/bench_memory.py (docs/reliability.md): about 6x its decoded size,
 # plus what importing the library takes. `--help` states the same bound.
@@ -211,7 +211,7 @@ class CipherRun:
         if self.args.to_8bit and found.get("bits") == 16:
             return (
                 "it is a 16-bit ciphertext, which decrypts only at 16 bits: leave out --to-8bit (then window the plain "
-                "16-bit images with hf_lcrypt.image_io.to_8bit, or encrypt them with --to-8bit)"
+                "16-bit images with hf_lcrypt.cli.image_io.to_8bit, or encrypt them with --to-8bit)"
             )
         return (
             f"decrypting it with these options would give noise (use the key file with key_id {found.get('key_id')} "

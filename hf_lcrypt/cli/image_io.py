@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, PngImagePlugin
 
-from . import png_metadata
-from .medical_io import MedicalOptions, MedicalReadError, image_names, is_medical, medical_info, read_medical
+from .. import png_metadata
+from ..medical_io import MedicalOptions, MedicalReadError, image_names, is_medical, medical_info, read_medical
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg"})
