@@ -21,8 +21,8 @@ from helpers import IMAGENET_MEAN, IMAGENET_STD, tiny_vit
 from helpers import run_cli as run
 from PIL import Image, PngImagePlugin
 
-from hf_lcrypt import BlockCipher, LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, image_io
-from hf_lcrypt.cli import build_parser, main
+from hf_lcrypt import BlockCipher, LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
+from hf_lcrypt.cli import build_parser, image_io, main
 from hf_lcrypt.cli.image_io import to_8bit
 from hf_lcrypt.keys import KEY_ENV_VAR, MIN_PASSPHRASE_CHARS
 from hf_lcrypt.png_metadata import CHUNK_KEY

@@ -11,14 +11,7 @@ from collections.abc import Sequence
 from .. import DOCS_URL
 from ..attacks import ATTACK_NAMES, CIPHER_ATTACKS
 from ..keys import ALL_STEPS
-from .options import (
-    CLIError,
-    add_command,
-    add_key_file_argument,
-    image_size,
-    positive_int,
-    steps,
-)
+from .options import CLIError, add_command, add_key_file_argument, image_size, positive_int, steps
 
 
 def add_attack(sub: argparse._SubParsersAction) -> None:

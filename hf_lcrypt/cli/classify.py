@@ -6,12 +6,7 @@ import argparse
 import sys
 import textwrap
 
-from .options import (
-    add_command,
-    add_key_file_argument,
-    medical_options,
-    positive_int,
-)
+from .options import add_command, add_key_file_argument, medical_options, positive_int
 
 
 def add_classify(sub: argparse._SubParsersAction) -> None:

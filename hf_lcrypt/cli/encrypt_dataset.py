@@ -7,13 +7,7 @@ from pathlib import Path
 
 from .. import DOCS_URL
 from ..keys import ALL_STEPS
-from .options import (
-    CLIError,
-    add_command,
-    add_key_file_argument,
-    positive_int,
-    steps,
-)
+from .options import CLIError, add_command, add_key_file_argument, positive_int, steps
 
 
 def add_encrypt_dataset(sub: argparse._SubParsersAction) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import (
-    add_command,
-)
+from .options import add_command
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:

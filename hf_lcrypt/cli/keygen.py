@@ -8,11 +8,7 @@ import sys
 from pathlib import Path
 
 from ..keys import MIN_PASSPHRASE_CHARS
-from .options import (
-    CLIError,
-    add_command,
-    one_line_warnings,
-)
+from .options import CLIError, add_command, one_line_warnings
 
 
 def add_keygen(sub: argparse._SubParsersAction) -> None:

@@ -6,11 +6,7 @@ import argparse
 import warnings
 from pathlib import Path
 
-from .options import (
-    CLIError,
-    add_command,
-    add_key_file_argument,
-)
+from .options import CLIError, add_command, add_key_file_argument
 
 
 def add_publish(sub: argparse._SubParsersAction) -> None:

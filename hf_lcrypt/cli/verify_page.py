@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from .options import (
-    CLIError,
-    add_command,
-)
+from .options import CLIError, add_command
 
 
 def add_verify_page(sub: argparse._SubParsersAction) -> None:
