@@ -11,7 +11,8 @@ block map the key gives telling which plain blocks are meant); tests/test_cipher
 - Gaussian noise: the cipher's signed permutation of i.i.d. Gaussian noise is i.i.d. Gaussian noise.
 
 Shifts, flips and rotations move values across blocks and do not commute: the data owner makes those before
-encryption (`hf-lcrypt encrypt-dataset --augment-copies`). Mixup (`hf_lcrypt.data.Mixup`) also works on ciphertext.
+encryption (`plain_augment`, `hf-lcrypt encrypt-dataset --augment-copies`). Mixup
+(`hf_lcrypt.training.transforms.Mixup`) also works on ciphertext.
 The functions take pixel values in [0, 1] (`unit`); `CiphertextAugment` works on a processed batch.
 """
 

@@ -13,20 +13,25 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, Features, Image, concatenate_datasets
+from datasets.table import embed_table_storage
 from PIL import Image as PILImage
+from PIL import PngImagePlugin
 
 from . import png_metadata
-from .cipher import BlockCipher
-from .data import EMBEDDED_DATASETS, Augment, _Encryptor, encrypt_dataset, load_image_dataset
+from .cipher import BlockCipher, size_pair
+from .image_datasets import EMBEDDED_DATASETS, load_image_dataset
 from .keys import check_key_id
+from .plain_augment import Augment
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,140 @@ class EncryptedDatasetError(ValueError):
 
 
 _RESAMPLE = PILImage.Resampling.BILINEAR  # as the processor and encrypt_dataset resize
+_ENCRYPT_TAG = "hf_lcrypt.encrypt_dataset/2"  # part of the cache fingerprint: bump when the encrypted output changes
+
+
+def _png(array: np.ndarray, params: dict[str, Any] | None = None) -> bytes:
+    """Uncompressed PNG: deflate shrinks encrypted images by about 10% but takes 2.5 times as long as storing them.
+    `params` go into the `hf-lcrypt` text chunk (png_metadata), which the processor and the trainer check."""
+    buffer = io.BytesIO()
+    pnginfo = None
+    if params is not None:
+        pnginfo = PngImagePlugin.PngInfo()
+        pnginfo.add_text(png_metadata.CHUNK_KEY, png_metadata.encode(params))
+    PILImage.fromarray(array).save(buffer, format="PNG", compress_level=0, pnginfo=pnginfo)
+    return buffer.getvalue()
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """datasets' own fingerprint of a dataset (its content and every transform applied), which names its cache files.
+
+    datasets has no public accessor for it (only the private `_fingerprint`); this is the one place that reads it, and
+    tests/test_data.py fails if a release renames it or stops changing it with the content."""
+    return dataset._fingerprint
+
+
+class _Encryptor:
+    """The batch function of `encrypt_dataset`: RGB, resize, encrypt, back to PIL.
+
+    `num_proc` workers need it pickled, but LCryptKey refuses pickling so that a key never lands in a saved object:
+    the state carries the raw secret only over the pipe to datasets' worker processes. `map` always gets an explicit
+    fingerprint built from the public key id, so datasets never hashes this object into a cache file name.
+    """
+
+    def __init__(self, cipher: BlockCipher, resample: int):
+        self.cipher = cipher
+        self.resample = int(resample)
+        self.params = png_metadata.cipher_params(cipher.describe())
+
+    def fingerprint(self, dataset: Dataset) -> str:
+        spec = json.dumps([_ENCRYPT_TAG, dataset_fingerprint(dataset), self.cipher.describe(), self.resample])
+        return hashlib.blake2b(spec.encode(), digest_size=16).hexdigest()
+
+    def __call__(self, images: list[PILImage.Image]) -> dict[str, list[dict[str, bytes | None]]]:
+        size = (self.cipher.width, self.cipher.height)
+        batch = np.stack([np.asarray(im.convert("RGB").resize(size, self.resample)) for im in images])
+        return {"image": [{"bytes": _png(array, self.params), "path": None} for array in self.cipher.encrypt(batch)]}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"secret": self.cipher.key.to_bytes(), "config": self.cipher.describe(), "resample": self.resample}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        config = state["config"]
+        self.cipher = BlockCipher(
+            state["secret"],
+            image_size=tuple(config["image_size"]),
+            block_size=config["block_size"],
+            channels=config["channels"],
+            steps=config["steps"],
+        )
+        self.resample = state["resample"]
+        self.params = png_metadata.cipher_params(self.cipher.describe())
+
+
+def encrypt_dataset(
+    dataset: DatasetDict | Dataset,
+    cipher: BlockCipher,
+    image_size: int | tuple[int, int] | None = None,
+    num_proc: int | None = None,
+    batch_size: int = 64,
+    resample: PILImage.Resampling = PILImage.Resampling.BILINEAR,
+) -> DatasetDict | Dataset:
+    """Encrypt every image once, ahead of training: convert to RGB, resize to `image_size` (default: the cipher's),
+    encrypt as uint8. Labels are kept; images stay lossless PNG, since one changed value breaks decryption.
+
+    Augment before this, never after: flips and crops do not commute with block scrambling.
+    """
+    size = size_pair(image_size) if image_size else ()
+    if size and size != (cipher.height, cipher.width):
+        raise ValueError(f"image_size {size} differs from the cipher's {(cipher.height, cipher.width)}.")
+    if cipher.channels != 3:
+        raise ValueError(f"encrypt_dataset makes RGB images; build the cipher with channels=3, not {cipher.channels}.")
+    encryptor = _Encryptor(cipher, resample)
+
+    def encrypt(split: Dataset) -> Dataset:
+        return split.map(
+            encryptor,
+            batched=True,
+            batch_size=batch_size,
+            input_columns="image",
+            num_proc=num_proc,
+            features=Features({**split.features, "image": Image()}),
+            new_fingerprint=encryptor.fingerprint(split),
+            desc=f"Encrypting with key {cipher.key_id}",
+        )
+
+    if isinstance(dataset, Dataset):
+        return encrypt(dataset)
+    return DatasetDict({name: encrypt(split) for name, split in dataset.items()})
+
+
+def save_encrypted(
+    dataset: DatasetDict | Dataset,
+    path: str | os.PathLike,
+    cipher: BlockCipher | None = None,
+    max_shard_size: int = 500 * 2**20,
+    overwrite: bool = False,
+    dataset_info: dict[str, Any] | None = None,
+) -> Path:
+    """Write `path/data/<split>-<i>-of-<n>.parquet` with every image's bytes embedded (no file paths), so the folder can
+    be moved or uploaded (`huggingface_hub.upload_folder`) and read back by `load_image_dataset(path)`.
+
+    With `cipher`, also writes its public description (key id and geometry, never the secret) to `path/lcrypt.json`,
+    so whoever trains on the data can check they hold the matching key, or train without it
+    (docs/private-training.md); `dataset_info` (e.g. how the training images were augmented) goes there too.
+    """
+    path = Path(path)
+    data_dir = path / "data"
+    existing = sorted(data_dir.glob("*.parquet"))
+    if existing and not overwrite:
+        raise FileExistsError(f"{data_dir} already holds parquet files; pass overwrite=True to replace them.")
+    for old in existing:
+        old.unlink()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    dataset_dict = DatasetDict({"train": dataset}) if isinstance(dataset, Dataset) else dataset
+    for split, ds in dataset_dict.items():
+        # The backing Arrow table's size, pro rata for a subset (a select() keeps the whole table behind an index).
+        nbytes = ds.data.nbytes * len(ds) / max(1, ds.data.num_rows)
+        num_shards = max(1, min(len(ds), math.ceil(nbytes / max_shard_size)))
+        for index in range(num_shards):
+            shard = ds.shard(num_shards, index, contiguous=True).with_format("arrow")
+            shard = shard.map(embed_table_storage, batched=True, keep_in_memory=True, desc=f"Embedding {split} images")
+            shard.to_parquet(str(data_dir / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
+    if cipher is not None:
+        description = {**cipher.describe(), **({"dataset": dataset_info} if dataset_info else {})}
+        (path / "lcrypt.json").write_text(json.dumps(description, indent=2) + "\n")
+    return path
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,11 @@ from datasets import Image as ImageFeature
 from torch.utils.data import DataLoader
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
-from hf_lcrypt.data import Augment, ImageTransform
 from hf_lcrypt.keys import KEY_ENV_VAR
+from hf_lcrypt.plain_augment import Augment
 from hf_lcrypt.training import HALF
 from hf_lcrypt.training.presets import MODEL_PRESETS, ModelSpec
+from hf_lcrypt.training.transforms import ImageTransform
 
 SHARED_MRI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brain-tumor-mri" / "train"
 

@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
-from hf_lcrypt.data import load_image_dataset
+from hf_lcrypt.image_datasets import load_image_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATIC = REPO_ROOT / "space" / "static"

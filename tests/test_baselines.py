@@ -7,7 +7,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hf_lcrypt import LCryptKey, LCryptViTForImageClassification
-from hf_lcrypt.data import load_image_dataset
+from hf_lcrypt.image_datasets import load_image_dataset
 from hf_lcrypt.training import RunArguments, run
 from hf_lcrypt.training.presets import MODEL_PRESETS, ModelSpec
 

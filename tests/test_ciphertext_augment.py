@@ -12,7 +12,7 @@ from hf_lcrypt.ciphertext_augment import (
     random_block_mask,
     scale_contrast,
 )
-from hf_lcrypt.data import Mixup
+from hf_lcrypt.training.transforms import Mixup
 
 SIZE, BLOCK = 16, 4
 

@@ -13,17 +13,9 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
 from hf_lcrypt import BlockCipher, LCryptKey
-from hf_lcrypt.data import (
-    MEDMNIST_CLASS_NAMES,
-    content_hashes,
-    dataset_fingerprint,
-    encrypt_dataset,
-    label_maps,
-    load_image_dataset,
-    save_encrypted,
-    split_by_content,
-    subsample_per_class,
-)
+from hf_lcrypt.encrypted_datasets import dataset_fingerprint, encrypt_dataset, save_encrypted
+from hf_lcrypt.image_datasets import MEDMNIST_CLASS_NAMES, label_maps, load_image_dataset
+from hf_lcrypt.splits import content_hashes, split_by_content, subsample_per_class
 
 KEY = LCryptKey.from_hex("0f" * 32)
 CLASS_SIZES = {"benign": 40, "malignant": 25, "normal": 12}  # unique images per class, deliberately unbalanced

@@ -9,9 +9,9 @@ from helpers import IMAGENET_MEAN, IMAGENET_STD, tiny_vit
 from PIL import Image
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
-from hf_lcrypt.data import ImageTransform, Mixup
 from hf_lcrypt.training import HALF
 from hf_lcrypt.training.distillation import TEACHER_INPUTS, distillation_loss
+from hf_lcrypt.training.transforms import ImageTransform, Mixup
 
 
 @pytest.fixture

@@ -325,7 +325,8 @@ def test_dataset_train_and_classify_on_dicom_folders_leak_no_patient_data(tmp_pa
     import logging
 
     from hf_lcrypt import BlockCipher, LCryptKey
-    from hf_lcrypt.data import encrypt_dataset, load_image_dataset, save_encrypted
+    from hf_lcrypt.encrypted_datasets import encrypt_dataset, save_encrypted
+    from hf_lcrypt.image_datasets import load_image_dataset
     from hf_lcrypt.training import RunArguments, run
     from hf_lcrypt.training.presets import register_model_preset, vit_preset
 

@@ -18,9 +18,10 @@ from PIL import Image
 
 from hf_lcrypt import BlockCipher, LCryptKey
 from hf_lcrypt.cli.client import LocalClassifier
-from hf_lcrypt.data import Augment, load_image_dataset
 from hf_lcrypt.encrypted_datasets import build_encrypted_dataset, image_params
 from hf_lcrypt.hub.publish import push_encrypted_dataset
+from hf_lcrypt.image_datasets import load_image_dataset
+from hf_lcrypt.plain_augment import Augment
 from hf_lcrypt.training import main as train_main
 
 TRAINER = """

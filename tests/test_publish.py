@@ -16,7 +16,7 @@ from PIL import Image
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification, cli
 from hf_lcrypt.attacks.record import AttackReport
-from hf_lcrypt.data import encrypt_dataset
+from hf_lcrypt.encrypted_datasets import encrypt_dataset
 from hf_lcrypt.hub import publish as publishing
 from hf_lcrypt.hub.cards import build_model_card, build_space_card, sort_results
 from hf_lcrypt.hub.checks import LeakyWeightsError, SecretLeakError, check_remote_load, find_secrets

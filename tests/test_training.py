@@ -28,19 +28,22 @@ from transformers import (
 
 import hf_lcrypt
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
-from hf_lcrypt import data as data_module
 from hf_lcrypt.cipher import ALL_STEPS
 from hf_lcrypt.cli import build_parser as build_cli_parser
 from hf_lcrypt.cli.train import run_train
-from hf_lcrypt.data import Augment, ImageTransform, content_hashes, label_maps, load_image_dataset, split_fingerprints
 from hf_lcrypt.hub import publish as publishing
+from hf_lcrypt.image_datasets import label_maps, load_image_dataset
 from hf_lcrypt.keys import KEY_ENV_VAR
+from hf_lcrypt.plain_augment import Augment
+from hf_lcrypt.splits import content_hashes, split_fingerprints
 from hf_lcrypt.training import RunArguments, build_parser, load_or_create_key, parse_args, run, secret_init_seed
+from hf_lcrypt.training import data as training_data
 from hf_lcrypt.training.arguments import SAFE_EMBEDDING_INIT_SCALE, SAFE_EMBEDDING_WEIGHT_DECAY
 from hf_lcrypt.training.distillation import check_teacher_split
 from hf_lcrypt.training.evaluation import compute_classification_metrics
 from hf_lcrypt.training.models import build_setup, model_to_train
 from hf_lcrypt.training.presets import PATCH_EMBEDDINGS, ModelPreset, register_model_preset, vit_preset
+from hf_lcrypt.training.transforms import ImageTransform
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -600,7 +603,7 @@ def test_seed_leaves_the_split_alone(tmp_path, monkeypatch):
         split_seeds.append(seed)
         raise RuntimeError("recorded")
 
-    monkeypatch.setattr(data_module, "load_image_dataset", record)
+    monkeypatch.setattr(training_data, "load_image_dataset", record)
     for seed, split_seed in ((0, 0), (5, 0), (0, 1)):
         with pytest.raises(RuntimeError, match="recorded"):
             run(settings(tmp_path, f"seed-{seed}-{split_seed}", seed=seed, split_seed=split_seed))

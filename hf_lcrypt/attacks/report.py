@@ -21,7 +21,7 @@ from transformers import AutoModelForImageClassification
 from transformers.image_processing_base import ImageProcessingMixin
 
 from ..cipher import ALL_STEPS, BLOCK_SCRAMBLE, BlockCipher
-from ..data import load_image_dataset
+from ..image_datasets import load_image_dataset
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import LCryptKey
 from ..modeling_lcrypt import LCryptViTForImageClassification

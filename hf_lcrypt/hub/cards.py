@@ -54,7 +54,7 @@ _MAIN_METRICS = (
 _SPLIT_PREFIXES = ("test", "eval", "validation", "val")
 _MAX_OTHER_ROWS = 30
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-# Names the training pipeline accepts for the dataset shipped with the package (hf_lcrypt.data.EMBEDDED_DATASETS).
+# Names the training pipeline accepts for the dataset shipped with the package (image_datasets.EMBEDDED_DATASETS).
 _EMBEDDED_DATASETS = {"default": "breastmnist", "breastmnist": "breastmnist"}
 # Folder names that say little on their own: a local dataset path is shown with its parent ("brain-mri/train").
 _GENERIC_FOLDERS = {"train", "test", "val", "validation", "data", "images"}

@@ -300,11 +300,11 @@ def push_encrypted_dataset(
 ) -> PublishResult:
     """Write an encrypted `DatasetDict` as parquet with embedded PNG bytes plus its card, check it, and upload it.
 
-    The images must already be encrypted with `cipher` (`hf_lcrypt.data.encrypt_dataset`); the cipher supplies the
-    public description in lcrypt.json and the card, and its key is used only to scan the files for the secret.
+    The images must already be encrypted with `cipher` (`encrypted_datasets.encrypt_dataset`); the cipher supplies
+    the public description in lcrypt.json and the card, and its key is used only to scan the files for the secret.
     `dataset_info` (how it was made: split seed, augmentation copies) goes into lcrypt.json and the card.
     """
-    from ..data import save_encrypted
+    from ..encrypted_datasets import save_encrypted
 
     with _staging(dry_run_dir) as folder:
         folder.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,12 @@ Three modes (`--mode`):
   the run checks that the keyed model on encrypted test images reproduces the plain model on plain ones.
 - `plain`: the baseline, the same pipeline with an identity cipher.
 
-Where things are: `arguments` (the settings, `HfArgumentParser`), `models` (the model, the key, resuming), `trainer`
+Where things are: `arguments` (the settings, `HfArgumentParser`), `models` (the model, the key, resuming), `data` (the
+splits and what metrics.json says of them), `transforms` (the encrypting datasets transform, mixup), `trainer`
 (datasets, callbacks, the Trainer), `scoring` (the test split and the attacks), `record` (metrics.json) and `run`
-(the orchestration). Augmentation and the encrypting transform are in `hf_lcrypt.data`.
+(the orchestration); and what only training uses: `presets` (model sizes), `distillation`, `weight_averaging` (EMA),
+`evaluation` and `metrics/` (metric scripts, the confusion matrix). Augmentation of plain images is in
+`hf_lcrypt.plain_augment`, which the data owner's `encrypt-dataset` shares.
 """
 
 from .arguments import (

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForImageClassification, PreTrainedModel, Trainer
 
-from ..data import TEACHER_INPUTS
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import LCryptKey
+from .transforms import TEACHER_INPUTS
 
 logger = logging.getLogger(__name__)
 

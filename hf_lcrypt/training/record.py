@@ -14,7 +14,7 @@ import torch
 import transformers
 from transformers import TrainingArguments
 
-from ..data import DataSummary
+from .data import DataSummary
 
 
 @dataclass

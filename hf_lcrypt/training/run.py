@@ -20,12 +20,13 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..attacks.suite import write_attack_report
 from ..cipher import BlockCipher
-from ..data import DataSummary, label_maps, load_training_data
 from ..encrypted_datasets import EncryptedSource, check_image_metadata, read_encrypted_source
+from ..image_datasets import label_maps
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import KEY_ENV_VAR, LCryptKey
 from ..signals import describe, exit_status, stop_on_sigterm
 from .arguments import RunArguments, parse_args
+from .data import DataSummary, load_training_data
 from .distillation import check_teacher, check_teacher_split
 from .evaluation import plot_confusion_matrix
 from .keyless import prepare_ciphertext_run

@@ -17,10 +17,10 @@ from ..attacks.model_attacks import Target
 from ..attacks.suite import AttackSuite, load_plain_images, predict_logits, sample_indices
 from ..attacks.weights_only import weights_only_experiment
 from ..cipher import BlockCipher
-from ..data import Augment
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import LCryptKey
 from ..modeling_lcrypt import LCryptViTForImageClassification
+from ..plain_augment import Augment
 from .arguments import RunArguments
 from .evaluation import compute_classification_metrics
 from .models import Setup

@@ -13,15 +13,17 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, Traine
 
 from ..attacks.suite import AttackEvalCallback, AttackSuite, load_plain_images
 from ..ciphertext_augment import CiphertextAugment
-from ..data import Augment, ImageTransform, Mixup, label_maps
 from ..encrypted_datasets import EncryptedSource
+from ..image_datasets import label_maps
 from ..image_processing_lcrypt import LCryptImageProcessor
 from ..keys import LCryptKey
 from ..modeling_lcrypt import LCryptViTForImageClassification
+from ..plain_augment import Augment
 from .arguments import RunArguments
 from .distillation import DistillationTrainer, load_teacher
 from .evaluation import make_compute_metrics
 from .models import Setup
+from .transforms import ImageTransform, Mixup
 from .weight_averaging import WeightAverage
 
 logger = logging.getLogger(__name__)
