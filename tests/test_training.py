@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
+    Trainer,
     ViTForImageClassification,
     ViTImageProcessorPil,
 )
@@ -468,14 +469,13 @@ def test_augment_orientation_draws_each_of_the_eight_symmetries_of_the_square():
 
 
 def test_augment_orientations_are_the_symmetries_it_draws():
-    pixels = torch.arange(16 * 16, dtype=torch.uint8).reshape(1, 1, 16, 16)
-    square = pixels[0, 0].numpy()
+    square = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
     for augment, expected in (
         (Augment(flip=False), {square.tobytes()}),
         (Augment(), {square.tobytes(), square[:, ::-1].tobytes()}),
         (Augment(rotate90=True), {np.rot90(p, k).tobytes() for p in (square, square[:, ::-1]) for k in range(4)}),
     ):
-        views = [view(pixels)[0, 0].numpy().tobytes() for view in augment.orientations()]
+        views = [np.asarray(view(Image.fromarray(square)))[..., 0].tobytes() for view in augment.orientations()]
         assert len(views) == len(expected) and set(views) == expected
         assert views[0] == square.tobytes()  # the identity first: its logits are the single-view test logits
 
@@ -504,6 +504,36 @@ def test_tta_averages_the_probabilities_of_the_mirrored_and_encrypted_views(tmp_
     assert result.metrics["test"]["num_images"] == len(labels)
     with pytest.raises(ValueError, match="--tta .* needs --augment"):
         settings(tmp_path, "no-augment", tta=True)
+
+
+def test_the_test_split_is_scored_by_trainer_predict(root, test_images, monkeypatch):
+    """metrics.json's test scores are `Trainer.predict`'s (the run's collator, batch size, precision and
+    `compute_metrics`, sharded under `accelerate launch`): here in fold mode, where the folded keyed model takes the
+    Trainer's place, with test-time augmentation and a weight average, each a split passed through `predict`."""
+    predictions = []
+    trainer_predict = Trainer.predict
+
+    def recording(trainer, dataset, *args, **kwargs):
+        output = trainer_predict(trainer, dataset, *args, **kwargs)
+        predictions.append((trainer.model, output))
+        return output
+
+    monkeypatch.setattr(Trainer, "predict", recording)
+    options = dict(mode="fold", augment=True, tta=True, ema_decay=0.5, max_steps=2)
+    metrics = run(settings(root, "predicted", **options)).metrics
+    keyed = [output for model, output in predictions if isinstance(model, LCryptViTForImageClassification)]
+    assert len(keyed) == 2  # the identity view and its mirror image
+    scored = {name.removeprefix("test_"): keyed[0].metrics[f"test_{name}"] for name in ("accuracy", "f1", "roc_auc")}
+    assert {name: metrics["test"][name] for name in scored} == scored
+    assert metrics["test"]["loss"] == keyed[0].metrics["test_loss"]
+    # What the Trainer predicted is what the saved folder predicts for the key holder, on each view.
+    model_dir = root / "predicted" / "model"
+    mirrored = [ImageOps.mirror(image) for image in test_images]
+    for output, views in zip(keyed, (test_images, mirrored), strict=True):
+        expected = folder_logits(model_dir, views, KEY)
+        assert torch.allclose(torch.from_numpy(output.predictions), expected, atol=1e-5, rtol=0)
+    assert metrics["fold_check"]["all_identical"] and metrics["test_tta"]["views"] == 2
+    assert set(metrics["weight_average"]["scores"]["weight_average"]) == {"validation", "test"}
 
 
 def test_image_transform_pickles_without_the_secret(tmp_path, monkeypatch):

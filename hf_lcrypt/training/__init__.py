@@ -9,8 +9,8 @@ Three modes (`--mode`):
 - `plain`: the baseline, the same pipeline with an identity cipher.
 
 Where things are: `arguments` (the settings, `HfArgumentParser`), `models` (the model, the key, resuming), `trainer`
-(datasets, callbacks, the Trainer), `scoring` (the test split and the attacks), `record` (metrics.json) and `run`
-(the orchestration). Augmentation and the encrypting transform are in `hf_lcrypt.data`.
+(datasets, callbacks, the Trainer), `scoring` (the test split through `Trainer.predict`, then the attacks), `record`
+(metrics.json) and `run` (the orchestration). Augmentation and the encrypting transform are in `hf_lcrypt.data`.
 """
 
 from .arguments import (
