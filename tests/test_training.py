@@ -412,6 +412,8 @@ def test_our_defaults_are_the_documented_ones_and_every_training_argument_is_the
     assert (chosen.dataloader_num_workers, chosen.max_grad_norm, chosen.optim.value) == (2, 0.5, "adafactor")
     with pytest.raises(ValueError, match="remove_unused_columns must stay False"):
         parse_args(["--remove_unused_columns", "true"])
+    with pytest.raises(ValueError, match="--bf16_full_eval casts the model's own weights .* use --bf16"):
+        parse_args(["--bf16_full_eval", "--use_cpu"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
