@@ -6,9 +6,7 @@ the data owner encrypts ahead of training. Augmentations that do commute with th
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
@@ -44,13 +42,23 @@ class Augment:
             pixels = np.rot90(pixels, int(torch.randint(0, 4, ())))
         return PILImage.fromarray(np.ascontiguousarray(pixels))
 
-    def orientations(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
-        """The orientations this augmentation draws from, as maps of (N,C,H,W) batches: the views test-time
-        augmentation averages over (before encryption, like the augmentation itself); the identity comes first."""
+    def orientations(self) -> list[Orientation]:
+        """The orientations this augmentation draws from: the views test-time augmentation averages over (of the
+        plain image, before encryption, like the augmentation itself); the identity comes first."""
         flips = (False, True) if self.flip else (False,)
         turns = range(4) if self.rotate90 else range(1)
-        return [partial(_orient, flip=flip, turns=k) for flip in flips for k in turns]
+        return [Orientation(flip, k) for flip in flips for k in turns]
 
 
-def _orient(images: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
-    return (images.flip(-1) if flip else images).rot90(turns, dims=(-2, -1))
+@dataclass(frozen=True)
+class Orientation:
+    """One of `Augment`'s orientations, fixed: a plain image mirrored (`flip`), then turned by `turns` quarter turns;
+    an `ImageTransform` augmentation that makes one test-time augmentation view."""
+
+    flip: bool = False
+    turns: int = 0
+
+    def __call__(self, image: PILImage.Image) -> PILImage.Image:
+        pixels = np.asarray(image.convert("RGB"))
+        pixels = np.rot90(pixels[:, ::-1] if self.flip else pixels, self.turns)
+        return PILImage.fromarray(np.ascontiguousarray(pixels))

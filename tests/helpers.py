@@ -1,5 +1,8 @@
-"""Helpers shared by the tests: paths, normalisation constants and tiny ViTs."""
+"""Helpers shared by the tests: paths, normalisation constants, tiny ViTs, the CLI and fresh processes."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +54,15 @@ def run_cli(capsys: Any, *argv: object) -> tuple[int, str, str]:
         for secret in {data.strip().decode(errors="replace"), data.hex()}:
             assert not secret or (secret not in out and secret not in err), f"{key_file}'s secret was printed"
     return rc, out, err
+
+
+def run_fresh_python(
+    script: str, *args: object, cwd: Path, python: str | os.PathLike = sys.executable, **env: str
+) -> subprocess.CompletedProcess:
+    """`python -c SCRIPT ARGS` in a fresh process, as a Hub user runs it: no checkout on PYTHONPATH and a Hugging Face
+    cache of its own (under `cwd`, where it runs), plus the `env` given; fails the test if the process fails."""
+    env = {**os.environ, "HF_HOME": str(cwd / "hf-home"), "PYTHONPATH": "", **env}
+    command = [str(python), "-c", script, *(str(a) for a in args)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done

@@ -6,9 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from accelerate.commands.config.config_args import ClusterConfig
 from helpers import REPO_ROOT
+
+from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
+from hf_lcrypt.image_datasets import label_maps, load_image_dataset
+from hf_lcrypt.training.evaluation import compute_classification_metrics
 
 
 @pytest.mark.parametrize("name", ["multi_gpu.yaml", "multi_node.yaml", "fsdp.yaml", "deepspeed_zero2.yaml"])
@@ -33,6 +39,7 @@ def test_two_processes_train_one_model_together(tmp_path):
         "--model", "micro",
         "--max_per_class", "8",  # 16 training images
         "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "3",  # shards of unequal size: the last batch is padded, then cut
         "--max_steps", "2",
         "--attack_max_images", "8",
         "--ema_decay", "0.9",  # a callback on every process, its file written once
@@ -57,3 +64,13 @@ def test_two_processes_train_one_model_together(tmp_path):
     assert done.stderr.count("Created a new key") == 1
     assert set(metrics["weight_average"]["scores"]) == {"best_checkpoint", "weight_average"}
     assert (output_dir / "checkpoint-2" / "weight_average.safetensors").is_file()
+    # The test split was scored by Trainer.predict, in shards: the scores are those of one process scoring every image.
+    test = load_image_dataset("default", max_per_class=8)["test"]
+    processor = LCryptImageProcessor.from_pretrained(output_dir / "model", key=LCryptKey.load(key_file))
+    model = LCryptViTForImageClassification.from_pretrained(output_dir / "model").eval()
+    with torch.no_grad():
+        logits = model(**processor(list(test["image"]), return_tensors="pt")).logits
+    expected = compute_classification_metrics(logits.numpy(), np.array(test["label"]), label_maps(test)[0])
+    assert metrics["test"]["num_images"] == len(test) and len(test) % 6  # 2 processes x 3 images do not divide it
+    for name in ("accuracy", "f1", "roc_auc", *(f"f1_{c}" for c in test.features["label"].names)):
+        assert metrics["test"][name] == pytest.approx(expected[name], abs=1e-9), name

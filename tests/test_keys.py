@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import hmac
 import pickle
 import stat
 
@@ -114,17 +113,11 @@ def test_streams_are_separated_by_purpose_and_geometry():
 
 @SETTINGS
 @given(secret=secrets_)
-def test_key_id_follows_the_spec(secret):
-    key = LCryptKey(secret)
-    assert key.key_id == hmac.new(secret, b"hf-lcrypt/v1/key-id", hashlib.sha256).hexdigest()[:16]
-    assert len(key.key_id) == 16 and secret.hex() not in key.key_id
-
-
-@SETTINGS
-@given(secret=secrets_, client=st.text(min_size=1, max_size=20))
-def test_derive_follows_the_spec(secret, client):
-    expected = hmac.new(secret, field(b"hf-lcrypt/v1/derive") + field(client.encode()), hashlib.sha256).digest()
-    assert LCryptKey(secret).derive(client).to_bytes() == expected
+def test_key_id_is_a_short_fingerprint_that_shows_nothing_of_the_secret(secret):
+    """Its value is pinned by the published vectors (tests/test_vectors.py); here what holds for every secret."""
+    key_id = LCryptKey(secret).key_id
+    assert len(key_id) == 16 and set(key_id) <= set("0123456789abcdef")
+    assert secret.hex() not in key_id and key_id != LCryptKey(bytes(a ^ 1 for a in secret)).key_id
 
 
 def test_subkeys_differ_from_each_other_and_from_the_master():
@@ -137,12 +130,13 @@ def test_subkeys_differ_from_each_other_and_from_the_master():
         master.derive("")
 
 
-def test_passphrase_uses_the_spec_scrypt_parameters():
-    phrase = "a long and memorable phrase ünïcode"
-    expected = hashlib.scrypt(
-        phrase.encode(), salt=b"hf-lcrypt/v1/passphrase", n=2**15, r=8, p=1, maxmem=64 * 2**20, dklen=32
-    )
-    assert LCryptKey.from_passphrase(phrase).to_bytes() == expected
+def test_passphrases_are_taken_as_given():
+    """The derivation itself is pinned by the published vectors (tests/test_vectors.py); the spec also says the
+    passphrase is used as typed: no Unicode normalisation, no trimming."""
+    composed, decomposed = "caf\u00e9 au lait ce matin", "cafe\u0301 au lait ce matin"
+    keys = [LCryptKey.from_passphrase(phrase) for phrase in (composed, decomposed, composed + " ")]
+    assert len({key.to_bytes() for key in keys}) == 3
+    assert LCryptKey.from_passphrase(composed) == keys[0]
     with pytest.raises(ValueError, match="passphrase is empty"):
         LCryptKey.from_passphrase("")
 

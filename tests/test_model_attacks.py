@@ -238,7 +238,10 @@ def test_attack_command_writes_the_report(tmp_path, saved_model, capsys, monkeyp
     assert fgsm_curves["keyed model, encrypted inputs"] == pytest.approx(fgsm_curves["plain model, plain inputs"])
     assert report["attacks"]["weights-recovery"]["fresh_fold"]["decrypted_exact"] == 1.0
     markdown = (out / "attack_report.md").read_text()
-    assert "| attack | measurement | value |" in markdown and "| access | right_key |" in markdown
+    rows = [line.strip("|").split("|") for line in markdown.splitlines() if line.startswith("| ")]
+    assert {row[0].strip() for row in rows[1:]} == set(attacks.split(","))  # a table row (or more) per attack
+    access = {row[1].strip(): row[2].strip() for row in rows if row[0].strip() == "access"}
+    assert float(access["right_key"]) == pytest.approx(report["attacks"]["access"]["right_key"], abs=1e-3)
     for figure in ("fgsm", "transfer", "weights-recovery", "weights-recovery-finetuning", "noise"):
         with Image.open(out / f"{figure}.png") as plot:
             pixels = np.asarray(plot.convert("RGB")).reshape(-1, 3).astype(int)

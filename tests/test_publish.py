@@ -154,10 +154,13 @@ def test_fresh_process_check_fails_without_remote_code(dry_run, key, tmp_path):
 
 @pytest.mark.slow  # a fresh Python process
 def test_card_names_the_patch_embedding(tmp_path, model_dir, key):
-    assert "| patch embedding | linear |" in build_model_card(model_dir, "someone/linear").text
+    def described(card: str) -> str:
+        return next(line for line in card.splitlines() if line.startswith("| patch embedding |"))
+
     mlp_dir = make_model_dir(tmp_path / "mlp", key, patch_mlp=96)
-    text = build_model_card(mlp_dir, "someone/mlp").text
-    assert "| patch embedding | two-layer MLP, width 96 |" in text and "ViT with an MLP patch embedding" in text
+    width = json.loads((mlp_dir / "config.json").read_text())["patch_embedding_mlp_size"]
+    linear, mlp = (build_model_card(d, f"someone/{d.name}").text for d in (model_dir, mlp_dir))
+    assert "MLP" not in linear and "MLP" in described(mlp) and str(width) in described(mlp)
 
 
 def test_card_metadata_round_trips_with_model_index(dry_run):

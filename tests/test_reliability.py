@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -281,23 +282,38 @@ def test_skip_errors_goes_on_and_lists_the_failures(capsys, key_file):
     assert files(Path("enc")) == ["00.png", "02.png", "04.png"]
 
 
-def test_ctrl_c_stops_cleanly_and_resume_finishes(capsys, key_file, monkeypatch):
+@pytest.fixture
+def stop_at_the_third_write(monkeypatch):
+    """`stop_at_the_third_write(stop)`: a folder run's third image write first calls `stop` (Ctrl-C, a signal);
+    `stop_at_the_third_write(None)`: writes go through again."""
+    real_write = image_io.write_png
+
+    def arm(stop: Callable[[], None] | None) -> None:
+        calls = []
+
+        def write(pixels, path, *rest, **kwargs):
+            calls.append(path)
+            if len(calls) == 3:
+                stop()
+            real_write(pixels, path, *rest, **kwargs)
+
+        monkeypatch.setattr("hf_lcrypt.cli.folder_run.write_png", real_write if stop is None else write)
+
+    return arm
+
+
+def ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(capsys, key_file, stop_at_the_third_write):
     rgb_images(Path("plain"), 5)
     args = ["encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 1, "plain", "enc"]
-    real_write = image_io.write_png
-    calls = []
-
-    def interrupted(pixels, path, *rest, **kwargs):
-        calls.append(path)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        real_write(pixels, path, *rest, **kwargs)
-
-    monkeypatch.setattr("hf_lcrypt.cli.folder_run.write_png", interrupted)
+    stop_at_the_third_write(ctrl_c)
     rc, _, err = run(capsys, *args)
     assert rc == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err
     assert files(Path("enc")) == ["00.png", "01.png"]  # complete files only, no temporaries
-    monkeypatch.setattr("hf_lcrypt.cli.folder_run.write_png", real_write)
+    stop_at_the_third_write(None)
 
     rc, _, err = run(capsys, *args)  # a plain rerun refuses, and says what to do
     assert rc == 1 and "--resume" in err and "--force" in err
@@ -440,28 +456,19 @@ def test_a_failed_dry_run_leaves_nothing_and_the_retry_works(tmp_path, monkeypat
 
 
 # -- signals and debris ------------------------------------------------------------------------------------------------
-def test_sigterm_stops_like_ctrl_c_and_a_rerun_removes_what_sigkill_left(capsys, key_file, monkeypatch):
+def test_sigterm_stops_like_ctrl_c_and_a_rerun_removes_what_sigkill_left(capsys, key_file, stop_at_the_third_write):
     import signal
     import subprocess
     import sys
 
     rgb_images(Path("plain"), 5)
     args = ["encrypt", "--key-file", key_file, "--block-size", 8, "--num-proc", 1, "plain", "enc"]
-    real_write = image_io.write_png
-    calls = []
-
-    def terminated(pixels, path, *rest, **kwargs):
-        calls.append(path)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)  # what `docker stop` and systemd send
-        real_write(pixels, path, *rest, **kwargs)
-
-    monkeypatch.setattr("hf_lcrypt.cli.folder_run.write_png", terminated)
+    stop_at_the_third_write(lambda: os.kill(os.getpid(), signal.SIGTERM))  # what `docker stop` and systemd send
     rc, _, err = run(capsys, *args)
     assert rc == 128 + signal.SIGTERM and "stopped by SIGTERM" in err and "--resume" in err
     assert files(Path("enc")) == ["00.png", "01.png"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the run
-    monkeypatch.setattr("hf_lcrypt.cli.folder_run.write_png", real_write)
+    stop_at_the_third_write(None)
 
     # SIGKILL (the OOM killer) in the middle of a write leaves write_png's temporary file: make one for real.
     killed = (

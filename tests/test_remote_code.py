@@ -1,15 +1,12 @@
 """A saved keyed model loads with transformers alone (hf_lcrypt not importable) and reproduces its outputs."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
-from helpers import IMAGENET_MEAN, IMAGENET_STD, tiny_vit
+from helpers import IMAGENET_MEAN, IMAGENET_STD, run_fresh_python, tiny_vit
 from PIL import Image
 
 from hf_lcrypt import LCryptImageProcessor, LCryptKey, LCryptViTForImageClassification
@@ -102,16 +99,9 @@ def test_fresh_process_without_hf_lcrypt_reproduces_logits(saved_model, tmp_path
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 40, 48, 3), dtype=np.uint8)
     np.save(tmp_path / "images.npy", images)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), key.to_hex(), str(tmp_path / "images.npy")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+    result = run_fresh_python(
+        REMOTE_SCRIPT, folder, key.to_hex(), tmp_path / "images.npy", cwd=tmp_path, HF_HUB_OFFLINE="1"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     remote = json.loads(result.stdout.strip().splitlines()[-1])
     assert remote["config_class"] == "LCryptViTConfig"
     assert remote["model_class"] == "LCryptViTForImageClassification"

@@ -6,6 +6,7 @@ Two short runs (encrypted and fold mode, same seed and key) are shared by most t
 import dataclasses
 import json
 import pickle
+import re
 import shlex
 import shutil
 import stat
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
+    Trainer,
     ViTForImageClassification,
     ViTImageProcessorPil,
 )
@@ -38,7 +40,7 @@ from hf_lcrypt.plain_augment import Augment
 from hf_lcrypt.splits import content_hashes, split_fingerprints
 from hf_lcrypt.training import RunArguments, build_parser, load_or_create_key, parse_args, run, secret_init_seed
 from hf_lcrypt.training import data as training_data
-from hf_lcrypt.training.arguments import SAFE_EMBEDDING_INIT_SCALE, SAFE_EMBEDDING_WEIGHT_DECAY
+from hf_lcrypt.training.arguments import SAFE_EMBEDDING_INIT_SCALE
 from hf_lcrypt.training.distillation import check_teacher_split
 from hf_lcrypt.training.evaluation import compute_classification_metrics
 from hf_lcrypt.training.models import build_setup, model_to_train
@@ -362,15 +364,43 @@ def test_a_config_file_then_flags(tmp_path):
         RunArguments.from_dict({"mode": "plaintext"})
 
 
-def test_our_defaults_are_defaults_and_every_training_argument_is_the_users(tmp_path):
-    defaults = parse_args([]).training
-    assert (defaults.learning_rate, defaults.lr_scheduler_type.value, defaults.eval_strategy.value) == (
-        5e-4,
-        "cosine",
-        "epoch",
-    )
-    assert defaults.load_best_model_at_end and defaults.metric_for_best_model == "accuracy"
-    assert defaults.report_to == []  # no tracker unless asked for
+def documented_defaults() -> dict[str, str]:
+    """docs/training.md's table of the `TrainingArguments` defaults hf-lcrypt changes: {flag: value as documented}."""
+    text = (REPO_ROOT / "docs" / "training.md").read_text()
+    rows = text[text.index("| flag | hf-lcrypt | transformers |") :].split("\n\n")[0].splitlines()[2:]
+    documented = {}
+    for row in rows:
+        flags, ours, _ = (cell.strip() for cell in row.strip("|").split("|"))
+        values = re.sub(r"\s*\([^)]*\)", "", ours).replace("`", "").split(", ")  # without the explanations
+        documented.update(zip(re.findall(r"--(\w+)", flags), values, strict=True))
+    return documented
+
+
+def as_documented(value) -> str:
+    """A parsed training argument as the docs write it."""
+    value = getattr(value, "value", value)  # enums
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value == []:
+        return "none"  # report_to: no tracker
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def same_number(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)  # 5e-4 and 0.0005
+    except ValueError:
+        return False
+
+
+def test_our_defaults_are_the_documented_ones_and_every_training_argument_is_the_users(tmp_path):
+    defaults, documented = parse_args([]).training, documented_defaults()
+    assert len(documented) >= 15
+    pin_memory = documented.pop("dataloader_pin_memory")
+    assert pin_memory == "only with CUDA" and defaults.dataloader_pin_memory == torch.cuda.is_available()
+    for flag, value in documented.items():
+        parsed = as_documented(getattr(defaults, flag))
+        assert parsed == value or same_number(parsed, value), (flag, parsed, value)
     chosen = parse_args(
         ["--lr_scheduler_type", "constant", "--eval_strategy", "no", "--save_strategy", "no"]
         + ["--load_best_model_at_end", "false", "--report_to", "tensorboard", "--gradient_accumulation_steps", "3"]
@@ -385,6 +415,8 @@ def test_our_defaults_are_defaults_and_every_training_argument_is_the_users(tmp_
     assert (chosen.dataloader_num_workers, chosen.max_grad_norm, chosen.optim.value) == (2, 0.5, "adafactor")
     with pytest.raises(ValueError, match="remove_unused_columns must stay False"):
         parse_args(["--remove_unused_columns", "true"])
+    with pytest.raises(ValueError, match="--bf16_full_eval casts the model's own weights .* use --bf16"):
+        parse_args(["--bf16_full_eval", "--use_cpu"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -442,14 +474,13 @@ def test_augment_orientation_draws_each_of_the_eight_symmetries_of_the_square():
 
 
 def test_augment_orientations_are_the_symmetries_it_draws():
-    pixels = torch.arange(16 * 16, dtype=torch.uint8).reshape(1, 1, 16, 16)
-    square = pixels[0, 0].numpy()
+    square = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
     for augment, expected in (
         (Augment(flip=False), {square.tobytes()}),
         (Augment(), {square.tobytes(), square[:, ::-1].tobytes()}),
         (Augment(rotate90=True), {np.rot90(p, k).tobytes() for p in (square, square[:, ::-1]) for k in range(4)}),
     ):
-        views = [view(pixels)[0, 0].numpy().tobytes() for view in augment.orientations()]
+        views = [np.asarray(view(Image.fromarray(square)))[..., 0].tobytes() for view in augment.orientations()]
         assert len(views) == len(expected) and set(views) == expected
         assert views[0] == square.tobytes()  # the identity first: its logits are the single-view test logits
 
@@ -478,6 +509,36 @@ def test_tta_averages_the_probabilities_of_the_mirrored_and_encrypted_views(tmp_
     assert result.metrics["test"]["num_images"] == len(labels)
     with pytest.raises(ValueError, match="--tta .* needs --augment"):
         settings(tmp_path, "no-augment", tta=True)
+
+
+def test_the_test_split_is_scored_by_trainer_predict(root, test_images, monkeypatch):
+    """metrics.json's test scores are `Trainer.predict`'s (the run's collator, batch size, precision and
+    `compute_metrics`, sharded under `accelerate launch`): here in fold mode, where the folded keyed model takes the
+    Trainer's place, with test-time augmentation and a weight average, each a split passed through `predict`."""
+    predictions = []
+    trainer_predict = Trainer.predict
+
+    def recording(trainer, dataset, *args, **kwargs):
+        output = trainer_predict(trainer, dataset, *args, **kwargs)
+        predictions.append((trainer.model, output))
+        return output
+
+    monkeypatch.setattr(Trainer, "predict", recording)
+    options = dict(mode="fold", augment=True, tta=True, ema_decay=0.5, max_steps=2)
+    metrics = run(settings(root, "predicted", **options)).metrics
+    keyed = [output for model, output in predictions if isinstance(model, LCryptViTForImageClassification)]
+    assert len(keyed) == 2  # the identity view and its mirror image
+    scored = {name.removeprefix("test_"): keyed[0].metrics[f"test_{name}"] for name in ("accuracy", "f1", "roc_auc")}
+    assert {name: metrics["test"][name] for name in scored} == scored
+    assert metrics["test"]["loss"] == keyed[0].metrics["test_loss"]
+    # What the Trainer predicted is what the saved folder predicts for the key holder, on each view.
+    model_dir = root / "predicted" / "model"
+    mirrored = [ImageOps.mirror(image) for image in test_images]
+    for output, views in zip(keyed, (test_images, mirrored), strict=True):
+        expected = folder_logits(model_dir, views, KEY)
+        assert torch.allclose(torch.from_numpy(output.predictions), expected, atol=1e-5, rtol=0)
+    assert metrics["fold_check"]["all_identical"] and metrics["test_tta"]["views"] == 2
+    assert set(metrics["weight_average"]["scores"]["weight_average"]) == {"validation", "test"}
 
 
 def test_image_transform_pickles_without_the_secret(tmp_path, monkeypatch):
@@ -812,7 +873,7 @@ def test_frozen_position_embeddings_stay_at_their_folded_initialisation(tmp_path
     options.update(save_strategy="steps", eval_strategy="steps", eval_steps=1)
     run(settings(tmp_path, "frozen", **options))
     first = load_file(tmp_path / "frozen" / "checkpoint-1" / "model.safetensors")
-    last = load_file(tmp_path / "frozen" / "model" / "model.safetensors")
+    last = load_file(tmp_path / "frozen" / "checkpoint-3" / "model.safetensors")  # the last step, not the best one
     positions, patches = sorted(KEY_BEARING, reverse=True)
     assert torch.equal(first[positions], last[positions])
     assert not torch.equal(first[patches], last[patches])  # the rest trains
@@ -821,23 +882,22 @@ def test_frozen_position_embeddings_stay_at_their_folded_initialisation(tmp_path
 
 
 def test_presets_trained_from_scratch_hide_the_key_by_default(tmp_path, root, encrypted):
-    assert parse_args([]).model.embedding_init_scale == SAFE_EMBEDDING_INIT_SCALE == 10.0  # scripts/train.py's parser
+    assert parse_args([]).model.embedding_init_scale == SAFE_EMBEDDING_INIT_SCALE > 1  # scripts/train.py's parser
     assert parse_args(["--model", "resnet-small"]).model.embedding_init_scale == 1.0  # nothing to scale
     base = fresh_setup(tmp_path, embedding_init_scale=1.0).model.state_dict()
     default = fresh_setup(tmp_path).model.state_dict()
     for name, value in base.items():
-        assert torch.equal(default[name], 10.0 * value if name in KEY_BEARING else value), name
+        assert torch.equal(default[name], SAFE_EMBEDDING_INIT_SCALE * value if name in KEY_BEARING else value), name
     # The model a default run saved (no mitigation flag) still carries the secret initialisation at that scale.
     trained = load_file(root / "encrypted" / "model" / "model.safetensors")
     initial_std = LCryptViTForImageClassification.from_pretrained(root / "encrypted" / "model").config.initializer_range
     for name in KEY_BEARING:
         assert trained[name].std() > 5 * initial_std, name
-    assert encrypted.metrics["config"]["embedding_init_scale"] == 10.0
     # ...and keeps it at that scale: no weight decay on the key-bearing embeddings, the Trainer's split for the rest.
-    assert SAFE_EMBEDDING_WEIGHT_DECAY == 0.0 == parse_args([]).model.embedding_weight_decay
+    groups = torch.load(root / "encrypted" / "checkpoint-6" / "optimizer.pt", weights_only=True)["param_groups"]
+    assert groups[-1]["weight_decay"] == 0.0 and len(groups[-1]["params"]) == len(KEY_BEARING)
+    assert {group["weight_decay"] for group in groups[:-1]} == {0.0, parse_args([]).training.weight_decay}
     assert parse_args(["--model", "resnet-small"]).model.embedding_weight_decay is None  # --weight_decay for all
-    assert encrypted.metrics["config"]["embedding_weight_decay"] == 0.0
-    assert encrypted.metrics["config"]["position_init_scale"] == 10.0
 
 
 def test_publish_accepts_a_model_trained_with_the_default(root, encrypted, tmp_path):

@@ -72,7 +72,6 @@ def trained_with_the_key(args: argparse.Namespace) -> bool:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-
     from ..hub.checks import SecretLeakError
     from ..hub.publish import PublicCheckpointWarning, publish_model
     from ..keys import LCryptKey

@@ -10,10 +10,10 @@ Three modes (`--mode`):
 
 Where things are: `arguments` (the settings, `HfArgumentParser`), `models` (the model, the key, resuming), `data` (the
 splits and what metrics.json says of them), `transforms` (the encrypting datasets transform, mixup), `trainer`
-(datasets, callbacks, the Trainer), `scoring` (the test split and the attacks), `record` (metrics.json) and `run`
-(the orchestration); and what only training uses: `presets` (model sizes), `distillation`, `weight_averaging` (EMA),
-`evaluation` and `metrics/` (metric scripts, the confusion matrix). Augmentation of plain images is in
-`hf_lcrypt.plain_augment`, which the data owner's `encrypt-dataset` shares.
+(datasets, callbacks, the Trainer), `scoring` (the test split through `Trainer.predict`, then the attacks), `record`
+(metrics.json) and `run` (the orchestration); and what only training uses: `presets` (model sizes), `distillation`,
+`weight_averaging` (EMA), `evaluation` and `metrics/` (metric scripts, the confusion matrix). Augmentation of plain
+images is in `hf_lcrypt.plain_augment`, which the data owner's `encrypt-dataset` shares.
 """
 
 from .arguments import (

@@ -351,12 +351,19 @@ class LCryptTrainingArguments(TrainingArguments):
             )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"--ema_decay must lie strictly between 0 and 1 (e.g. 0.999), got {self.ema_decay}.")
+        if self.bf16_full_eval or self.fp16_full_eval:
+            flag = "--bf16_full_eval" if self.bf16_full_eval else "--fp16_full_eval"
+            raise ValueError(
+                f"{flag} casts the model's own weights to half precision when the test split is scored, which comes "
+                "before the final model is saved; use --bf16 (or --fp16), under which evaluation runs in mixed "
+                "precision and the weights stay in float32."
+            )
         if not torch.cuda.is_available():
             # Several processes but no CUDA (`accelerate launch --multi_gpu` on CPUs): accelerate sets up data
             # parallelism over gloo only when told to use the CPU; otherwise every process would train alone.
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 self.use_cpu = True
-            if (self.bf16 or self.bf16_full_eval) and not self.use_cpu:
+            if self.bf16 and not self.use_cpu:
                 raise ValueError(
                     "--bf16 needs a GPU with bfloat16 support, and this machine has no CUDA device. Add --use_cpu to "
                     "train in bfloat16 on the CPU (slow unless the CPU has bfloat16 instructions), or leave --bf16 out."

@@ -51,9 +51,10 @@ class Timings:
 
 @dataclass
 class RunMetrics:
-    """`<output_dir>/model/metrics.json`. Scores are fractions; `test` holds accuracy, macro F1/precision/recall,
-    AUROC, `f1_<class>` and `num_images`. `config` holds hf-lcrypt's settings by flag name (never the key file's
-    location), `training_args` the Trainer's (`TrainingArguments.to_dict`, which masks tokens)."""
+    """`<output_dir>/model/metrics.json`. Scores are fractions; `test` holds `Trainer.predict`'s scores: accuracy,
+    macro F1/precision/recall, AUROC, `f1_<class>`, the loss, and `num_images`. `config` holds hf-lcrypt's settings by
+    flag name (never the key file's location), `training_args` the Trainer's (`TrainingArguments.to_dict`, which
+    masks tokens)."""
 
     mode: str
     key_id: str

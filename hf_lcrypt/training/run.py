@@ -114,10 +114,12 @@ def run(args: RunArguments) -> TrainResult:
     # The test split and the attacks, every process alike (sharded models need all of them for a forward).
     eval_start = time.perf_counter()
     cipher = None if encrypted is not None else BlockCipher(key, setup.image_size, setup.block_size, steps=steps)
-    resize = setup.processor(None, steps)
-    test = evaluate_on_test(trainer.model, args, setup, dataset, resize, cipher, fold, callbacks.averager, id2label)
+    plain = setup.processor(None, steps)
+    key_holder = setup.processor(None if encrypted is not None else key, steps, key_id=key_id)  # ciphertexts: resizes
+    test = evaluate_on_test(trainer, args, dataset, key_holder, plain, fold, callbacks.averager)
     eval_seconds = time.perf_counter() - eval_start
-    suite, attack_results = attack_on_test(test, cipher, setup, args, encrypted and encrypted.describe())
+    description = encrypted and encrypted.describe()
+    suite, attack_results = attack_on_test(test, dataset["test"], plain, cipher, setup, args, description)
     attack_seconds = time.perf_counter() - eval_start - eval_seconds
     save_model_folder(trainer, test.keyed, mode, model_dir)
 
@@ -166,8 +168,8 @@ def run(args: RunArguments) -> TrainResult:
             scores = weights_only_on_test(test.keyed, suite, key)
             paths["weights_only_attack"].write_text(json.dumps(json_safe(scores), indent=2) + "\n")
         paths["confusion_matrix"] = plot_confusion_matrix(
-            test.labels.numpy(),
-            test.logits.argmax(-1).numpy(),
+            test.labels,
+            test.logits.argmax(-1),
             [id2label[i] for i in sorted(id2label)],
             model_dir / "confusion_matrix.png",
             title=f"Test set ({len(test.labels)} images), keyed model",

@@ -1,20 +1,23 @@
-"""The final model on the test split: its scores (single view and test-time augmentation), the fold check, the weight
-average against the best checkpoint, and the attack suite."""
+"""The final model on the test split, scored through `Trainer.predict`: the run's collator, batch size, precision and
+`compute_metrics`, and under `accelerate launch` every process scores its shard. The single view, the test-time
+augmentation views, the fold check and the weight average against the best checkpoint are each a dataset passed
+through `predict`; the attack suite then runs its own loop on the test images (the attack's job)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
-from datasets import DatasetDict
-from transformers import PreTrainedModel
+from datasets import Dataset, DatasetDict
+from transformers import EvalPrediction, PreTrainedModel, Trainer
 
 from ..attacks.model_attacks import Target
-from ..attacks.suite import AttackSuite, load_plain_images, predict_logits, sample_indices
+from ..attacks.suite import AttackSuite, load_plain_images
 from ..attacks.weights_only import weights_only_experiment
 from ..cipher import BlockCipher
 from ..image_processing_lcrypt import LCryptImageProcessor
@@ -22,124 +25,150 @@ from ..keys import LCryptKey
 from ..modeling_lcrypt import LCryptViTForImageClassification
 from ..plain_augment import Augment
 from .arguments import RunArguments
-from .evaluation import compute_classification_metrics
 from .models import Setup
+from .transforms import ImageTransform
 from .weight_averaging import WeightAverage, score_weight_average
 
 logger = logging.getLogger(__name__)
 
+# What `Trainer.predict` adds to `compute_metrics`'s scores (and the loss): timings, not scores.
+_TIMINGS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
+
+
+@dataclass
+class Prediction:
+    """`Trainer.predict` on a whole split (gathered on every process, in the split's order): logits, labels, and the
+    scores of the Trainer's `compute_metrics` with the loss, without the `test_` prefix."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    metrics: dict[str, float]
+
 
 @dataclass
 class TestResults:
-    """The keyed model and what it scored on the (plain, uint8) test images, encrypted by the key holder."""
+    """The keyed model and what it scored on the test split, encrypted by the key holder."""
 
     keyed: PreTrainedModel
-    images: torch.Tensor
-    labels: torch.Tensor
-    logits: torch.Tensor
+    labels: np.ndarray
+    logits: np.ndarray
     metrics: dict[str, float]
     tta: dict[str, float] | None
     fold_check: dict[str, Any] | None
     weight_average: dict[str, Any] | None
 
 
+def predict(trainer: Trainer, dataset: Dataset, model: PreTrainedModel | None = None) -> Prediction:
+    """`trainer.predict(dataset)`, by `model` for once instead of the Trainer's own (the folded keyed model of a fold
+    run), in the Trainer's precision."""
+    with _predicting_with(trainer, model):
+        output = trainer.predict(dataset, metric_key_prefix="test")
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    scores = {name.removeprefix("test_"): value for name, value in output.metrics.items()}
+    return Prediction(logits, output.label_ids, {n: v for n, v in scores.items() if n not in _TIMINGS})
+
+
+@contextlib.contextmanager
+def _predicting_with(trainer: Trainer, model: PreTrainedModel | None) -> Iterator[None]:
+    """`Trainer.predict` runs `trainer.model`; another model takes its place on the Trainer's device, under the
+    accelerator's autocast as the trained model (prepared by the accelerator) runs."""
+    if model is None:
+        yield
+        return
+    trained, trainer.model = trainer.model, model.to(trainer.args.device)
+    try:
+        with trainer.accelerator.autocast():
+            yield
+    finally:
+        trainer.model = trained
+
+
 def evaluate_on_test(
-    trained: PreTrainedModel,
+    trainer: Trainer,
     args: RunArguments,
-    setup: Setup,
     dataset: DatasetDict,
     processor: LCryptImageProcessor,
-    cipher: BlockCipher | None,
+    plain_processor: LCryptImageProcessor,
     fold: Callable[[PreTrainedModel], PreTrainedModel],
     averager: WeightAverage | None,
-    id2label: dict[int, str],
 ) -> TestResults:
     """Score the final keyed model on the test split. With a weight average, first score it against the best
     checkpoint and make it the final model; in fold mode, fold the trained plain model and check the fold.
-    `processor` resizes the test images; `cipher` encrypts them (None: the dataset holds ciphertexts already)."""
-    on_ciphertext = args.cipher.mode != "fold"
-    batch_size = args.training.per_device_eval_batch_size
-    predict = partial(predict_logits, image_mean=setup.image_mean, image_std=setup.image_std, batch_size=batch_size)
-    images, labels = load_plain_images(dataset["test"], processor)
-    to_model = cipher.encrypt if cipher is not None else (lambda x: x)
+    `processor` is the key holder's: it encrypts the plain test images (a dataset of ciphertexts: it only resizes
+    them); in fold mode the trained plain model sees them through `plain_processor`."""
+    fold_mode = args.cipher.mode == "fold"
+    keyed_test = dataset["test"].with_transform(ImageTransform(processor))
+    trained_test = dataset["test"].with_transform(ImageTransform(plain_processor)) if fold_mode else keyed_test
     weight_average = None
-    if averager is not None:
-        splits = {"validation": load_plain_images(dataset["validation"], processor), "test": (images, labels)}
-        encrypt = to_model if on_ciphertext else (lambda x: x)
+    if averager is not None:  # each candidate in the trained model's own view: plain images in fold mode
+        splits = {"validation": trainer.eval_dataset, "test": trained_test}
         weight_average = score_weight_average(
-            trained,
+            trainer.model,
             averager,
-            splits,
-            partial(predict, transform=encrypt),
-            id2label,
+            lambda split: predict(trainer, splits[split]).metrics,
+            list(splits),
             args.training.metric_for_best_model,
         )
-    keyed = trained if on_ciphertext else fold(trained)
-    logits = predict(keyed, images, transform=to_model)
-    metrics = compute_classification_metrics(logits.numpy(), labels.numpy(), id2label)
+    keyed = fold(trainer.model) if fold_mode else trainer.model
+    single = predict(trainer, keyed_test, keyed if fold_mode else None)
     tta = None
     if args.data.tta:
-        augment = Augment(rotate90=args.data.augment_orientation)
-        tta = tta_metrics(keyed, images, labels, logits, augment, partial(predict, transform=to_model), id2label)
-    fold_check = None if on_ciphertext else check_fold(trained, images, logits, predict)
-    return TestResults(keyed, images, labels, logits, metrics, tta, fold_check, weight_average)
+        orientations = Augment(rotate90=args.data.augment_orientation).orientations()
+        views = [dataset["test"].with_transform(ImageTransform(processor, view)) for view in orientations[1:]]
+        tta = tta_metrics(trainer, single, views, keyed if fold_mode else None)
+    fold_check = check_fold(predict(trainer, trained_test), single) if fold_mode else None
+    return TestResults(keyed, single.labels, single.logits, single.metrics, tta, fold_check, weight_average)
 
 
 def tta_metrics(
-    keyed: PreTrainedModel,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    logits: torch.Tensor,
-    augment: Augment,
-    predict: Callable[[PreTrainedModel, torch.Tensor], torch.Tensor],
-    id2label: dict[int, str],
+    trainer: Trainer, single: Prediction, views: list[Dataset], model: PreTrainedModel | None = None
 ) -> dict[str, float]:
-    """Test metrics of the class probabilities averaged over the orientations `augment` draws from, each view made
-    from the plain image and then encrypted; `logits` are the identity view's."""
-    views = augment.orientations()
-    probabilities = logits.softmax(-1)  # views[0] is the identity
-    for view in views[1:]:
-        probabilities += predict(keyed, view(images)).softmax(-1)
-    probabilities /= len(views)
+    """Test metrics (the Trainer's `compute_metrics`) of the class probabilities averaged over the identity view, whose
+    prediction is `single`, and the other `views` of the test split (each made from the plain images, then
+    encrypted)."""
+    probabilities = torch.from_numpy(single.logits).double().softmax(-1)
+    for view in views:
+        probabilities += torch.from_numpy(predict(trainer, view, model).logits).double().softmax(-1)
+    probabilities /= 1 + len(views)
     # log-probabilities are logits whose softmax is the averaged distribution
-    metrics = compute_classification_metrics(probabilities.log().numpy(), labels.numpy(), id2label)
-    return {**metrics, "views": len(views)}
+    metrics = trainer.compute_metrics(EvalPrediction(probabilities.log().numpy(), single.labels))
+    return {**metrics, "views": 1 + len(views)}
 
 
-def check_fold(
-    plain: PreTrainedModel,
-    images: torch.Tensor,
-    keyed_logits: torch.Tensor,
-    predict: Callable[[PreTrainedModel, torch.Tensor], torch.Tensor],
-) -> dict[str, Any]:
-    """Compare the plain model on plain `images` with the keyed model's logits on the same images encrypted."""
-    plain_logits = predict(plain, images)
-    same = int((plain_logits.argmax(-1) == keyed_logits.argmax(-1)).sum())
+def check_fold(plain: Prediction, keyed: Prediction) -> dict[str, Any]:
+    """Compare the plain model on plain test images with the keyed model on the same images encrypted."""
+    same = int((plain.logits.argmax(-1) == keyed.logits.argmax(-1)).sum())
     check = {
-        "num_images": len(images),
+        "num_images": len(plain.logits),
         "identical_predictions": same,
-        "all_identical": same == len(images),
-        "max_abs_logit_diff": float((plain_logits - keyed_logits).abs().max()),
+        "all_identical": same == len(plain.logits),
+        "max_abs_logit_diff": float(np.abs(plain.logits - keyed.logits).max()),
     }
     logger.info(
         "Fold check: the keyed model on encrypted test images predicts as the plain model on plain ones for %d/%d "
         "images (max |logit difference| %.2e)",
         same,
-        len(images),
+        len(plain.logits),
         check["max_abs_logit_diff"],
     )
     return check
 
 
 def attack_on_test(
-    test: TestResults, cipher: BlockCipher | None, setup: Setup, args: RunArguments, description: dict | None = None
+    test: TestResults,
+    split: Dataset,
+    processor: LCryptImageProcessor,
+    cipher: BlockCipher | None,
+    setup: Setup,
+    args: RunArguments,
+    description: dict | None = None,
 ) -> tuple[AttackSuite, dict[str, float]]:
-    """The attack suite on (a sample of) the test split, with the final keyed model (without a `cipher`: on the
-    ciphertexts, which `description` describes)."""
-    subset = sample_indices(len(test.labels), args.attack.attack_max_images, args.training.seed)
+    """The attack suite on (a sample of) the test `split`, resized by `processor`, with the final keyed model (without
+    a `cipher`: on the ciphertexts, which `description` describes)."""
+    images, labels = load_plain_images(split, processor, args.attack.attack_max_images, args.training.seed)
     suite = AttackSuite(
-        test.images[subset],
-        test.labels[subset],
+        images,
+        labels,
         cipher,
         setup.image_mean,
         setup.image_std,

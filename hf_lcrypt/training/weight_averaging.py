@@ -9,7 +9,7 @@ of the average of the plain run's weights, and a `fold` run's average folds like
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +93,14 @@ def check_score_metric(metric: str, id2label: dict[int, str]) -> None:
 def score_weight_average(
     model: PreTrainedModel,
     averager: WeightAverage,
-    splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    predict: Callable[[PreTrainedModel, torch.Tensor], torch.Tensor],
-    id2label: dict[int, str],
+    evaluate: Callable[[str], Mapping[str, float]],
+    splits: Sequence[str],
     metric: str,
 ) -> dict[str, Any]:
-    """Score the best checkpoint (the model as training left it) and the weight average on each split, then leave the
-    average in `model`: asked for, it is the final model. The scores are for comparison, and the test ones are the fair
-    ones: the checkpoint was picked for its validation score, the best of many, which flatters it on validation."""
+    """Score the best checkpoint (the model as training left it) and the weight average on each split (`evaluate`
+    scores `model` as it stands on one), then leave the average in `model`: asked for, it is the final model. The
+    scores are for comparison, and the test ones are the fair ones: the checkpoint was picked for its validation
+    score, the best of many, which flatters it on validation."""
     candidates = {
         "best_checkpoint": {name: value.clone() for name, value in averaged_entries(model).items()},
         "weight_average": averager.average,
@@ -109,9 +109,6 @@ def score_weight_average(
     scores: dict[str, dict[str, float]] = {}
     for name, weights in candidates.items():
         model.load_state_dict(weights, strict=False)
-        scores[name] = {
-            split: compute_classification_metrics(predict(model, images).numpy(), labels.numpy(), id2label)[score]
-            for split, (images, labels) in splits.items()
-        }
+        scores[name] = {split: evaluate(split)[score] for split in splits}
     logger.info("Weight average (decay %s) against the best checkpoint, %s: %s", averager.decay, metric, scores)
     return {"decay": averager.decay, "metric": metric, "scores": scores}
