@@ -14,15 +14,16 @@ SEED=${SEED:-0}
 PY=${PY:-.venv/bin/python}
 CNNS=${CNNS:-resnet-small convnext-small}
 common=(--image_size 64 --block_size 8 --max_per_class "$MAX_PER_CLASS" --num_train_epochs "$EPOCHS" --seed "$SEED"
-        --per_device_train_batch_size 32 --learning_rate 1e-3 --attack_max_images 128
-        --embedding_init_scale 1)  # the initialisation the recorded runs used (the default before the key-hiding one)
+        --per_device_train_batch_size 32 --learning_rate 1e-3 --attack_max_images 128)
+# The ViTs' embeddings as the recorded runs had them (the defaults before the key-hiding ones).
+former=(--embedding_init_scale 1 --embedding_weight_decay 0.05)
 for dataset in brain-tumor-mri/train lc25000; do
   name=$(basename "$(dirname "$dataset")")-$(basename "$dataset"); name=${name#.-}
   key="$OUT/$name.key"
   $PY scripts/train.py --data "$DATA_ROOT/$dataset" --model tiny --mode encrypted --key_file "$key" \
-    --output_dir "$OUT/$name/vit-encrypted" "${common[@]}"
+    --output_dir "$OUT/$name/vit-encrypted" "${common[@]}" "${former[@]}"
   $PY scripts/train.py --data "$DATA_ROOT/$dataset" --model tiny --mode fold --key_file "$key" \
-    --output_dir "$OUT/$name/vit-fold" "${common[@]}"
+    --output_dir "$OUT/$name/vit-fold" "${common[@]}" "${former[@]}"
   for cnn in $CNNS; do
     for mode in plain encrypted; do
       $PY scripts/train.py --data "$DATA_ROOT/$dataset" --model "$cnn" --mode "$mode" --key_file "$key" \
